@@ -1,0 +1,293 @@
+"""The one settings object, loaded from the YAML file of DESIGN §4.
+
+Only this package reads files and the environment for configuration; everything else is
+handed a frozen `Settings`. A bad file is refused at start with the file, the line and what is
+wrong (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "CDP_"
+DEFAULT_BLOCKED = ("", "null", "none", "undefined", "anonymous", "-1", "^[0-]+$")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names file, line and problem."""
+
+
+def duration_ms(text: str) -> int:
+    """`"30m"` -> 1_800_000. Units: ms s m h d w."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise ValueError(f"bad duration {text!r}: use a number and one of ms s m h d w, e.g. '30m'")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NamespaceSettings(_Frozen):
+    name: str
+    unique: bool = False
+    normalize: Literal["email", "phone", "lower", "none"] = "none"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"namespace name {value!r} must be letters, digits, _ . - (no ':')")
+        return value
+
+
+class IdentitySettings(_Frozen):
+    max_identities_per_cluster: int = Field(default=50, ge=1)
+    blocked_values: tuple[str, ...] = DEFAULT_BLOCKED
+    max_value_length: int = Field(default=256, ge=1)
+
+    @field_validator("blocked_values")
+    @classmethod
+    def _patterns(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if _looks_like_regex(value):
+                try:
+                    re.compile(value)
+                except re.error as exc:
+                    raise ValueError(f"blocked value {value!r} is not a valid regex: {exc}") from exc
+        return values
+
+
+class SourceSettings(_Frozen):
+    name: str
+    kind: Literal["event", "profile"]
+    topic: str | None = None
+    path: Path | None = None
+    priority: int = 0
+    identities: dict[str, str] = Field(default_factory=dict)
+    event_type: str | None = None
+
+    @model_validator(mode="after")
+    def _where(self) -> SourceSettings:
+        if self.topic is None and self.path is None:
+            raise ValueError(f"source {self.name!r} needs a 'topic', a 'path', or both")
+        return self
+
+
+class SegmentSettings(_Frozen):
+    id: str
+    name: str = ""
+    rule: str
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"segment id {value!r} must be letters, digits, _ . -")
+        return value
+
+
+class DestinationSettings(_Frozen):
+    name: str
+    kind: Literal["kafka", "file", "webhook"]
+    topic: str | None = None
+    path: Path | None = None
+    url: str | None = None
+    segments: tuple[str, ...] | None = None  # None: every segment
+    identities: tuple[str, ...] | None = None  # namespaces to send; None: all
+    hash_identities: tuple[str, ...] = ()  # namespaces sent as SHA-256 hex
+
+    @model_validator(mode="after")
+    def _target(self) -> DestinationSettings:
+        needed = {"kafka": "topic", "file": "path", "webhook": "url"}[self.kind]
+        if getattr(self, needed) is None:
+            raise ValueError(f"destination {self.name!r} of kind {self.kind} needs '{needed}'")
+        return self
+
+
+class DeadLetterSettings(_Frozen):
+    kind: Literal["kafka", "file"] = "file"
+    topic: str = "cdp.dead-letters"
+    path: Path = Path("dead-letters.jsonl")
+
+
+class KafkaSettings(BaseModel):
+    """`bootstrap_servers` plus any librdkafka option (dotted names allowed)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    bootstrap_servers: str = "127.0.0.1:9092"
+
+    def client_config(self) -> dict[str, str]:
+        extra = {k: str(v) for k, v in (self.model_extra or {}).items()}
+        return {"bootstrap.servers": self.bootstrap_servers, **extra}
+
+    def __repr_args__(self) -> Any:  # never print credentials
+        for key, value in super().__repr_args__():
+            secret = key is not None and ("password" in key or "secret" in key)
+            yield key, "***" if secret else value
+
+
+class StateSettings(_Frozen):
+    dir: Path = Path(".cdp-state")
+
+
+class TimeSettings(_Frozen):
+    allowed_lateness: str = "0s"
+
+    @field_validator("allowed_lateness")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        duration_ms(value)
+        return value
+
+    @property
+    def allowed_lateness_ms(self) -> int:
+        return duration_ms(self.allowed_lateness)
+
+
+class Settings(_Frozen):
+    namespaces: tuple[NamespaceSettings, ...]
+    identity: IdentitySettings = IdentitySettings()
+    sources: tuple[SourceSettings, ...]
+    segments: tuple[SegmentSettings, ...] = ()
+    destinations: tuple[DestinationSettings, ...] = ()
+    dead_letters: DeadLetterSettings = DeadLetterSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    state: StateSettings = StateSettings()
+    time: TimeSettings = TimeSettings()
+    shards: int = Field(default=256, ge=1, le=4096)
+    max_record_bytes: int = Field(default=1_000_000, ge=1024)
+    base_dir: Path = Path()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        _unique("namespace", [n.name for n in self.namespaces])
+        _unique("source", [s.name for s in self.sources])
+        _unique("segment", [s.id for s in self.segments])
+        _unique("destination", [d.name for d in self.destinations])
+        known = {s.id for s in self.segments}
+        for dest in self.destinations:
+            for seg in dest.segments or ():
+                if seg not in known:
+                    raise ValueError(f"destination {dest.name!r} names unknown segment {seg!r}")
+        return self
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the file, relative to the file's folder."""
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.resolve(self.state.dir)
+
+    def source(self, name: str) -> SourceSettings:
+        for src in self.sources:
+            if src.name == name:
+                return src
+        raise KeyError(name)
+
+
+def _unique(what: str, names: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{what} {name!r} is defined twice")
+        seen.add(name)
+
+
+def _looks_like_regex(value: str) -> bool:
+    return value.startswith("^") or value.endswith("$")
+
+
+def load_settings(
+    path: str | Path,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read, override from `CDP_…` variables (nesting with `__`), validate."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_settings(text, path, os.environ if env is None else env, overrides or {})
+
+
+def parse_settings(
+    text: str, path: Path, env: Mapping[str, str], overrides: Mapping[str, Any]
+) -> Settings:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "?"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: {where}: not valid YAML: {problem}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: line 1: the file must be a mapping of settings")
+    _apply_env(raw, env)
+    for dotted, value in overrides.items():
+        _set_path(raw, dotted.split("."), value)
+    raw["base_dir"] = str(path.resolve().parent)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = tuple(first["loc"])
+        field = ".".join(str(p) for p in loc) or "(top)"
+        line = _line_of(node, loc)
+        raise ConfigError(f"{path}: line {line}: {field}: {_message(first)}") from exc
+
+
+def _message(error: Any) -> str:
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX:
+            continue
+        parts = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+        if parts[0] not in Settings.model_fields or parts[0] == "base_dir":
+            continue  # CDP_CONFIG, CDP_RUN_MODE and friends are not settings
+        _set_path(raw, parts, yaml.safe_load(value) if value else value)
+
+
+def _set_path(raw: dict[str, Any], parts: Sequence[str], value: Any) -> None:
+    target = raw
+    for part in parts[:-1]:
+        child = target.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            target[part] = child
+        target = child
+    target[parts[-1]] = value
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int:
+    """The 1-based line of the YAML node at a pydantic error location (best effort)."""
+    best = node
+    for part in loc:
+        if isinstance(best, yaml.MappingNode):
+            nxt = next((v for k, v in best.value if k.value == part), None)
+        elif isinstance(best, yaml.SequenceNode) and isinstance(part, int):
+            nxt = best.value[part] if part < len(best.value) else None
+        else:
+            nxt = None
+        if nxt is None:
+            break
+        best = nxt
+    return best.start_mark.line + 1 if best is not None else 1

@@ -1,0 +1,323 @@
+"""`cdp`: the command line of DESIGN §7."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from bytewax._bytewax import cli_main  # the entry point `python -m bytewax.run` uses
+
+from config.settings import ConfigError, Settings, load_settings
+from flows import io
+from flows.pipeline import RunOptions, build_flow
+from flows.runtime import close_engines, engine_for
+from operators import queries
+from operators.rules import RuleErrors, compile_rules
+from operators.store import Keys, StoreError, open_store
+from schemas.records import parse_identity
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ConfigError, RuleErrors, StoreError, UsageError, FileNotFoundError) as exc:
+        print(f"cdp: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdp", description="streaming-cdp: real-time CDP engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole pipeline on a generated retail stream")
+    demo.add_argument("--people", type=int, default=2000)
+    demo.add_argument("--events", type=int, default=30000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--keep", type=Path, help="keep the generated data and state in this folder")
+    demo.set_defaults(handler=cmd_demo)
+
+    replay = sub.add_parser("replay", help="backfill to the end of input")
+    _config_args(replay, state=True)
+    replay.add_argument("--files", action="store_true", help="read the sources' files, not Kafka")
+    replay.add_argument("--from-timestamp", help="ISO-8601: skip events before this time")
+    replay.add_argument("--workers", type=int, default=1)
+    replay.add_argument("--audience-out", type=Path, help="also write every change to this file")
+    replay.set_defaults(handler=cmd_replay)
+
+    run = sub.add_parser("run", help="a streaming worker over Kafka")
+    _config_args(run, state=True, state_required=False)
+    run.add_argument("--workers", type=int, default=1)
+    run.add_argument("--audience-out", type=Path)
+    run.set_defaults(handler=cmd_run)
+
+    profile = sub.add_parser("profile", help="one profile as JSON")
+    _config_args(profile, state=True, state_required=False)
+    profile.add_argument("--identity", required=True, help="NAMESPACE:VALUE")
+    profile.set_defaults(handler=cmd_profile)
+
+    export = sub.add_parser("export", help="every profile, one JSON object per line")
+    _config_args(export, state=True, state_required=False)
+    export.add_argument("--out", type=Path)
+    export.set_defaults(handler=cmd_export)
+
+    identity = sub.add_parser("identity", help="a cluster: members, links, refused links")
+    _config_args(identity, state=True, state_required=False)
+    identity.add_argument("--identity", required=True, help="NAMESPACE:VALUE")
+    identity.set_defaults(handler=cmd_identity)
+
+    segments = sub.add_parser("segments", help="check rules, or show segment sizes")
+    seg_sub = segments.add_subparsers(dest="segments_command", required=True)
+    check = seg_sub.add_parser("check", help="validate every rule")
+    _config_args(check)
+    check.set_defaults(handler=cmd_segments_check)
+    sizes = seg_sub.add_parser("sizes", help="current size of every segment")
+    _config_args(sizes, state=True, state_required=False)
+    sizes.set_defaults(handler=cmd_segments_sizes)
+    return parser
+
+
+def _config_args(p: argparse.ArgumentParser, *, state: bool = False, state_required: bool = True) -> None:
+    p.add_argument("--config", type=Path, required=True, help="the YAML settings file")
+    if state:
+        help_text = "state directory" + ("" if state_required else " (default: state.dir of the config)")
+        p.add_argument("--state-dir", type=Path, required=state_required, help=help_text)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    compile_rules([(s.id, s.rule) for s in settings.segments])  # refuse bad rules at start
+    return settings
+
+
+def _state_dir(args: argparse.Namespace, settings: Settings) -> Path:
+    given = getattr(args, "state_dir", None)
+    return Path(given) if given is not None else settings.state_dir
+
+
+def _run_flow(settings: Settings, options: RunOptions, workers: int) -> None:
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    flow = build_flow(settings, options)
+    try:
+        cli_main(flow, workers_per_process=workers)
+    finally:
+        close_engines()
+        io.close_files()
+
+
+def _parse_time(text: str) -> int:
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise UsageError(f"--from-timestamp {text!r} is not ISO-8601") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    options = RunOptions(
+        mode="files" if args.files else "replay",
+        state_dir=_state_dir(args, settings),
+        audience_out=args.audience_out,
+        from_ts_ms=_parse_time(args.from_timestamp) if args.from_timestamp else None,
+    )
+    started = time.monotonic()
+    _run_flow(settings, options, args.workers)
+    print(f"replay finished in {time.monotonic() - started:.1f}s; state in {options.state_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    options = RunOptions(mode="live", state_dir=_state_dir(args, settings), audience_out=args.audience_out)
+    _run_flow(settings, options, args.workers)
+    return 0
+
+
+def _open_read(args: argparse.Namespace) -> tuple[Settings, Any, Keys]:
+    settings = load_settings(args.config)
+    store = open_store(_state_dir(args, settings), read_only=True)
+    return settings, store, Keys(settings.shards)
+
+
+def _identity_arg(text: str) -> tuple[str, str]:
+    try:
+        return parse_identity(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _normalised(settings: Settings, text: str) -> tuple[str, str]:
+    from operators.identity import IdentityRules
+
+    namespace, value = _identity_arg(text)
+    normal = IdentityRules.from_settings(settings).normalize(namespace, value)
+    if not normal:
+        raise UsageError(f"{namespace} value is empty or blocked: it is no identity")
+    return namespace, normal
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    settings, store, keys = _open_read(args)
+    try:
+        doc = queries.find_profile(store, keys, _normalised(settings, args.identity))
+    finally:
+        store.close()
+    if doc is None:
+        print(f"cdp: no profile has the identity {args.identity.split(':', 1)[0]}:…", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _, store, keys = _open_read(args)
+    out = args.out.open("wb") if args.out else sys.stdout.buffer
+    count = 0
+    try:
+        for doc in queries.iter_profiles(store, keys):
+            out.write(orjson.dumps(doc) + b"\n")
+            count += 1
+    finally:
+        store.close()
+        if args.out:
+            out.close()
+    print(f"exported {count} profiles", file=sys.stderr)
+    return 0
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    settings, store, keys = _open_read(args)
+    try:
+        report = queries.cluster_report(store, keys, _normalised(settings, args.identity))
+    finally:
+        store.close()
+    if report is None:
+        print("cdp: that identity is in no cluster", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def cmd_segments_check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    try:
+        rules = compile_rules([(s.id, s.rule) for s in settings.segments])
+    except RuleErrors as exc:
+        for error in exc.errors:
+            print(f"{args.config}: {error}", file=sys.stderr)
+        return 1
+    for rule in rules:
+        print(f"ok  {rule.segment_id}: {rule.text}")
+    return 0
+
+
+def cmd_segments_sizes(args: argparse.Namespace) -> int:
+    settings, store, _ = _open_read(args)
+    try:
+        sizes = queries.segment_sizes(store)
+    finally:
+        store.close()
+    width = max((len(s.id) for s in settings.segments), default=10)
+    for seg in settings.segments:
+        print(f"{seg.id:<{width}}  {sizes.get(seg.id, 0)}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from benchmarks.generator import generate, write_files
+
+    started = time.monotonic()
+    workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cdp-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        stream = generate(args.people, args.events, seed=args.seed)
+        write_files(stream, workdir)
+        config_path = workdir / "cdp.yaml"
+        shutil.copyfile(Path(__file__).resolve().parents[1] / "config" / "demo.yaml", config_path)
+        settings = load_settings(config_path)
+        state_dir = workdir / "state"
+        audience_out = workdir / "all-changes.jsonl"
+        options = RunOptions(mode="files", state_dir=state_dir, audience_out=audience_out)
+        flow = build_flow(settings, options)
+        try:
+            cli_main(flow, workers_per_process=1)
+            stats = engine_for(settings, state_dir).stats
+        finally:
+            close_engines()
+            io.close_files()
+        _print_summary(settings, state_dir, audience_out, stats, time.monotonic() - started)
+        if args.keep:
+            print(f"\ndata, config and state kept in {workdir}")
+            print(f"try: cdp export --config {config_path} --state-dir {state_dir} | head -2")
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _print_summary(settings: Settings, state_dir: Path, changes_file: Path, stats: Any, seconds: float) -> None:
+    dead_file = settings.resolve(settings.dead_letters.path)
+    dead = _read_lines(dead_file)
+    changes = _read_lines(changes_file)
+    store = open_store(state_dir, read_only=True)
+    try:
+        graph = queries.graph_summary(store)
+        sizes = queries.segment_sizes(store)
+    finally:
+        store.close()
+    reasons: dict[str, int] = {}
+    for d in dead:
+        reason = str(d["reason"]).split(":")[0]
+        reasons[reason] = reasons.get(reason, 0) + 1
+    print("streaming-cdp demo: a generated Luma retail stream through the whole pipeline")
+    print(f"  records in       {stats.records + len(dead):>8}  ({stats.records} applied, {len(dead)} dead letters)")
+    for reason, n in sorted(reasons.items()):
+        print(f"    dead letter    {n:>8}  {reason}")
+    print(f"  duplicate events {stats.duplicates:>8}")
+    print(f"  profiles         {graph['profiles']:>8}  ({graph['linked_clusters']} with more than one identity)")
+    print(f"  identity links   {stats.merges:>8}  (records that joined two clusters)")
+    print(f"  refused links    {graph['refused_links']:>8}  (unique namespace or cluster size)")
+    print(f"  timers fired     {stats.timers_fired:>8}")
+    print(f"  audience changes {len(changes):>8}")
+    print("  audience sizes now:")
+    for seg in settings.segments:
+        print(f"    {seg.id:<28} {sizes.get(seg.id, 0):>6}  {seg.name}")
+    print("  sample changes:")
+    seen: set[tuple[str, str]] = set()
+    for change in changes:
+        key = (change["segment_id"], change["status"])
+        if key in seen:
+            continue
+        seen.add(key)
+        print(
+            f"    {change['event_time']}  {change['status']:<7} {change['segment_id']:<24} "
+            f"{change['profile_id']}  reason={change['reason']}"
+        )
+    print(f"  took {seconds:.1f}s")
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

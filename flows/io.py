@@ -1,0 +1,182 @@
+"""Adapters between Bytewax and the outside: sources that yield `(Origin, bytes)` and sinks
+that write bytes. No business logic lives here."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from schemas.records import Origin
+
+Raw = tuple[Origin, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class FileInput:
+    source: str
+    path: Path
+
+
+def read_records(path: Path) -> Iterator[tuple[int, bytes]]:
+    """`(offset, raw)` for each record of a JSON-array or JSON-lines file (auto-detected).
+
+    A JSON array yields one record per element (offset: its index); otherwise each non-blank
+    line is a record (offset: its 0-based line number), so a bad line becomes a dead letter
+    with its own position instead of failing the file.
+    """
+    data = path.read_bytes()
+    if data.lstrip()[:1] == b"[":
+        try:
+            items = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            items = None
+        if isinstance(items, list):
+            for index, item in enumerate(items):
+                yield index, orjson.dumps(item)
+            return
+    for number, line in enumerate(data.split(b"\n")):
+        if line.strip():
+            yield number, line.rstrip(b"\r")
+
+
+class _FilesPartition(StatefulSourcePartition[Raw, tuple[int, int]]):
+    def __init__(self, inputs: Sequence[FileInput], resume: tuple[int, int] | None, batch: int):
+        self._inputs = inputs
+        self._file, self._skip = resume or (0, -1)
+        self._batch = batch
+        self._iter: Iterator[tuple[int, bytes]] | None = None
+
+    def next_batch(self) -> list[Raw]:
+        out: list[Raw] = []
+        while len(out) < self._batch:
+            if self._file >= len(self._inputs):
+                if out:
+                    return out
+                raise StopIteration
+            current = self._inputs[self._file]
+            if self._iter is None:
+                self._iter = read_records(current.path)
+            for offset, raw in self._iter:
+                if offset <= self._skip:
+                    continue
+                out.append((Origin(current.source, 0, offset), raw))
+                self._skip = offset
+                if len(out) >= self._batch:
+                    return out
+            self._file, self._skip, self._iter = self._file + 1, -1, None
+        return out
+
+    def snapshot(self) -> tuple[int, int]:
+        return (self._file, self._skip)
+
+
+class FilesSource(FixedPartitionedSource[Raw, tuple[int, int]]):
+    """The sources' files read one after the other, in the order given (one partition)."""
+
+    def __init__(self, inputs: Sequence[FileInput], batch_size: int = 1000) -> None:
+        for item in inputs:
+            if not item.path.is_file():
+                raise FileNotFoundError(f"source {item.source!r}: no file at {item.path}")
+        self._inputs = tuple(inputs)
+        self._batch = batch_size
+
+    def list_parts(self) -> list[str]:
+        return ["files"]
+
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
+    ) -> _FilesPartition:
+        return _FilesPartition(self._inputs, resume_state, self._batch)
+
+
+def kafka_source(
+    brokers: str,
+    topics: Sequence[str],
+    *,
+    tail: bool,
+    config: dict[str, str],
+    batch_size: int = 1000,
+) -> KafkaSource:
+    return KafkaSource(
+        brokers=brokers.split(","),
+        topics=list(topics),
+        tail=tail,
+        add_config=config,
+        batch_size=batch_size,
+    )
+
+
+def kafka_raw(topic_to_source: dict[str, str], msg: KafkaSourceMessage[Any, Any]) -> Raw:
+    origin = Origin(topic_to_source[msg.topic], msg.partition, msg.offset)
+    return origin, msg.value if msg.value is not None else b""
+
+
+class _SharedFile:
+    """One append handle per path per process, shared by the worker threads."""
+
+    _lock = threading.Lock()
+    _open: dict[Path, tuple[IO[bytes], threading.Lock]] = {}  # noqa: RUF012
+
+    @classmethod
+    def get(cls, path: Path) -> tuple[IO[bytes], threading.Lock]:
+        with cls._lock:
+            if path not in cls._open:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                cls._open[path] = (path.open("ab"), threading.Lock())
+            return cls._open[path]
+
+    @classmethod
+    def close_all(cls) -> None:
+        with cls._lock:
+            for handle, _ in cls._open.values():
+                handle.close()
+            cls._open.clear()
+
+
+class _LinesPartition(StatelessSinkPartition[bytes]):
+    def __init__(self, path: Path) -> None:
+        self._handle, self._lock = _SharedFile.get(path)
+
+    def write_batch(self, items: list[bytes]) -> None:
+        with self._lock:
+            self._handle.write(b"".join(item + b"\n" for item in items))
+            self._handle.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.flush()
+
+
+class JsonLinesSink(DynamicSink[bytes]):
+    """Appends one JSON document per line; flushed after every batch."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path.resolve()
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _LinesPartition:
+        return _LinesPartition(self._path)
+
+
+def close_files() -> None:
+    _SharedFile.close_all()
+
+
+def kafka_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaSink:
+    producer = {"linger.ms": "5", "enable.idempotence": "true", **config}
+    return KafkaSink(brokers=brokers.split(","), topic=topic, add_config=producer)
+
+
+def keyed_message(key: str, value: bytes) -> KafkaSinkMessage[bytes, bytes]:
+    return KafkaSinkMessage(key=key.encode(), value=value)
+
+
+def lines(items: Iterable[bytes]) -> bytes:
+    return b"".join(i + b"\n" for i in items)

@@ -1,0 +1,171 @@
+"""The dataflow: sources -> decode -> identity/profile/segments -> destinations.
+
+```
+read ─► decode ─┬─► route_by_identity ─► apply_records ─► render_<dest> ─► <dest>
+                └─► dead letters
+```
+`build_flow(settings, options)` is a factory with no side effects; the state store opens on
+the worker when the first record arrives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.operators import StatefulBatchLogic
+
+from config.settings import Settings
+from flows import io
+from flows.runtime import engine_for
+from operators.decode import Decoder
+from operators.destinations import render
+from operators.store import shard_of
+from schemas.records import AudienceChange, DeadLetter, Record
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    mode: Literal["files", "replay", "live"]
+    state_dir: Path
+    audience_out: Path | None = None
+    from_ts_ms: int | None = None
+    clock: Callable[[], int] = field(default=wall_clock_ms)
+    idle_advance_s: float = 1.0  # live mode: event time follows the wall clock this often
+
+
+class _ApplyRecords(StatefulBatchLogic[Record, AudienceChange, None]):
+    """Thin adapter: every call goes to the process's engine; Bytewax snapshots nothing (the
+    state and the applied offsets live in RocksDB)."""
+
+    def __init__(self, settings: Settings, options: RunOptions) -> None:
+        self._settings = settings
+        self._options = options
+
+    def _engine(self) -> Any:
+        return engine_for(self._settings, self._options.state_dir)
+
+    def on_batch(self, values: list[Record]) -> tuple[Iterable[AudienceChange], bool]:
+        return self._engine().process(values, self._options.clock()), self.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[AudienceChange], bool]:
+        wall = self._options.clock()
+        return self._engine().advance(wall, wall), self.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[AudienceChange], bool]:
+        return self._engine().finish(self._options.clock()), self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self._options.mode != "live":
+            return None
+        return datetime.now(tz=UTC) + timedelta(seconds=self._options.idle_advance_s)
+
+    def snapshot(self) -> None:
+        return None
+
+
+def build_flow(settings: Settings, options: RunOptions) -> Dataflow:
+    flow = Dataflow("cdp")
+    raw = _read(flow, settings, options)
+    decoder = Decoder.from_settings(settings)
+    decoded = op.map("decode", raw, lambda item: decoder.decode(item[0], item[1]))
+    split = op.branch("split_dead_letters", decoded, lambda x: isinstance(x, Record))
+    records: Stream[Record] = split.trues  # type: ignore[assignment]
+    dead: Stream[DeadLetter] = split.falses  # type: ignore[assignment]
+    if options.from_ts_ms is not None:
+        start = options.from_ts_ms
+        records = op.filter(
+            "skip_before_start", records, lambda r: r.ts_ms is None or r.ts_ms >= start
+        )
+    shards = settings.shards
+    keyed = op.key_on(
+        "route_by_identity", records, lambda r: f"{shard_of(r.identities[0], shards):04d}"
+    )
+    applied = op.stateful_batch(
+        "apply_records", keyed, lambda _resume: _ApplyRecords(settings, options)
+    )
+    changes = op.key_rm("unkey_changes", applied)
+    _write_changes(changes, settings, options)
+    _write_dead_letters(dead, settings)
+    return flow
+
+
+def _read(flow: Dataflow, settings: Settings, options: RunOptions) -> Stream[io.Raw]:
+    if options.mode == "files":
+        inputs = [
+            io.FileInput(s.name, settings.resolve(s.path)) for s in settings.sources if s.path
+        ]
+        if not inputs:
+            raise ValueError("no source has a 'path': nothing to read with --files")
+        return op.input("read_files", flow, io.FilesSource(inputs))
+    topics = {s.topic: s.name for s in settings.sources if s.topic}
+    if not topics:
+        raise ValueError("no source has a 'topic': nothing to read from Kafka")
+    config = settings.kafka.client_config()
+    config.pop("bootstrap.servers")
+    # librdkafka waits up to 500 ms for a fetch to fill by default; live mode wants latency.
+    if options.mode == "live":
+        config.setdefault("fetch.wait.max.ms", "10")
+    source = io.kafka_source(
+        settings.kafka.bootstrap_servers, list(topics), tail=options.mode == "live", config=config
+    )
+    messages = op.input("read_kafka", flow, source)
+    return op.map("locate_message", messages, partial(io.kafka_raw, topics))
+
+
+def _write_changes(
+    changes: Stream[AudienceChange], settings: Settings, options: RunOptions
+) -> None:
+    config = settings.kafka.client_config()
+    brokers = config.pop("bootstrap.servers")
+    for dest in settings.destinations:
+        step = f"render_{dest.name}"
+        rendered = op.filter_map(step, changes, partial(_render, dest=dest))
+        if dest.kind == "file":
+            assert dest.path is not None
+            op.output(f"write_{dest.name}", rendered, io.JsonLinesSink(settings.resolve(dest.path)))
+        elif dest.kind == "kafka":
+            assert dest.topic is not None
+            messages = op.map(f"key_{dest.name}", rendered, lambda kv: io.keyed_message(*kv))
+            op.output(f"write_{dest.name}", messages, io.kafka_sink(brokers, dest.topic, config))
+        else:
+            raise NotImplementedError(f"destination kind {dest.kind!r} is not built yet")
+    if options.audience_out is not None:
+        everything = op.map("render_audience_out", changes, lambda c: render_all(c))
+        op.output("write_audience_out", everything, io.JsonLinesSink(options.audience_out))
+
+
+def _render(change: AudienceChange, dest: Any) -> Any:
+    body = render(change, dest)
+    if body is None:
+        return None
+    return body if dest.kind == "file" else (change.profile_id, body)
+
+
+def render_all(change: AudienceChange) -> bytes:
+    import orjson
+
+    return orjson.dumps(change.to_dict())
+
+
+def _write_dead_letters(dead: Stream[DeadLetter], settings: Settings) -> None:
+    target = settings.dead_letters
+    encoded = op.map("encode_dead_letters", dead, lambda d: d.to_json())
+    if target.kind == "file":
+        op.output("write_dead_letters", encoded, io.JsonLinesSink(settings.resolve(target.path)))
+    else:
+        config = settings.kafka.client_config()
+        brokers = config.pop("bootstrap.servers")
+        keyed = op.map("key_dead_letters", encoded, lambda b: io.keyed_message("dead", b))
+        op.output("write_dead_letters", keyed, io.kafka_sink(brokers, target.topic, config))

@@ -1,0 +1,191 @@
+"""Bytes -> typed `Record`, or a `DeadLetter` that says why.
+
+Pure: no I/O, no clock. Everything a later step needs is decided here, once: the identities
+(from `identityMap` and the source's identity descriptors, normalised, blocked values dropped,
+best first), the event time, the event id (derived when absent), the event type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from config.settings import Settings, SourceSettings
+from operators.identity import IdentityRules
+from schemas.records import DeadLetter, Identity, Origin, Record
+
+
+class Rejected(ValueError):
+    """A record that cannot be used; the message is the dead letter's reason (no values in it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """A source as decode needs it: descriptors pre-split into path tuples."""
+
+    index: int
+    settings: SourceSettings
+    descriptors: tuple[tuple[tuple[str, ...], str, str], ...]  # (path, dotted, namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoder:
+    rules: IdentityRules
+    sources: Mapping[str, SourceSpec]
+    max_record_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Decoder:
+        sources = {
+            src.name: SourceSpec(
+                index=i,
+                settings=src,
+                descriptors=tuple(
+                    (tuple(path.split(".")), path, ns) for path, ns in src.identities.items()
+                ),
+            )
+            for i, src in enumerate(settings.sources)
+        }
+        return cls(IdentityRules.from_settings(settings), sources, settings.max_record_bytes)
+
+    def decode(self, origin: Origin, raw: bytes) -> Record | DeadLetter:
+        try:
+            return self._decode(origin, raw)
+        except Rejected as exc:
+            return DeadLetter(origin, raw, str(exc))
+
+    def _decode(self, origin: Origin, raw: bytes) -> Record:
+        spec = self.sources.get(origin.source)
+        if spec is None:
+            raise Rejected(f"unknown source {origin.source!r}")
+        if len(raw) > self.max_record_bytes:
+            raise Rejected(f"record of {len(raw)} bytes is over the limit of {self.max_record_bytes}")
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise Rejected(f"not JSON: {_json_problem(exc)}") from None
+        if not isinstance(body, dict):
+            raise Rejected(f"a record must be a JSON object, not {_type_name(body)}")
+        src = spec.settings
+        identities = self._identities(spec, body)
+        if not identities:
+            raise Rejected("no usable identity (none present, or all empty or blocked)")
+        ts_ms = _timestamp(body.get("timestamp"), required=src.kind == "event")
+        event_id: str | None = None
+        event_type: str | None = None
+        if src.kind == "event":
+            event_type = body.get("eventType", src.event_type)
+            if event_type is None:
+                raise Rejected("event has no eventType and its source sets no event_type")
+            if not isinstance(event_type, str) or not event_type:
+                raise Rejected("eventType must be a non-empty string")
+            if "eventType" not in body:
+                body["eventType"] = event_type  # our own freshly parsed dict
+            event_id = _event_id(body, origin.source, raw)
+        return Record(
+            origin=origin,
+            source_index=spec.index,
+            kind=src.kind,
+            priority=src.priority,
+            identities=identities,
+            body=body,
+            ts_ms=ts_ms,
+            event_id=event_id,
+            event_type=event_type,
+        )
+
+    def _identities(self, spec: SourceSpec, body: dict[str, Any]) -> tuple[Identity, ...]:
+        found: set[Identity] = set()
+        identity_map = body.get("identityMap")
+        if identity_map is not None:
+            if not isinstance(identity_map, dict):
+                raise Rejected("identityMap must be an object of namespace -> list of {id}")
+            for namespace, entries in identity_map.items():
+                if not isinstance(entries, list):
+                    raise Rejected(f"identityMap.{_safe(namespace)} must be a list of {{id}}")
+                for entry in entries:
+                    if not isinstance(entry, dict):
+                        raise Rejected(f"identityMap.{_safe(namespace)} entries must be objects")
+                    self._add(found, namespace, entry.get("id"), f"identityMap.{namespace}")
+        for path, dotted, namespace in spec.descriptors:
+            self._add(found, namespace, _lookup(body, path), dotted)
+        return tuple(sorted(found, key=self.rules.sort_key))
+
+    def _add(self, found: set[Identity], namespace: str, raw: Any, where: str) -> None:
+        if raw is None:
+            return
+        if isinstance(raw, bool) or not isinstance(raw, str | int):
+            raise Rejected(f"identity at {_safe(where)} must be a string or an integer")
+        text = str(raw)
+        if len(text) > self.rules.max_value_length:
+            raise Rejected(
+                f"identity at {_safe(where)} is {len(text)} characters, "
+                f"over the limit of {self.rules.max_value_length}"
+            )
+        if ":" in namespace or not namespace:
+            raise Rejected(f"identity namespace {_safe(namespace)} is not a valid name")
+        value = self.rules.normalize(namespace, text)
+        if value:
+            found.add((namespace, value))
+
+
+def _lookup(body: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = body
+    for part in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _timestamp(value: Any, *, required: bool) -> int | None:
+    if value is None:
+        if required:
+            raise Rejected("event has no timestamp")
+        return None
+    if isinstance(value, bool):
+        raise Rejected("timestamp must be an ISO-8601 string or epoch milliseconds")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            raise Rejected("timestamp is not ISO-8601") from None
+        if dt.tzinfo is None:  # naive times in retail exports are UTC in practice
+            dt = dt.replace(tzinfo=UTC)
+        return int(dt.timestamp() * 1000)
+    raise Rejected("timestamp must be an ISO-8601 string or epoch milliseconds")
+
+
+def _event_id(body: Mapping[str, Any], source: str, raw: bytes) -> str:
+    given = body.get("_id")
+    if isinstance(given, str) and given:
+        return given
+    if given is not None and not isinstance(given, str):
+        raise Rejected("_id must be a string")
+    # No id: derive a stable one from the content, so a replay deduplicates the same way.
+    canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return "d_" + hashlib.sha256(source.encode() + b"\0" + canonical).hexdigest()[:32]
+
+
+def _json_problem(exc: orjson.JSONDecodeError) -> str:
+    return f"{exc.msg} at byte {exc.pos}"
+
+
+def _type_name(value: Any) -> str:
+    return {list: "an array", str: "a string", int: "a number", float: "a number"}.get(
+        type(value), "a scalar"
+    )
+
+
+def _safe(name: Any) -> str:
+    """A field name fit for a reason: printable, short (never a value)."""
+    text = str(name)
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= 64 else text[:61] + "..."

@@ -1,0 +1,35 @@
+"""What each destination receives: its segments, its identities, hashed where asked."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from config.settings import DestinationSettings
+from schemas.records import AudienceChange
+
+
+def sha256_hex(value: str) -> str:
+    """Ad platforms match on SHA-256 of the normalised (trimmed, lower-case) value."""
+    return hashlib.sha256(value.strip().lower().encode()).hexdigest()
+
+
+def render(change: AudienceChange, destination: DestinationSettings) -> bytes | None:
+    """The JSON line for this destination, or None when it does not take this segment."""
+    if destination.segments is not None and change.segment_id not in destination.segments:
+        return None
+    doc: dict[str, Any] = change.to_dict()
+    wanted = destination.identities
+    hashed = set(destination.hash_identities)
+    identities: dict[str, list[str]] = {}
+    for namespace, values in change.identities.items():
+        if wanted is not None and namespace not in wanted:
+            continue
+        if namespace in hashed:
+            identities[namespace] = [sha256_hex(v) for v in values]
+        else:
+            identities[namespace] = list(values)
+    doc["identities"] = identities
+    return orjson.dumps(doc)

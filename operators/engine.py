@@ -1,0 +1,300 @@
+"""The stateful core of the pipeline: identity, profile and segments for a batch of records.
+
+`Engine.process` is what the Bytewax step calls with the records of one shard key. It reads
+and writes state only through a `Txn`, so each call is one atomic WriteBatch that carries the
+applied input offsets too: a record re-delivered after a crash is recognised and skipped.
+
+All shards of a process share one store, so with one worker every cross-shard effect of a
+merge (re-pointing members, moving the loser's profile) is applied in place.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.settings import Settings
+from operators import profile as prof
+from operators.identity import Cluster, IdentityRules, Resolution, profile_id, resolve
+from operators.rules import compile_rules
+from operators.segments import SegmentIndex, Transition, change_id, evaluate, exit_all, transitions
+from operators.store import WATERMARK_KEY, Keys, Store, Txn, parse_timer_key, shard_of
+from schemas.records import AudienceChange, Identity, Record, identity_str, parse_identity
+
+
+@dataclass
+class EngineStats:
+    records: int = 0
+    replayed: int = 0  # re-delivered records skipped by offset
+    duplicates: int = 0  # events skipped by `_id`
+    merges: int = 0
+    conflicts: int = 0
+    timers_fired: int = 0
+    changes: Counter[str] = field(default_factory=Counter)
+
+
+class _Graph:
+    """The identity graph as `resolve` reads it, through the transaction."""
+
+    def __init__(self, txn: Txn, keys: Keys) -> None:
+        self.txn = txn
+        self.keys = keys
+
+    def canonical(self, identity: Identity) -> Identity | None:
+        raw = self.txn.get_json(self.keys.pointer(identity))
+        return None if raw is None else parse_identity(raw)
+
+    def cluster(self, canonical: Identity) -> Cluster | None:
+        raw = self.txn.get_json(self.keys.cluster(canonical))
+        return None if raw is None else Cluster.from_json(raw)
+
+
+def build_index(settings: Settings) -> SegmentIndex:
+    return SegmentIndex(compile_rules([(s.id, s.rule) for s in settings.segments]))
+
+
+class Engine:
+    def __init__(self, settings: Settings, store: Store, index: SegmentIndex | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.keys = Keys(settings.shards)
+        self.rules = IdentityRules.from_settings(settings)
+        self.index = index or build_index(settings)
+        self.lateness_ms = settings.time.allowed_lateness_ms
+        self.timed = {
+            r.segment_id
+            for r in self.index.rules
+            if r.absents or any(a.within_ms is not None for a in r.aggregates)
+        }
+        self.stats = EngineStats()
+        self.lock = threading.Lock()  # worker threads of one process share this engine
+        raw = store.get(WATERMARK_KEY)
+        self.max_event_ms: int | None = None if raw is None else int(raw)
+        self._timers: list[tuple[int, str]] = [
+            (ts, identity_str(canon))
+            for ts, canon in (parse_timer_key(k) for k, _ in store.scan(b"t/"))
+        ]
+        heapq.heapify(self._timers)
+
+    # -- time ------------------------------------------------------------------------------
+
+    @property
+    def now_ms(self) -> int:
+        """Event time: the highest event time applied, less the allowed lateness."""
+        return 0 if self.max_event_ms is None else self.max_event_ms - self.lateness_ms
+
+    # -- the step --------------------------------------------------------------------------
+
+    def process(self, records: Sequence[Record], wall_ms: int) -> list[AudienceChange]:
+        with self.lock:
+            txn = Txn(self.store)
+            out: list[AudienceChange] = []
+            for record in records:
+                self._process_one(txn, record, wall_ms, out)
+            if self.max_event_ms is not None:
+                txn.put(WATERMARK_KEY, str(self.max_event_ms).encode())
+            txn.commit()
+            return out
+
+    def finish(self, wall_ms: int) -> list[AudienceChange]:
+        """End of input: fire every timer up to the last event time."""
+        with self.lock:
+            if self.max_event_ms is None:
+                return []
+            txn = Txn(self.store)
+            out: list[AudienceChange] = []
+            self._fire_timers(txn, self.max_event_ms, wall_ms, out)
+            txn.commit()
+            return out
+
+    def advance(self, event_ms: int, wall_ms: int) -> list[AudienceChange]:
+        """Move event time forward with no record (live mode: the wall clock)."""
+        with self.lock:
+            if self.max_event_ms is not None and event_ms <= self.max_event_ms:
+                return []
+            self.max_event_ms = event_ms
+            txn = Txn(self.store)
+            out: list[AudienceChange] = []
+            self._fire_timers(txn, self.now_ms, wall_ms, out)
+            txn.put(WATERMARK_KEY, str(event_ms).encode())
+            txn.commit()
+            return out
+
+    def _process_one(self, txn: Txn, record: Record, wall_ms: int, out: list[AudienceChange]) -> None:
+        origin = record.origin
+        shard = shard_of(record.identities[0], self.keys.shards)
+        offset_key = Keys.offset(shard, origin.source, origin.partition)
+        applied = txn.get_json(offset_key)
+        if applied is not None and origin.offset <= applied:
+            self.stats.replayed += 1
+            return
+        txn.put_json(offset_key, origin.offset)
+        self.stats.records += 1
+        if record.ts_ms is not None and (self.max_event_ms is None or record.ts_ms > self.max_event_ms):
+            self.max_event_ms = record.ts_ms
+            self._fire_timers(txn, self.now_ms, wall_ms, out)
+
+        graph = _Graph(txn, self.keys)
+        resolution = resolve(graph, self.rules, record.identities, origin.position, record.ts_ms)
+        at_ms = record.ts_ms if record.ts_ms is not None else self.now_ms
+        losers = {m.loser: graph.cluster(m.loser) for m in resolution.merges}
+        self._write_graph(txn, resolution)
+        canonical = resolution.canonical
+        profile = self._load_profile(txn, canonical)
+        for merge in resolution.merges:
+            self.stats.merges += 1
+            loser_profile = txn.get_json(self.keys.profile(merge.loser))
+            if loser_profile is None:
+                continue
+            loser_cluster = losers.get(merge.loser) or Cluster(members=(merge.loser,))
+            _, exits = exit_all(loser_profile["segs"], at_ms)
+            self._emit(out, merge.loser, loser_cluster, exits, at_ms, wall_ms, "merge")
+            self._set_timer(txn, merge.loser, loser_profile.get("timer"), None)
+            txn.delete(self.keys.profile(merge.loser))
+            profile = prof.merge_profiles(profile, loser_profile, self.index.aggregates, self.index.absents)
+
+        which: set[str] = set(self.index.all_ids()) if resolution.merges else set()
+        reason = "merge" if resolution.merges else ""
+        if record.kind == "event":
+            seen_key = Keys.seen(shard, record.event_id or "")
+            if txn.get(seen_key) is not None:
+                self.stats.duplicates += 1
+            else:
+                txn.put(seen_key, b"")
+                aggs, absents = self.index.candidates(record.event_type or "")
+                profile, changed = prof.apply_event(profile, record, aggs, absents)
+                which |= self.index.affected_by_inputs(changed)
+                reason = reason or f"event:{record.event_id}"
+        else:
+            profile, paths = prof.apply_attributes(profile, record)
+            which |= self.index.affected_by_attributes(paths)
+            reason = reason or f"profile:{origin.position}"
+        self._evaluate(txn, canonical, resolution.cluster, profile, which, at_ms, wall_ms, reason, out)
+
+    def _evaluate(
+        self,
+        txn: Txn,
+        canonical: Identity,
+        cluster: Cluster,
+        profile: prof.Profile,
+        which: set[str],
+        at_ms: int,
+        wall_ms: int,
+        reason: str,
+        out: list[AudienceChange],
+        now_ms: int | None = None,
+    ) -> None:
+        now = self.now_ms if now_ms is None else now_ms
+        if which:
+            results = evaluate(profile, self.index, which, now)
+            segs, changes = transitions(profile["segs"], results, at_ms)
+            if changes:
+                profile = {**profile, "segs": segs}
+                self._emit(out, canonical, cluster, changes, at_ms, wall_ms, reason)
+        profile = prof.prune(profile, self.index.aggregates, self.index.absents, now)
+        due = prof.next_change(profile, self.index.aggregates, self.index.absents, now)
+        if due != profile.get("timer"):
+            self._set_timer(txn, canonical, profile.get("timer"), due)
+            profile = {**profile, "timer": due}
+        txn.put_json(self.keys.profile(canonical), profile)
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def _set_timer(self, txn: Txn, canonical: Identity, old: int | None, new: int | None) -> None:
+        if old is not None:
+            txn.delete(Keys.timer(old, canonical))
+        if new is not None:
+            txn.put(Keys.timer(new, canonical), b"")
+            heapq.heappush(self._timers, (new, identity_str(canonical)))
+
+    def _fire_timers(self, txn: Txn, upto_ms: int, wall_ms: int, out: list[AudienceChange]) -> None:
+        while self._timers and self._timers[0][0] <= upto_ms:
+            ts, ident = heapq.heappop(self._timers)
+            canonical = parse_identity(ident)
+            key = Keys.timer(ts, canonical)
+            if txn.get(key) is None:
+                continue  # superseded: the profile moved, merged away or rescheduled
+            txn.delete(key)
+            profile = txn.get_json(self.keys.profile(canonical))
+            if profile is None or profile.get("timer") != ts:
+                continue
+            profile = {**profile, "timer": None}
+            cluster = _Graph(txn, self.keys).cluster(canonical) or Cluster(members=(canonical,))
+            self.stats.timers_fired += 1
+            self._evaluate(
+                txn, canonical, cluster, profile, set(self.timed), ts, wall_ms, "timer", out, now_ms=ts
+            )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _load_profile(self, txn: Txn, canonical: Identity) -> prof.Profile:
+        found = txn.get_json(self.keys.profile(canonical))
+        return prof.new_profile() if found is None else found  # type: ignore[no-any-return]
+
+    def _write_graph(self, txn: Txn, resolution: Resolution) -> None:
+        for identity, canonical in resolution.pointers.items():
+            txn.put_json(self.keys.pointer(identity), identity_str(canonical))
+        for canonical, cluster in resolution.clusters.items():
+            if cluster is None:
+                txn.delete(self.keys.cluster(canonical))
+            else:
+                txn.put_json(self.keys.cluster(canonical), cluster.to_json())
+        for conflict in resolution.conflicts:
+            self.stats.conflicts += 1
+            entry = conflict.to_json()
+            txn.put_json(Keys.conflict(conflict.a, conflict.position), entry)
+            txn.put_json(Keys.conflict(conflict.b, conflict.position), entry)
+
+    def _emit(
+        self,
+        out: list[AudienceChange],
+        canonical: Identity,
+        cluster: Cluster,
+        changes: Sequence[Transition],
+        at_ms: int,
+        wall_ms: int,
+        reason: str,
+    ) -> None:
+        pid = profile_id(canonical)
+        identities = cluster.by_namespace()
+        for change in changes:
+            status = "entered" if change.entered else "exited"
+            self.stats.changes[f"{change.segment_id}:{status}"] += 1
+            out.append(
+                AudienceChange(
+                    id=change_id(pid, change.segment_id, change.sequence),
+                    segment_id=change.segment_id,
+                    status=status,
+                    profile_id=pid,
+                    identities=identities,
+                    event_time_ms=at_ms,
+                    emitted_at_ms=wall_ms,
+                    reason=reason,
+                )
+            )
+
+
+def profile_document(canonical: Identity, cluster: Cluster, profile: dict[str, Any] | None) -> dict[str, Any]:
+    """The profile JSON of DESIGN §6."""
+    from schemas.records import iso_ms
+
+    p = profile or prof.new_profile()
+    events = p["events"]
+    return {
+        "profile_id": profile_id(canonical),
+        "identities": cluster.by_namespace(),
+        "attributes": prof.nested_attributes(p),
+        "segments": {
+            seg: {"status": "entered" if held[0] else "exited", "since": iso_ms(held[1])}
+            for seg, held in sorted(p["segs"].items())
+        },
+        "events": {
+            "count": events[0] if events else 0,
+            "first": iso_ms(events[1]) if events else None,
+            "last": iso_ms(events[2]) if events else None,
+        },
+    }

@@ -1,0 +1,248 @@
+"""Identity rules and the union-find over the identity graph, as pure functions.
+
+A cluster is one person. Its canonical identity is its smallest member under the fixed total
+order (namespace priority, then namespace name, then value), so merges only ever move one way
+and converge in any order: when two clusters join, the one with the smaller canonical survives.
+`resolve` reads the graph through a `GraphReader` and returns every change as data; the caller
+writes them (in one WriteBatch, with the input offsets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from config.settings import Settings
+from schemas.records import Identity, identity_str
+
+_EMAIL_SPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRules:
+    """What the settings say about identities, precomputed for the per-record path."""
+
+    ranks: Mapping[str, int]
+    normalizers: Mapping[str, str]
+    unique: frozenset[str]
+    blocked_exact: frozenset[str]
+    blocked_patterns: tuple[re.Pattern[str], ...]
+    max_members: int
+    max_value_length: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IdentityRules:
+        blocked = settings.identity.blocked_values
+        patterns = tuple(re.compile(b) for b in blocked if b.startswith("^") or b.endswith("$"))
+        exact = frozenset(b.strip().lower() for b in blocked if not (b.startswith("^") or b.endswith("$")))
+        return cls(
+            ranks={ns.name: i for i, ns in enumerate(settings.namespaces)},
+            normalizers={ns.name: ns.normalize for ns in settings.namespaces},
+            unique=frozenset(ns.name for ns in settings.namespaces if ns.unique),
+            blocked_exact=exact,
+            blocked_patterns=patterns,
+            max_members=settings.identity.max_identities_per_cluster,
+            max_value_length=settings.identity.max_value_length,
+        )
+
+    def sort_key(self, identity: Identity) -> tuple[int, str, str]:
+        """The total order: listed namespaces by priority, then unlisted ones by name."""
+        return (self.ranks.get(identity[0], len(self.ranks)), identity[0], identity[1])
+
+    def normalize(self, namespace: str, raw: str) -> str | None:
+        """The normalised value, or None when the value is no identity (empty or blocked)."""
+        kind = self.normalizers.get(namespace, "none")
+        if kind == "email":
+            value = _EMAIL_SPACE.sub("", raw).lower()
+        elif kind == "phone":
+            stripped = raw.strip()
+            digits = "".join(c for c in stripped if c.isdigit())
+            value = f"+{digits}" if stripped.startswith("+") and digits else digits
+        elif kind == "lower":
+            value = raw.strip().lower()
+        else:
+            value = raw.strip()
+        if value.lower() in self.blocked_exact or raw.strip().lower() in self.blocked_exact:
+            return None
+        if any(p.fullmatch(value) for p in self.blocked_patterns):
+            return None
+        return value
+
+
+def profile_id(canonical: Identity) -> str:
+    """A stable, opaque profile id derived from the cluster's canonical identity."""
+    return "p_" + hashlib.sha256(identity_str(canonical).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """Why two identities are in one cluster: the record that named them together."""
+
+    a: Identity
+    b: Identity
+    position: str
+    ts_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    members: tuple[Identity, ...]  # sorted by IdentityRules.sort_key
+    links: tuple[Link, ...] = ()
+
+    def by_namespace(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for ns, value in self.members:
+            out.setdefault(ns, []).append(value)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "members": [list(m) for m in self.members],
+            "links": [[list(k.a), list(k.b), k.position, k.ts_ms] for k in self.links],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Cluster:
+        return cls(
+            members=tuple((m[0], m[1]) for m in data["members"]),
+            links=tuple(
+                Link((k[0][0], k[0][1]), (k[1][0], k[1][1]), k[2], k[3]) for k in data["links"]
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A refused link: both identities, the record that proposed it, the rule that refused it."""
+
+    a: Identity
+    b: Identity
+    rule: str
+    position: str
+    ts_ms: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": list(self.a),
+            "b": list(self.b),
+            "rule": self.rule,
+            "position": self.position,
+            "ts_ms": self.ts_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    survivor: Identity
+    loser: Identity
+    merge_id: str
+
+
+@dataclass(slots=True)
+class Resolution:
+    """Everything `resolve` decided for one record."""
+
+    canonical: Identity
+    cluster: Cluster
+    pointers: dict[Identity, Identity] = field(default_factory=dict)  # identity -> canonical
+    clusters: dict[Identity, Cluster | None] = field(default_factory=dict)  # None: deleted
+    merges: list[Merge] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+class GraphReader(Protocol):
+    def canonical(self, identity: Identity) -> Identity | None: ...
+    def cluster(self, canonical: Identity) -> Cluster | None: ...
+
+
+def refusal(rules: IdentityRules, left: Cluster, right: Cluster) -> str | None:
+    """The rule a union of the two clusters would break, or None."""
+    for namespace in sorted(rules.unique):
+        values = {v for ns, v in left.members if ns == namespace}
+        values.update(v for ns, v in right.members if ns == namespace)
+        if len(values) > 1:
+            return f"unique:{namespace}"
+    if len(left.members) + len(right.members) > rules.max_members:
+        return "max_identities_per_cluster"
+    return None
+
+
+def resolve(
+    graph: GraphReader,
+    rules: IdentityRules,
+    identities: Iterable[Identity],
+    position: str,
+    ts_ms: int | None,
+) -> Resolution:
+    """Link a record's identities (best first) and say which cluster the record belongs to.
+
+    The record belongs to the cluster of its highest-priority identity; every other identity is
+    linked into it unless a rule refuses, in which case the link is recorded as a conflict and
+    both clusters stay apart.
+    """
+    ids = list(identities)
+    pointers: dict[Identity, Identity] = {}
+    clusters: dict[Identity, Cluster | None] = {}
+
+    def canonical_of(identity: Identity) -> Identity | None:
+        if identity in pointers:
+            return pointers[identity]
+        return graph.canonical(identity)
+
+    def cluster_of(canonical: Identity) -> Cluster | None:
+        if canonical in clusters:
+            return clusters[canonical]
+        return graph.cluster(canonical)
+
+    primary = ids[0]
+    current = canonical_of(primary)
+    if current is None:
+        current = primary
+        pointers[primary] = primary
+        cluster = Cluster(members=(primary,))
+        clusters[primary] = cluster
+    else:
+        found = cluster_of(current)
+        if found is None:  # a pointer without its cluster: heal by recreating it
+            found = Cluster(members=(current,))
+            clusters[current] = found
+        cluster = found
+    resolution = Resolution(canonical=current, cluster=cluster, pointers=pointers, clusters=clusters)
+
+    for identity in ids[1:]:
+        other_canonical = canonical_of(identity)
+        if other_canonical == current:
+            continue
+        other = (
+            cluster_of(other_canonical) if other_canonical is not None else None
+        ) or Cluster(members=(identity,))
+        if other_canonical is None:
+            other_canonical = identity
+        rule = refusal(rules, cluster, other)
+        if rule is not None:
+            resolution.conflicts.append(Conflict(primary, identity, rule, position, ts_ms))
+            continue
+        survivor, loser = sorted((current, other_canonical), key=rules.sort_key)
+        members = tuple(sorted({*cluster.members, *other.members}, key=rules.sort_key))
+        link = Link(primary, identity, position, ts_ms)
+        cluster = Cluster(members=members, links=(*cluster.links, *other.links, link))
+        for member in members:
+            pointers[member] = survivor
+        clusters[loser] = None
+        clusters[survivor] = cluster
+        resolution.merges.append(Merge(survivor, loser, merge_id(survivor, loser, position)))
+        current = survivor
+
+    resolution.canonical = current
+    resolution.cluster = cluster
+    # Only members whose pointer really changed need writing.
+    resolution.pointers = {m: c for m, c in pointers.items() if graph.canonical(m) != c}
+    return resolution
+
+
+def merge_id(survivor: Identity, loser: Identity, position: str) -> str:
+    text = f"{identity_str(survivor)}|{identity_str(loser)}|{position}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]

@@ -1,0 +1,243 @@
+"""State storage: one small interface, an in-memory and a RocksDB implementation, the key
+layout and the codec. This is the only module that imports `rocksdict`.
+
+Key layout (bytes, UTF-8; `ID` is `Namespace:value`, `SSSS` the logical shard, zero-padded):
+
+| key | value | what |
+| --- | --- | --- |
+| `meta/format` | `1` | format version, written on first open, checked on every open |
+| `meta/watermark` | int | the highest event time applied (epoch ms) |
+| `o/SSSS/SOURCE/PARTITION` | int | highest input offset applied for records routed to shard SSSS |
+| `i/SSSS/ID` | `ID` | identity -> canonical identity of its cluster (shard of the identity) |
+| `c/SSSS/ID` | cluster JSON | members and links of the cluster whose canonical is ID |
+| `p/SSSS/ID` | profile JSON | the profile of that cluster |
+| `x/SSSS/EVENT_ID` | empty | an event id already applied (dedup), shard of the routing identity |
+| `k/ID/POSITION` | conflict JSON | refused links, once under each of the two identities |
+| `t/TTTTTTTTTTTTT/ID` | empty | a timer: re-evaluate the profile ID at event time T |
+
+Values are orjson, never pickle. Writes go through `Txn`: reads see the transaction's own
+writes, and `commit` applies everything, offsets included, as one atomic WriteBatch.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+from rocksdict import AccessType, Options, Rdict, WriteBatch
+
+from schemas.records import Identity, identity_str, parse_identity
+
+FORMAT_VERSION = b"1"
+FORMAT_KEY = b"meta/format"
+WATERMARK_KEY = b"meta/watermark"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class Store(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+    def write(self, changes: Mapping[bytes, bytes | None]) -> None: ...
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """A dict; for unit tests and the pure-function property tests."""
+
+    def __init__(self) -> None:
+        self._data: dict[bytes, bytes] = {FORMAT_KEY: FORMAT_VERSION}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._data.get(key)
+
+    def write(self, changes: Mapping[bytes, bytes | None]) -> None:
+        for key, value in changes.items():
+            if value is None:
+                self._data.pop(key, None)
+            else:
+                self._data[key] = value
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key in sorted(k for k in self._data if k.startswith(prefix)):
+            yield key, self._data[key]
+
+    def close(self) -> None:
+        pass
+
+
+class RocksStore:
+    """RocksDB through rocksdict, in raw (bytes) mode."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        options = Options(raw_mode=True)
+        if read_only:
+            if not path.exists():
+                raise StoreError(f"no state at {path}: run a replay or a worker first")
+            self._db = Rdict(str(path), options, access_type=AccessType.read_only())
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            options.create_if_missing(True)
+            self._db = Rdict(str(path), options)
+        version = self._db.get(FORMAT_KEY)
+        if version is None and not read_only:
+            self._db.put(FORMAT_KEY, FORMAT_VERSION)
+        elif version != FORMAT_VERSION:
+            found = "none" if version is None else version.decode(errors="replace")
+            raise StoreError(
+                f"state at {path} has format {found}, this version reads {FORMAT_VERSION.decode()}"
+            )
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self._db.get(key)
+        return None if value is None else bytes(value)
+
+    def write(self, changes: Mapping[bytes, bytes | None]) -> None:
+        batch = WriteBatch(raw_mode=True)
+        for key, value in changes.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        self._db.write(batch)
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield bytes(key), bytes(value)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_store(state_dir: Path, *, read_only: bool = False) -> RocksStore:
+    return RocksStore(state_dir / "rocksdb", read_only=read_only)
+
+
+def shard_of(identity: Identity, shards: int) -> int:
+    """Stable across processes and runs (unlike `hash`)."""
+    return zlib.crc32(identity_str(identity).encode()) % shards
+
+
+class Keys:
+    """Key builders for one shard count."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+
+    def _shard(self, identity: Identity) -> str:
+        return f"{shard_of(identity, self.shards):04d}"
+
+    def pointer(self, identity: Identity) -> bytes:
+        return f"i/{self._shard(identity)}/{identity_str(identity)}".encode()
+
+    def cluster(self, canonical: Identity) -> bytes:
+        return f"c/{self._shard(canonical)}/{identity_str(canonical)}".encode()
+
+    def profile(self, canonical: Identity) -> bytes:
+        return f"p/{self._shard(canonical)}/{identity_str(canonical)}".encode()
+
+    @staticmethod
+    def offset(shard: int, source: str, partition: int) -> bytes:
+        return f"o/{shard:04d}/{source}/{partition}".encode()
+
+    @staticmethod
+    def seen(shard: int, event_id: str) -> bytes:
+        return f"x/{shard:04d}/{event_id}".encode()
+
+    @staticmethod
+    def conflict(identity: Identity, position: str) -> bytes:
+        return f"k/{identity_str(identity)}/{position}".encode()
+
+    @staticmethod
+    def conflicts_of(identity: Identity) -> bytes:
+        return f"k/{identity_str(identity)}/".encode()
+
+    @staticmethod
+    def timer(ts_ms: int, canonical: Identity) -> bytes:
+        return f"t/{ts_ms:013d}/{identity_str(canonical)}".encode()
+
+
+def parse_timer_key(key: bytes) -> tuple[int, Identity]:
+    _, ts, ident = key.decode().split("/", 2)
+    return int(ts), parse_identity(ident)
+
+
+def identity_from_key(key: bytes) -> Identity:
+    """`p/0042/Email:a@b.c` -> `("Email", "a@b.c")`."""
+    return parse_identity(key.decode().split("/", 2)[2])
+
+
+def encode(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def decode(raw: bytes) -> Any:
+    return orjson.loads(raw)
+
+
+class Txn:
+    """Reads that see pending writes; one atomic write on commit.
+
+    Decoded JSON values are cached, so a profile touched by many records in one batch is
+    decoded and encoded once.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._raw: dict[bytes, bytes | None] = {}
+        self._objects: dict[bytes, Any] = {}
+        self._dirty: set[bytes] = set()
+
+    def get(self, key: bytes) -> bytes | None:
+        if key in self._objects:
+            obj = self._objects[key]
+            return None if obj is None else encode(obj)
+        if key in self._raw:
+            return self._raw[key]
+        return self.store.get(key)
+
+    def get_json(self, key: bytes) -> Any:
+        if key in self._objects:
+            return self._objects[key]
+        raw = self._raw[key] if key in self._raw else self.store.get(key)
+        value = None if raw is None else decode(raw)
+        self._objects[key] = value
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._objects.pop(key, None)
+        self._dirty.discard(key)
+        self._raw[key] = value
+
+    def put_json(self, key: bytes, value: Any) -> None:
+        """Values handed in must not be mutated afterwards (the pure functions never do)."""
+        self._raw.pop(key, None)
+        self._objects[key] = value
+        self._dirty.add(key)
+
+    def delete(self, key: bytes) -> None:
+        self._objects.pop(key, None)
+        self._dirty.discard(key)
+        self._raw[key] = None
+
+    def changes(self) -> dict[bytes, bytes | None]:
+        out = dict(self._raw)
+        for key in self._dirty:
+            obj = self._objects[key]
+            out[key] = None if obj is None else encode(obj)
+        return out
+
+    def commit(self) -> None:
+        changes = self.changes()
+        if changes:
+            self.store.write(changes)
+        self._raw.clear()
+        self._objects.clear()
+        self._dirty.clear()

@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+
+from operators.store import FORMAT_KEY, MemoryStore, RocksStore, Store, StoreError, Txn
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "memory":
+        return MemoryStore()
+    return RocksStore(tmp_path / "db")
+
+
+def test_txn_reads_its_own_writes_and_commits_atomically(store: Store) -> None:
+    txn = Txn(store)
+    txn.put_json(b"p/1", {"a": 1})
+    txn.put(b"o/1", b"9")
+    assert txn.get_json(b"p/1") == {"a": 1}
+    assert store.get(b"p/1") is None  # nothing written before commit
+    txn.commit()
+    assert store.get(b"o/1") == b"9"
+    assert Txn(store).get_json(b"p/1") == {"a": 1}
+
+
+def test_reads_alone_write_nothing(store: Store) -> None:
+    store.write({b"p/1": b"[1]"})
+    txn = Txn(store)
+    assert txn.get_json(b"p/1") == [1]
+    assert txn.get_json(b"p/missing") is None
+    assert txn.changes() == {}
+
+
+def test_delete_and_prefix_scan_in_key_order(store: Store) -> None:
+    store.write({b"t/0000000000002/b": b"", b"t/0000000000001/a": b"", b"u/x": b""})
+    txn = Txn(store)
+    txn.delete(b"t/0000000000002/b")
+    txn.commit()
+    assert [k for k, _ in store.scan(b"t/")] == [b"t/0000000000001/a"]
+
+
+def test_format_version_is_written_and_checked(tmp_path: Path) -> None:
+    db = RocksStore(tmp_path / "db")
+    assert db.get(FORMAT_KEY) == b"1"
+    db.write({FORMAT_KEY: b"999"})
+    db.close()
+    with pytest.raises(StoreError, match="format 999"):
+        RocksStore(tmp_path / "db")
+
+
+def test_read_only_open_of_missing_state_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no state"):
+        RocksStore(tmp_path / "absent", read_only=True)
