@@ -65,7 +65,9 @@ class IdentitySettings(_Frozen):
                 try:
                     re.compile(value)
                 except re.error as exc:
-                    raise ValueError(f"blocked value {value!r} is not a valid regex: {exc}") from exc
+                    raise ValueError(
+                        f"blocked value {value!r} is not a valid regex: {exc}"
+                    ) from exc
         return values
 
 
@@ -107,6 +109,10 @@ class DestinationSettings(_Frozen):
     segments: tuple[str, ...] | None = None  # None: every segment
     identities: tuple[str, ...] | None = None  # namespaces to send; None: all
     hash_identities: tuple[str, ...] = ()  # namespaces sent as SHA-256 hex
+    headers: dict[str, str] = Field(default_factory=dict)  # webhook: e.g. Authorization
+    max_attempts: int = Field(default=5, ge=1)  # webhook: then the change is a dead letter
+    backoff_ms: int = Field(default=200, ge=0)  # webhook: doubled after each failed attempt
+    timeout_s: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _target(self) -> DestinationSettings:

@@ -21,5 +21,7 @@ def build_flow(config: str | None = None, mode: str | None = None) -> Dataflow:
     if not path:
         raise ValueError("set CDP_CONFIG to the settings file (or pass config=...)")
     settings = load_settings(Path(path))
-    chosen = cast(Literal["files", "replay", "live"], mode or os.environ.get("CDP_RUN_MODE", "live"))
+    chosen = cast(
+        Literal["files", "replay", "live"], mode or os.environ.get("CDP_RUN_MODE", "live")
+    )
     return _build(settings, RunOptions(mode=chosen, state_dir=settings.state_dir))

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bytewax._bytewax import cli_main  # the entry point `python -m bytewax.run` uses
 
+from benchmarks.generator import generate, write_files
 from config.settings import ConfigError, Settings, load_settings
 from flows import io
 from flows.pipeline import RunOptions, build_flow
-from flows.runtime import close_engines, engine_for
+from flows.runtime import close_engines, engine_for, run_flow
 from operators import queries
+from operators.identity import IdentityRules
 from operators.rules import RuleErrors, compile_rules
 from operators.store import Keys, StoreError, open_store
 from schemas.records import parse_identity
@@ -90,10 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_args(p: argparse.ArgumentParser, *, state: bool = False, state_required: bool = True) -> None:
+def _config_args(
+    p: argparse.ArgumentParser, *, state: bool = False, state_required: bool = True
+) -> None:
     p.add_argument("--config", type=Path, required=True, help="the YAML settings file")
     if state:
-        help_text = "state directory" + ("" if state_required else " (default: state.dir of the config)")
+        help_text = "state directory" + (
+            "" if state_required else " (default: state.dir of the config)"
+        )
         p.add_argument("--state-dir", type=Path, required=state_required, help=help_text)
 
 
@@ -113,7 +118,7 @@ def _run_flow(settings: Settings, options: RunOptions, workers: int) -> None:
         raise UsageError("--workers must be at least 1")
     flow = build_flow(settings, options)
     try:
-        cli_main(flow, workers_per_process=workers)
+        run_flow(flow, workers)
     finally:
         close_engines()
         io.close_files()
@@ -139,13 +144,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     _run_flow(settings, options, args.workers)
-    print(f"replay finished in {time.monotonic() - started:.1f}s; state in {options.state_dir}", file=sys.stderr)
+    print(
+        f"replay finished in {time.monotonic() - started:.1f}s; state in {options.state_dir}",
+        file=sys.stderr,
+    )
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    options = RunOptions(mode="live", state_dir=_state_dir(args, settings), audience_out=args.audience_out)
+    options = RunOptions(
+        mode="live", state_dir=_state_dir(args, settings), audience_out=args.audience_out
+    )
     _run_flow(settings, options, args.workers)
     return 0
 
@@ -164,8 +174,6 @@ def _identity_arg(text: str) -> tuple[str, str]:
 
 
 def _normalised(settings: Settings, text: str) -> tuple[str, str]:
-    from operators.identity import IdentityRules
-
     namespace, value = _identity_arg(text)
     normal = IdentityRules.from_settings(settings).normalize(namespace, value)
     if not normal:
@@ -180,7 +188,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if doc is None:
-        print(f"cdp: no profile has the identity {args.identity.split(':', 1)[0]}:…", file=sys.stderr)
+        print(
+            f"cdp: no profile has the identity {args.identity.split(':', 1)[0]}:…", file=sys.stderr
+        )
         return 1
     sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
     return 0
@@ -241,8 +251,6 @@ def cmd_segments_sizes(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from benchmarks.generator import generate, write_files
-
     started = time.monotonic()
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="cdp-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -257,7 +265,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         options = RunOptions(mode="files", state_dir=state_dir, audience_out=audience_out)
         flow = build_flow(settings, options)
         try:
-            cli_main(flow, workers_per_process=1)
+            run_flow(flow)
             stats = engine_for(settings, state_dir).stats
         finally:
             close_engines()
@@ -272,7 +280,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(settings: Settings, state_dir: Path, changes_file: Path, stats: Any, seconds: float) -> None:
+def _print_summary(
+    settings: Settings, state_dir: Path, changes_file: Path, stats: Any, seconds: float
+) -> None:
     dead_file = settings.resolve(settings.dead_letters.path)
     dead = _read_lines(dead_file)
     changes = _read_lines(changes_file)
@@ -287,12 +297,14 @@ def _print_summary(settings: Settings, state_dir: Path, changes_file: Path, stat
         reason = str(d["reason"]).split(":")[0]
         reasons[reason] = reasons.get(reason, 0) + 1
     print("streaming-cdp demo: a generated Luma retail stream through the whole pipeline")
-    print(f"  records in       {stats.records + len(dead):>8}  ({stats.records} applied, {len(dead)} dead letters)")
+    applied, bad = stats.records, len(dead)
+    print(f"  records in       {applied + bad:>8}  ({applied} applied, {bad} dead letters)")
     for reason, n in sorted(reasons.items()):
         print(f"    dead letter    {n:>8}  {reason}")
     print(f"  duplicate events {stats.duplicates:>8}")
-    print(f"  profiles         {graph['profiles']:>8}  ({graph['linked_clusters']} with more than one identity)")
-    print(f"  identity links   {stats.merges:>8}  (records that joined two clusters)")
+    linked = graph["linked_clusters"]
+    print(f"  profiles         {graph['profiles']:>8}  ({linked} with more than one identity)")
+    print(f"  identity links   {stats.merges:>8}  (unions of two clusters, new identities included)")
     print(f"  refused links    {graph['refused_links']:>8}  (unique namespace or cluster size)")
     print(f"  timers fired     {stats.timers_fired:>8}")
     print(f"  audience changes {len(changes):>8}")

@@ -4,7 +4,7 @@ that write bytes. No business logic lives here."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -13,6 +13,7 @@ import orjson
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import Producer
 
 from schemas.records import Origin
 
@@ -115,6 +116,7 @@ def kafka_source(
 
 
 def kafka_raw(topic_to_source: dict[str, str], msg: KafkaSourceMessage[Any, Any]) -> Raw:
+    assert msg.topic is not None and msg.partition is not None and msg.offset is not None
     origin = Origin(topic_to_source[msg.topic], msg.partition, msg.offset)
     return origin, msg.value if msg.value is not None else b""
 
@@ -178,5 +180,29 @@ def keyed_message(key: str, value: bytes) -> KafkaSinkMessage[bytes, bytes]:
     return KafkaSinkMessage(key=key.encode(), value=value)
 
 
-def lines(items: Iterable[bytes]) -> bytes:
-    return b"".join(i + b"\n" for i in items)
+def append_lines(path: Path) -> Callable[[list[bytes]], None]:
+    """A writer that appends JSON lines to `path`, shared with any sink of the same file."""
+    resolved = path.resolve()
+
+    def write(items: list[bytes]) -> None:
+        handle, lock = _SharedFile.get(resolved)
+        with lock:
+            handle.write(b"".join(item + b"\n" for item in items))
+            handle.flush()
+
+    return write
+
+
+def produce_to(config: dict[str, str], topic: str) -> Callable[[list[bytes]], None]:
+    """A writer that produces to a Kafka topic (the producer is made on first use)."""
+    holder: list[Producer] = []
+
+    def write(items: list[bytes]) -> None:
+        if not holder:
+            holder.append(Producer({"enable.idempotence": "true", **config}))
+        producer = holder[0]
+        for item in items:
+            producer.produce(topic, item)
+        producer.flush()
+
+    return write

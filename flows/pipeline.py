@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bytewax.operators as op
+import orjson
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
 from config.settings import Settings
 from flows import io
 from flows.runtime import engine_for
+from flows.webhook import WebhookSink
 from operators.decode import Decoder
 from operators.destinations import render
 from operators.store import shard_of
@@ -140,9 +142,10 @@ def _write_changes(
             messages = op.map(f"key_{dest.name}", rendered, lambda kv: io.keyed_message(*kv))
             op.output(f"write_{dest.name}", messages, io.kafka_sink(brokers, dest.topic, config))
         else:
-            raise NotImplementedError(f"destination kind {dest.kind!r} is not built yet")
+            sink = WebhookSink(dest, dead_letter_writer(settings))
+            op.output(f"write_{dest.name}", rendered, sink)
     if options.audience_out is not None:
-        everything = op.map("render_audience_out", changes, lambda c: render_all(c))
+        everything = op.map("render_audience_out", changes, render_all)
         op.output("write_audience_out", everything, io.JsonLinesSink(options.audience_out))
 
 
@@ -150,13 +153,19 @@ def _render(change: AudienceChange, dest: Any) -> Any:
     body = render(change, dest)
     if body is None:
         return None
-    return body if dest.kind == "file" else (change.profile_id, body)
+    return (change.profile_id, body) if dest.kind == "kafka" else body
 
 
 def render_all(change: AudienceChange) -> bytes:
-    import orjson
-
     return orjson.dumps(change.to_dict())
+
+
+def dead_letter_writer(settings: Settings) -> Callable[[list[bytes]], None]:
+    """For sinks that find dead letters themselves (a webhook that gave up)."""
+    target = settings.dead_letters
+    if target.kind == "file":
+        return io.append_lines(settings.resolve(target.path))
+    return io.produce_to(settings.kafka.client_config(), target.topic)
 
 
 def _write_dead_letters(dead: Stream[DeadLetter], settings: Settings) -> None:

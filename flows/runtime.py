@@ -6,6 +6,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from bytewax._bytewax import cli_main  # what `python -m bytewax.run` calls
+from bytewax.dataflow import Dataflow
+
 from config.settings import Settings
 from operators.engine import Engine
 from operators.store import RocksStore, open_store
@@ -28,3 +31,8 @@ def close_engines() -> None:
         for _, store in _engines.values():
             store.close()
         _engines.clear()
+
+
+def run_flow(flow: Dataflow, workers: int = 1) -> None:
+    """Run in this process with `workers` worker threads, until the input ends."""
+    cli_main(flow, workers_per_process=workers)  # type: ignore[no-untyped-call]

@@ -64,7 +64,9 @@ class Decoder:
         if spec is None:
             raise Rejected(f"unknown source {origin.source!r}")
         if len(raw) > self.max_record_bytes:
-            raise Rejected(f"record of {len(raw)} bytes is over the limit of {self.max_record_bytes}")
+            raise Rejected(
+                f"record of {len(raw)} bytes is over the limit of {self.max_record_bytes}"
+            )
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from config.settings import Settings
 from operators import profile as prof
@@ -23,7 +23,7 @@ from operators.identity import Cluster, IdentityRules, Resolution, profile_id, r
 from operators.rules import compile_rules
 from operators.segments import SegmentIndex, Transition, change_id, evaluate, exit_all, transitions
 from operators.store import WATERMARK_KEY, Keys, Store, Txn, parse_timer_key, shard_of
-from schemas.records import AudienceChange, Identity, Record, identity_str, parse_identity
+from schemas.records import AudienceChange, Identity, Record, identity_str, iso_ms, parse_identity
 
 
 @dataclass
@@ -124,7 +124,9 @@ class Engine:
             txn.commit()
             return out
 
-    def _process_one(self, txn: Txn, record: Record, wall_ms: int, out: list[AudienceChange]) -> None:
+    def _process_one(
+        self, txn: Txn, record: Record, wall_ms: int, out: list[AudienceChange]
+    ) -> None:
         origin = record.origin
         shard = shard_of(record.identities[0], self.keys.shards)
         offset_key = Keys.offset(shard, origin.source, origin.partition)
@@ -134,7 +136,9 @@ class Engine:
             return
         txn.put_json(offset_key, origin.offset)
         self.stats.records += 1
-        if record.ts_ms is not None and (self.max_event_ms is None or record.ts_ms > self.max_event_ms):
+        if record.ts_ms is not None and (
+            self.max_event_ms is None or record.ts_ms > self.max_event_ms
+        ):
             self.max_event_ms = record.ts_ms
             self._fire_timers(txn, self.now_ms, wall_ms, out)
 
@@ -152,10 +156,20 @@ class Engine:
                 continue
             loser_cluster = losers.get(merge.loser) or Cluster(members=(merge.loser,))
             _, exits = exit_all(loser_profile["segs"], at_ms)
-            self._emit(out, merge.loser, loser_cluster, exits, at_ms, wall_ms, "merge")
+            self._emit(
+                out,
+                merge.loser,
+                cluster=loser_cluster,
+                changes=exits,
+                at_ms=at_ms,
+                wall_ms=wall_ms,
+                reason="merge",
+            )
             self._set_timer(txn, merge.loser, loser_profile.get("timer"), None)
             txn.delete(self.keys.profile(merge.loser))
-            profile = prof.merge_profiles(profile, loser_profile, self.index.aggregates, self.index.absents)
+            profile = prof.merge_profiles(
+                profile, loser_profile, self.index.aggregates, self.index.absents
+            )
 
         which: set[str] = set(self.index.all_ids()) if resolution.merges else set()
         reason = "merge" if resolution.merges else ""
@@ -173,12 +187,23 @@ class Engine:
             profile, paths = prof.apply_attributes(profile, record)
             which |= self.index.affected_by_attributes(paths)
             reason = reason or f"profile:{origin.position}"
-        self._evaluate(txn, canonical, resolution.cluster, profile, which, at_ms, wall_ms, reason, out)
+        self._evaluate(
+            txn,
+            canonical,
+            cluster=resolution.cluster,
+            profile=profile,
+            which=which,
+            at_ms=at_ms,
+            wall_ms=wall_ms,
+            reason=reason,
+            out=out,
+        )
 
     def _evaluate(
         self,
         txn: Txn,
         canonical: Identity,
+        *,
         cluster: Cluster,
         profile: prof.Profile,
         which: set[str],
@@ -194,7 +219,15 @@ class Engine:
             segs, changes = transitions(profile["segs"], results, at_ms)
             if changes:
                 profile = {**profile, "segs": segs}
-                self._emit(out, canonical, cluster, changes, at_ms, wall_ms, reason)
+                self._emit(
+                    out,
+                    canonical,
+                    cluster=cluster,
+                    changes=changes,
+                    at_ms=at_ms,
+                    wall_ms=wall_ms,
+                    reason=reason,
+                )
         profile = prof.prune(profile, self.index.aggregates, self.index.absents, now)
         due = prof.next_change(profile, self.index.aggregates, self.index.absents, now)
         if due != profile.get("timer"):
@@ -226,14 +259,23 @@ class Engine:
             cluster = _Graph(txn, self.keys).cluster(canonical) or Cluster(members=(canonical,))
             self.stats.timers_fired += 1
             self._evaluate(
-                txn, canonical, cluster, profile, set(self.timed), ts, wall_ms, "timer", out, now_ms=ts
+                txn,
+                canonical,
+                cluster=cluster,
+                profile=profile,
+                which=set(self.timed),
+                at_ms=ts,
+                wall_ms=wall_ms,
+                reason="timer",
+                out=out,
+                now_ms=ts,
             )
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _load_profile(self, txn: Txn, canonical: Identity) -> prof.Profile:
         found = txn.get_json(self.keys.profile(canonical))
-        return prof.new_profile() if found is None else found  # type: ignore[no-any-return]
+        return prof.new_profile() if found is None else found
 
     def _write_graph(self, txn: Txn, resolution: Resolution) -> None:
         for identity, canonical in resolution.pointers.items():
@@ -253,6 +295,7 @@ class Engine:
         self,
         out: list[AudienceChange],
         canonical: Identity,
+        *,
         cluster: Cluster,
         changes: Sequence[Transition],
         at_ms: int,
@@ -262,7 +305,7 @@ class Engine:
         pid = profile_id(canonical)
         identities = cluster.by_namespace()
         for change in changes:
-            status = "entered" if change.entered else "exited"
+            status: Literal["entered", "exited"] = "entered" if change.entered else "exited"
             self.stats.changes[f"{change.segment_id}:{status}"] += 1
             out.append(
                 AudienceChange(
@@ -278,10 +321,10 @@ class Engine:
             )
 
 
-def profile_document(canonical: Identity, cluster: Cluster, profile: dict[str, Any] | None) -> dict[str, Any]:
+def profile_document(
+    canonical: Identity, cluster: Cluster, profile: dict[str, Any] | None
+) -> dict[str, Any]:
     """The profile JSON of DESIGN §6."""
-    from schemas.records import iso_ms
-
     p = profile or prof.new_profile()
     events = p["events"]
     return {

@@ -37,7 +37,9 @@ class IdentityRules:
     def from_settings(cls, settings: Settings) -> IdentityRules:
         blocked = settings.identity.blocked_values
         patterns = tuple(re.compile(b) for b in blocked if b.startswith("^") or b.endswith("$"))
-        exact = frozenset(b.strip().lower() for b in blocked if not (b.startswith("^") or b.endswith("$")))
+        exact = frozenset(
+            b.strip().lower() for b in blocked if not (b.startswith("^") or b.endswith("$"))
+        )
         return cls(
             ranks={ns.name: i for i, ns in enumerate(settings.namespaces)},
             normalizers={ns.name: ns.normalize for ns in settings.namespaces},
@@ -210,15 +212,17 @@ def resolve(
             found = Cluster(members=(current,))
             clusters[current] = found
         cluster = found
-    resolution = Resolution(canonical=current, cluster=cluster, pointers=pointers, clusters=clusters)
+    resolution = Resolution(
+        canonical=current, cluster=cluster, pointers=pointers, clusters=clusters
+    )
 
     for identity in ids[1:]:
         other_canonical = canonical_of(identity)
         if other_canonical == current:
             continue
-        other = (
-            cluster_of(other_canonical) if other_canonical is not None else None
-        ) or Cluster(members=(identity,))
+        other = (cluster_of(other_canonical) if other_canonical is not None else None) or Cluster(
+            members=(identity,)
+        )
         if other_canonical is None:
             other_canonical = identity
         rule = refusal(rules, cluster, other)

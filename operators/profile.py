@@ -38,7 +38,15 @@ SKIP_ATTRIBUTES = frozenset({"identityMap", "_id", "timestamp"})
 
 
 def new_profile() -> Profile:
-    return {"attrs": {}, "meta": {}, "aggs": {}, "abs": {}, "events": None, "segs": {}, "timer": None}
+    return {
+        "attrs": {},
+        "meta": {},
+        "aggs": {},
+        "abs": {},
+        "events": None,
+        "segs": {},
+        "timer": None,
+    }
 
 
 def flatten(body: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -95,7 +103,9 @@ def apply_event(
         if agg.matches(event):
             if aggs is None:
                 aggs = dict(profile["aggs"])
-            aggs[agg.key] = agg_add(aggs[agg.key] if agg.key in aggs else agg_init(agg), agg, ts, event)
+            aggs[agg.key] = agg_add(
+                aggs[agg.key] if agg.key in aggs else agg_init(agg), agg, ts, event
+            )
             changed.add(agg.key)
     if aggs is not None:
         out["aggs"] = aggs
@@ -143,7 +153,14 @@ def merge_profiles(
         elif absent is not None:
             abs_states[key] = absent_merge(abs_states[key], state, absent)
     events = _merge_events(survivor["events"], loser["events"])
-    return {**survivor, "attrs": attrs, "meta": meta, "aggs": aggs, "abs": abs_states, "events": events}
+    return {
+        **survivor,
+        "attrs": attrs,
+        "meta": meta,
+        "aggs": aggs,
+        "abs": abs_states,
+        "events": events,
+    }
 
 
 def _merge_events(a: list[int] | None, b: list[int] | None) -> list[int] | None:

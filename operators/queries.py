@@ -27,7 +27,9 @@ def find_profile(store: Store, keys: Keys, identity: Identity) -> dict[str, Any]
     if canonical is None:
         return None
     raw = store.get(keys.profile(canonical))
-    return profile_document(canonical, cluster_of(store, keys, canonical), None if raw is None else decode(raw))
+    return profile_document(
+        canonical, cluster_of(store, keys, canonical), None if raw is None else decode(raw)
+    )
 
 
 def iter_profiles(store: Store, keys: Keys) -> Iterator[dict[str, Any]]:
@@ -58,7 +60,12 @@ def graph_summary(store: Store) -> dict[str, int]:
     for _, raw in store.scan(b"k/"):
         c = decode(raw)
         refused.add((tuple(c["a"]), tuple(c["b"]), c["position"]))
-    return {"profiles": profiles, "linked_clusters": multi, "links": links, "refused_links": len(refused)}
+    return {
+        "profiles": profiles,
+        "linked_clusters": multi,
+        "links": links,
+        "refused_links": len(refused),
+    }
 
 
 def cluster_report(store: Store, keys: Keys, identity: Identity) -> dict[str, Any] | None:
@@ -73,11 +80,21 @@ def cluster_report(store: Store, keys: Keys, identity: Identity) -> dict[str, An
         "canonical": f"{canonical[0]}:{canonical[1]}",
         "members": cluster.by_namespace(),
         "links": [
-            {"a": f"{k.a[0]}:{k.a[1]}", "b": f"{k.b[0]}:{k.b[1]}", "record": k.position, "ts_ms": k.ts_ms}
+            {
+                "a": f"{k.a[0]}:{k.a[1]}",
+                "b": f"{k.b[0]}:{k.b[1]}",
+                "record": k.position,
+                "ts_ms": k.ts_ms,
+            }
             for k in cluster.links
         ],
         "refused": [
-            {"a": f"{c['a'][0]}:{c['a'][1]}", "b": f"{c['b'][0]}:{c['b'][1]}", "rule": c["rule"], "record": c["position"]}
+            {
+                "a": f"{c['a'][0]}:{c['a'][1]}",
+                "b": f"{c['b'][0]}:{c['b'][1]}",
+                "rule": c["rule"],
+                "record": c["position"],
+            }
             for c in refused
         ],
     }

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from operators.aggregates import absent_value, agg_init, agg_value, absent_init
+from operators.aggregates import absent_init, absent_value, agg_init, agg_value
 from operators.profile import Profile, attribute_values
 from operators.rules import Absent, Aggregate, CompiledRule
 
@@ -156,7 +156,9 @@ def transitions(
     return updated, changes
 
 
-def exit_all(memberships: Mapping[str, list[Any]], at_ms: int) -> tuple[dict[str, list[Any]], list[Transition]]:
+def exit_all(
+    memberships: Mapping[str, list[Any]], at_ms: int
+) -> tuple[dict[str, list[Any]], list[Transition]]:
     """Every current membership exits (the profile merged away or was deleted)."""
     return transitions(memberships, {s: False for s, held in memberships.items() if held[0]}, at_ms)
 

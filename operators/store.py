@@ -108,9 +108,10 @@ class RocksStore:
 
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=prefix):
+            assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
             if not key.startswith(prefix):
                 break
-            yield bytes(key), bytes(value)
+            yield key, value
 
     def close(self) -> None:
         self._db.close()

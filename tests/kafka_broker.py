@@ -9,6 +9,13 @@ Quirks seen with it (see DESIGN.md section 8):
   base offset + 1), so "read until the high watermark" loses records; :func:`consume_all` reads
   until partition EOF instead, which works on tansu and on real Kafka alike.
 * ``offsets_for_times`` returns the earliest offset whatever the time.
+* Producing to an unknown topic auto-creates it with 4 partitions (a consumer's metadata
+  request or subscribe() does not): create topics explicitly with :func:`create_topics`.
+* A new topic is in metadata within milliseconds of CreateTopics returning.
+* Partition EOF is reported for empty partitions too, so reading an empty topic ends at once.
+* librdkafka's idempotent producer waits 0.5-1 s for its producer id before the first send.
+* On SIGTERM tansu waits up to ~5 s for open client connections; it exits with code 0 even
+  when it cannot bind its port (the log says ``AddrInUse``).
 
 Set ``KAFKA_BOOTSTRAP_SERVERS`` to run against an existing cluster instead
 (:func:`broker_from_env`).
@@ -63,6 +70,10 @@ _LOG_TAIL_CHARS = 4000
 
 class BrokerStartError(RuntimeError):
     """The local broker could not be started or never answered metadata requests."""
+
+
+class _AddressInUseError(BrokerStartError):
+    """tansu could not bind its port (retried with another free port if it was picked)."""
 
 
 def find_tansu() -> Path:
@@ -133,8 +144,20 @@ class LocalBroker:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> LocalBroker:
+        """Start the broker and wait until it answers metadata requests."""
         binary = self.binary or find_tansu()
-        port = self.port or _free_port()
+        fixed_port = self.port
+        attempts = 1 if fixed_port else 3  # a picked free port can be taken before tansu binds
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(binary, fixed_port or _free_port())
+                return self
+            except _AddressInUseError:
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, binary: Path, port: int) -> None:
         url = f"tcp://127.0.0.1:{port}"
         self._tmpdir = tempfile.TemporaryDirectory(prefix="tansu-")
         self.log_path = Path(self._tmpdir.name) / "tansu.log"
@@ -156,6 +179,7 @@ class LocalBroker:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             cwd=self._tmpdir.name,
+            env={**os.environ, "NO_COLOR": "1"},
             # same process group: Ctrl-C in a terminal also reaches the broker, so an
             # interrupted run does not leave it behind
         )
@@ -167,7 +191,6 @@ class LocalBroker:
             self.stop()
             raise
         self.start_seconds = time.monotonic() - started
-        return self
 
     def _wait_ready(self, started: float) -> None:
         assert self._proc is not None
@@ -176,9 +199,11 @@ class LocalBroker:
         while True:
             code = self._proc.poll()
             if code is not None:
-                raise BrokerStartError(
-                    f"tansu exited with code {code} on start ({self.bootstrap}); "
-                    f"log tail:\n{self._log_tail()}"
+                tail = self._log_tail()
+                error = _AddressInUseError if "AddrInUse" in tail else BrokerStartError
+                # (tansu exits with code 0 even when it cannot bind its port)
+                raise error(
+                    f"tansu exited with code {code} on start ({self.bootstrap}); log tail:\n{tail}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -189,7 +214,7 @@ class LocalBroker:
                 )
             if _port_open(self.port or 0):
                 try:
-                    _admin(self.bootstrap).list_topics(timeout=min(2.0, max(remaining, 0.1)))
+                    _admin(self.bootstrap).list_topics(timeout=min(1.0, max(remaining, 0.1)))
                     return
                 except KafkaException as exc:
                     last_error = exc

@@ -45,15 +45,26 @@ def dec(decoder: Decoder, source: str, body: object) -> Record | DeadLetter:
 
 
 def test_descriptors_normalise_and_order_identities(decoder: Decoder) -> None:
-    rec = dec(decoder, "crm", {"sys": {"crmId": "abc"}, "personalEmail": {"address": " DWright@X.com "},
-                                "mobilePhone": {"number": "212-555-5555"}})
+    rec = dec(
+        decoder,
+        "crm",
+        {
+            "sys": {"crmId": "abc"},
+            "personalEmail": {"address": " DWright@X.com "},
+            "mobilePhone": {"number": "212-555-5555"},
+        },
+    )
     assert isinstance(rec, Record)
     assert rec.identities == (("CRMID", "abc"), ("Email", "dwright@x.com"), ("Phone", "2125555555"))
     assert rec.kind == "profile" and rec.ts_ms is None and rec.priority == 20
 
 
 def test_integers_become_strings_and_event_type_comes_from_source(decoder: Decoder) -> None:
-    rec = dec(decoder, "purchases", {"sys": {"loyaltyId": 5625458}, "timestamp": "2020-08-11T00:00:00Z", "_id": "e1"})
+    rec = dec(
+        decoder,
+        "purchases",
+        {"sys": {"loyaltyId": 5625458}, "timestamp": "2020-08-11T00:00:00Z", "_id": "e1"},
+    )
     assert isinstance(rec, Record)
     assert rec.identities == (("LoyaltyId", "5625458"),)
     assert rec.event_type == "commerce.purchases" and rec.body["eventType"] == "commerce.purchases"
@@ -61,27 +72,51 @@ def test_integers_become_strings_and_event_type_comes_from_source(decoder: Decod
 
 
 def test_identity_map_and_unknown_namespaces_rank_last(decoder: Decoder) -> None:
-    rec = dec(decoder, "web", {"eventType": "x", "timestamp": 5, "_id": "a",
-                               "identityMap": {"Zeta": [{"id": "z"}], "ECID": [{"id": "e"}], "Email": [{"id": "A@B.C"}]}})
+    rec = dec(
+        decoder,
+        "web",
+        {
+            "eventType": "x",
+            "timestamp": 5,
+            "_id": "a",
+            "identityMap": {
+                "Zeta": [{"id": "z"}],
+                "ECID": [{"id": "e"}],
+                "Email": [{"id": "A@B.C"}],
+            },
+        },
+    )
     assert isinstance(rec, Record)
     assert rec.identities == (("Email", "a@b.c"), ("ECID", "e"), ("Zeta", "z"))
 
 
-@pytest.mark.parametrize("blocked", ["", "null", "NULL", " none ", "undefined", "-1", "0000", "0-0-0", "anonymous"])
+@pytest.mark.parametrize(
+    "blocked", ["", "null", "NULL", " none ", "undefined", "-1", "0000", "0-0-0", "anonymous"]
+)
 def test_blocked_values_are_no_identity(decoder: Decoder, blocked: str) -> None:
-    rec = dec(decoder, "web", {"eventType": "x", "timestamp": 5, "identityMap": {"ECID": [{"id": blocked}]}})
+    rec = dec(
+        decoder,
+        "web",
+        {"eventType": "x", "timestamp": 5, "identityMap": {"ECID": [{"id": blocked}]}},
+    )
     assert isinstance(rec, DeadLetter)
     assert "no usable identity" in rec.reason
 
 
 def test_phone_keeps_leading_plus(decoder: Decoder) -> None:
-    rec = dec(decoder, "crm", {"sys": {"crmId": "c"}, "mobilePhone": {"number": "+1 (212) 555-0000"}})
+    rec = dec(
+        decoder, "crm", {"sys": {"crmId": "c"}, "mobilePhone": {"number": "+1 (212) 555-0000"}}
+    )
     assert isinstance(rec, Record)
     assert ("Phone", "+12125550000") in rec.identities
 
 
 def test_missing_event_id_is_derived_stably(decoder: Decoder) -> None:
-    body = {"eventType": "x", "timestamp": "2026-01-01T00:00:00Z", "identityMap": {"ECID": [{"id": "e"}]}}
+    body = {
+        "eventType": "x",
+        "timestamp": "2026-01-01T00:00:00Z",
+        "identityMap": {"ECID": [{"id": "e"}]},
+    }
     a, b = dec(decoder, "web", body), dec(decoder, "web", dict(reversed(list(body.items()))))
     assert isinstance(a, Record) and isinstance(b, Record)
     assert a.event_id == b.event_id and a.event_id and a.event_id.startswith("d_")
@@ -95,13 +130,33 @@ def test_missing_event_id_is_derived_stably(decoder: Decoder) -> None:
         (b"[1, 2]", "JSON object"),
         (orjson.dumps({"eventType": "x", "identityMap": {"ECID": [{"id": "e"}]}}), "no timestamp"),
         (orjson.dumps({"timestamp": 1, "identityMap": {"ECID": [{"id": "e"}]}}), "no eventType"),
-        (orjson.dumps({"eventType": "x", "timestamp": "yesterday", "identityMap": {"ECID": [{"id": "e"}]}}), "ISO-8601"),
-        (orjson.dumps({"eventType": "x", "timestamp": 1, "identityMap": {"ECID": "e"}}), "must be a list"),
-        (orjson.dumps({"eventType": "x", "timestamp": 1, "identityMap": {"ECID": [{"id": "e" * 5000}]}}), "5000 characters"),
-        (orjson.dumps({"eventType": "x", "timestamp": 1, "identityMap": {"ECID": [{"id": ["e"]}]}}), "string or an integer"),
+        (
+            orjson.dumps(
+                {"eventType": "x", "timestamp": "yesterday", "identityMap": {"ECID": [{"id": "e"}]}}
+            ),
+            "ISO-8601",
+        ),
+        (
+            orjson.dumps({"eventType": "x", "timestamp": 1, "identityMap": {"ECID": "e"}}),
+            "must be a list",
+        ),
+        (
+            orjson.dumps(
+                {"eventType": "x", "timestamp": 1, "identityMap": {"ECID": [{"id": "e" * 5000}]}}
+            ),
+            "5000 characters",
+        ),
+        (
+            orjson.dumps(
+                {"eventType": "x", "timestamp": 1, "identityMap": {"ECID": [{"id": ["e"]}]}}
+            ),
+            "string or an integer",
+        ),
     ],
 )
-def test_bad_records_become_dead_letters_with_reason(decoder: Decoder, raw: bytes, reason: str) -> None:
+def test_bad_records_become_dead_letters_with_reason(
+    decoder: Decoder, raw: bytes, reason: str
+) -> None:
     out = decoder.decode(Origin("web", 3, 42), raw)
     assert isinstance(out, DeadLetter)
     assert reason in out.reason
@@ -111,8 +166,15 @@ def test_bad_records_become_dead_letters_with_reason(decoder: Decoder, raw: byte
 
 
 def test_reasons_carry_no_personal_values(decoder: Decoder) -> None:
-    out = dec(decoder, "web", {"eventType": "x", "timestamp": 1,
-                              "identityMap": {"Email": [{"id": "secret.person@example.com" * 20}]}})
+    out = dec(
+        decoder,
+        "web",
+        {
+            "eventType": "x",
+            "timestamp": 1,
+            "identityMap": {"Email": [{"id": "secret.person@example.com" * 20}]},
+        },
+    )
     assert isinstance(out, DeadLetter)
     assert "secret.person" not in out.reason
 

@@ -44,7 +44,10 @@ def test_secrets_hidden_when_printed() -> None:
 
 
 def test_environment_overrides_nested_values() -> None:
-    s = parse(GOOD, {"CDP_KAFKA__BOOTSTRAP_SERVERS": "10.0.0.1:9092", "CDP_SHARDS": "16", "CDP_CONFIG": "x"})
+    s = parse(
+        GOOD,
+        {"CDP_KAFKA__BOOTSTRAP_SERVERS": "10.0.0.1:9092", "CDP_SHARDS": "16", "CDP_CONFIG": "x"},
+    )
     assert s.kafka.bootstrap_servers == "10.0.0.1:9092"  # type: ignore[attr-defined]
     assert s.shards == 16  # type: ignore[attr-defined]
 

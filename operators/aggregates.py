@@ -1,0 +1,383 @@
+"""Per-profile state of the rule language's aggregate calls, as pure functions.
+
+No I/O, no clock (``now_ms`` is an argument), arguments are never mutated. Every state is
+plain JSON (lists, ints, floats, bools, None) so it can be stored with orjson; times are
+integer epoch milliseconds.
+
+States (``D`` = ``within_ms``):
+
+* unwindowed (no ``within``), running values over all events whatever their time:
+  ``exists`` bool, ``count`` int, ``sum`` ``[int_total, float_partials]``, ``min``/``max``
+  number or None, ``last`` ``[ts, value]`` or None.
+* windowed: entries sorted by time, one per distinct timestamp: ``[ts, n]`` (exists, count),
+  ``[ts, int_total, float_partials]`` (sum), ``[ts, m]`` (min, max), ``[ts, value]`` (last).
+  An entry counts at ``now`` when ``now - D < ts <= now``.
+* absent: ``[a_times, b_times]``, both sorted without duplicates.
+
+Sums are exact and independent of arrival order: integers add exactly and floats are kept as
+Shewchuk partials (the non-overlapping floats ``math.fsum`` uses) whose exact total is rounded
+once when the value is read.
+
+``last`` is the value of the matching event with the greatest time; between values at the same
+time, the greatest JSON encoding (``_order_key``) wins, so the result never depends on arrival
+order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable, Mapping
+from fractions import Fraction
+from typing import Any
+
+from operators.rules import Absent, Aggregate
+
+__all__ = [
+    "absent_add",
+    "absent_init",
+    "absent_merge",
+    "absent_next_change",
+    "absent_prune",
+    "absent_value",
+    "agg_add",
+    "agg_init",
+    "agg_merge",
+    "agg_next_change",
+    "agg_prune",
+    "agg_value",
+]
+
+_SPILL = 2**62  # an integer total this large moves into the float partials (orjson: 64 bits)
+
+
+def _ts(entry: list[Any]) -> int:
+    ts: int = entry[0]
+    return ts
+
+
+def _order_key(value: Any) -> str:
+    """The tie-break order of ``last``: the JSON encoding, keys sorted, no spaces."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _better(candidate: Any, current: Any) -> bool:
+    return _order_key(candidate) > _order_key(current)
+
+
+# ------------------------------------------------------------------------- exact sums
+
+
+def _fadd(partials: list[float], x: float) -> list[float]:
+    """Shewchuk's algorithm (``math.fsum``): partials whose exact sum is sum + x."""
+    out: list[float] = []
+    for partial in partials:
+        y = partial
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            out.append(lo)
+        x = hi
+    out.append(x)
+    return out
+
+
+def _sum_add(total: int, partials: list[float], values: list[Any]) -> tuple[int, list[float]]:
+    for value in values:
+        if type(value) is int:
+            total += value
+        else:
+            partials = _fadd(partials, float(value))
+    if abs(total) >= _SPILL:
+        # Far beyond any real amount; keeps the state storable at the cost of exactness.
+        partials = _fadd(partials, float(total))
+        total = 0
+    return total, partials
+
+
+def _sum_merge(
+    a_total: int, a_partials: list[float], b_total: int, b_partials: list[float]
+) -> tuple[int, list[float]]:
+    partials = list(a_partials)
+    for p in b_partials:
+        partials = _fadd(partials, p)
+    return _sum_add(a_total + b_total, partials, [])
+
+
+def _sum_result(total: int, partials: list[float]) -> int | float:
+    """The exact total rounded once; an int when no float was ever added."""
+    if not partials:
+        return total
+    as_float = float(total)
+    if int(as_float) == total:
+        return math.fsum([*partials, as_float])
+    exact = Fraction(total) + sum((Fraction(p) for p in partials), Fraction(0))
+    return float(exact)
+
+
+# ------------------------------------------------------------------- entry combinators
+
+
+def _combine_entries(func: str, a: list[Any], b: list[Any]) -> list[Any]:
+    """Two entries of the same timestamp as one."""
+    ts = a[0]
+    if func in ("exists", "count"):
+        return [ts, a[1] + b[1]]
+    if func == "sum":
+        total, partials = _sum_merge(a[1], a[2], b[1], b[2])
+        return [ts, total, partials]
+    if func == "min":
+        return [ts, b[1] if b[1] < a[1] else a[1]]
+    if func == "max":
+        return [ts, b[1] if b[1] > a[1] else a[1]]
+    return [ts, b[1] if _better(b[1], a[1]) else a[1]]
+
+
+def _entry(agg: Aggregate, ts_ms: int, event: Mapping[str, Any]) -> list[Any] | None:
+    """The windowed entry one event makes, or None when it brings no value."""
+    func = agg.func
+    if func in ("exists", "count"):
+        return [ts_ms, 1]
+    values = agg.values(event) if agg.values is not None else []
+    if not values:
+        return None
+    if func == "sum":
+        total, partials = _sum_add(0, [], values)
+        return [ts_ms, total, partials]
+    if func == "min":
+        return [ts_ms, min(values)]
+    if func == "max":
+        return [ts_ms, max(values)]
+    return [ts_ms, max(values, key=_order_key)]
+
+
+# ------------------------------------------------------------------------- aggregates
+
+
+def agg_init(agg: Aggregate) -> Any:
+    if agg.within_ms is not None:
+        return []
+    if agg.func == "exists":
+        return False
+    if agg.func == "count":
+        return 0
+    if agg.func == "sum":
+        return [0, []]
+    return None
+
+
+def agg_add(state: Any, agg: Aggregate, ts_ms: int, event: Mapping[str, Any]) -> Any:
+    """The state after one more matching event (the caller has checked ``agg.matches``)."""
+    entry = _entry(agg, ts_ms, event)
+    if entry is None:
+        return state
+    if agg.within_ms is not None:
+        return _insert(state, agg.func, entry)
+    return _merge_running(agg.func, state, _running_of(agg.func, entry))
+
+
+def _insert(entries: list[list[Any]], func: str, entry: list[Any]) -> list[list[Any]]:
+    i = bisect_left(entries, entry[0], key=_ts)
+    if i < len(entries) and entries[i][0] == entry[0]:
+        return [*entries[:i], _combine_entries(func, entries[i], entry), *entries[i + 1 :]]
+    return [*entries[:i], entry, *entries[i:]]
+
+
+def _running_of(func: str, entry: list[Any]) -> Any:
+    """A one-event running state from a windowed entry."""
+    if func == "exists":
+        return True
+    if func == "count":
+        return entry[1]
+    if func == "sum":
+        return [entry[1], entry[2]]
+    if func in ("min", "max"):
+        return entry[1]
+    return [entry[0], entry[1]]
+
+
+def _merge_running(func: str, a: Any, b: Any) -> Any:
+    if func == "exists":
+        return bool(a or b)
+    if func == "count":
+        return a + b
+    if func == "sum":
+        total, partials = _sum_merge(a[0], a[1], b[0], b[1])
+        return [total, partials]
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if func == "min":
+        return b if b < a else a
+    if func == "max":
+        return b if b > a else a
+    if b[0] > a[0] or (b[0] == a[0] and _better(b[1], a[1])):
+        return b
+    return a
+
+
+def _window(entries: list[list[Any]], within_ms: int, now_ms: int) -> tuple[int, int]:
+    """Indexes ``lo:hi`` of the entries with ``now - D < ts <= now``."""
+    return (
+        bisect_right(entries, now_ms - within_ms, key=_ts),
+        bisect_right(entries, now_ms, key=_ts),
+    )
+
+
+def agg_value(state: Any, agg: Aggregate, now_ms: int) -> Any:
+    func = agg.func
+    if agg.within_ms is None:
+        if func == "exists":
+            return bool(state)
+        if func == "sum":
+            return _sum_result(state[0], state[1])
+        if func == "last":
+            return None if state is None else state[1]
+        return state
+    lo, hi = _window(state, agg.within_ms, now_ms)
+    if func == "exists":
+        return hi > lo
+    if func == "count":
+        return sum(entry[1] for entry in state[lo:hi])
+    if func == "last":
+        return state[hi - 1][1] if hi > lo else None
+    if func == "sum":
+        total = 0
+        partials: list[float] = []
+        for entry in state[lo:hi]:
+            total, partials = _sum_merge(total, partials, entry[1], entry[2])
+        return _sum_result(total, partials)
+    if hi == lo:
+        return None
+    pick: Callable[..., Any] = min if func == "min" else max
+    return pick(entry[1] for entry in state[lo:hi])
+
+
+def agg_merge(a: Any, b: Any, agg: Aggregate) -> Any:
+    """The state of two profiles merged into one; commutative and associative."""
+    if agg.within_ms is None:
+        return _merge_running(agg.func, a, b)
+    out: list[list[Any]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        if a[i][0] < b[j][0]:
+            out.append(a[i])
+            i += 1
+        elif b[j][0] < a[i][0]:
+            out.append(b[j])
+            j += 1
+        else:
+            out.append(_combine_entries(agg.func, a[i], b[j]))
+            i += 1
+            j += 1
+    out.extend(a[i:])
+    out.extend(b[j:])
+    return out
+
+
+def agg_prune(state: Any, agg: Aggregate, now_ms: int) -> Any:
+    """Drop the entries that can no longer count at ``now`` or later (``ts <= now - D``)."""
+    if agg.within_ms is None:
+        return state
+    lo = bisect_right(state, now_ms - agg.within_ms, key=_ts)
+    return state[lo:] if lo else state
+
+
+def agg_next_change(state: Any, agg: Aggregate, now_ms: int) -> int | None:
+    """The earliest ``t > now`` when an entry leaves the window (``ts + D``) or a future
+    entry enters it (``ts``); None when nothing can change without new events."""
+    if agg.within_ms is None:
+        return None
+    lo, hi = _window(state, agg.within_ms, now_ms)
+    candidates = []
+    if hi > lo:
+        candidates.append(state[lo][0] + agg.within_ms)
+    if hi < len(state):
+        candidates.append(state[hi][0])
+    return min(candidates) if candidates else None
+
+
+# ----------------------------------------------------------------------------- absent
+#
+# absent(B, after=A, within=D) at now: let tA be the latest A with tA <= now. True when
+# now - tA >= D and no B has tB in (tA, tA + D]. False when there is no such A.
+
+
+def absent_init(a: Absent) -> Any:
+    return [[], []]
+
+
+def _with_time(times: list[int], ts_ms: int) -> list[int]:
+    i = bisect_left(times, ts_ms)
+    if i < len(times) and times[i] == ts_ms:
+        return times
+    out = list(times)
+    insort(out, ts_ms)
+    return out
+
+
+def absent_add(state: Any, a: Absent, ts_ms: int, event: Mapping[str, Any]) -> Any:
+    """The state after an event that is an A, a B or both (each is checked here)."""
+    a_times, b_times = state
+    if a.after(event):
+        a_times = _with_time(a_times, ts_ms)
+    if a.missing(event):
+        b_times = _with_time(b_times, ts_ms)
+    if a_times is state[0] and b_times is state[1]:
+        return state
+    return [a_times, b_times]
+
+
+def _latest_a(a_times: list[int], now_ms: int) -> tuple[int, int | None]:
+    i = bisect_right(a_times, now_ms)
+    return i, (a_times[i - 1] if i else None)
+
+
+def absent_value(state: Any, a: Absent, now_ms: int) -> bool:
+    a_times, b_times = state
+    _, t_a = _latest_a(a_times, now_ms)
+    if t_a is None or now_ms - t_a < a.within_ms:
+        return False
+    j = bisect_right(b_times, t_a)
+    return not (j < len(b_times) and b_times[j] <= t_a + a.within_ms)
+
+
+def absent_merge(x: Any, y: Any, a: Absent) -> Any:
+    return [sorted(set(x[0]) | set(y[0])), sorted(set(x[1]) | set(y[1]))]
+
+
+def absent_prune(state: Any, a: Absent, now_ms: int) -> Any:
+    """Keep what values at ``now`` or later can need, assuming events added later have
+    ``ts > now - D`` (the horizon of the windowed aggregates too): the latest A at or before
+    now and every later A; every B after ``now - D``; and, for the current A, the first B that
+    follows it within D (only its existence matters)."""
+    a_times, b_times = state
+    i, t_a = _latest_a(a_times, now_ms)
+    kept_a = a_times[i - 1 :] if i > 1 else a_times
+    horizon = now_ms - a.within_ms
+    j = bisect_right(b_times, horizon)
+    kept_b = b_times[j:]
+    if t_a is not None:
+        k = bisect_right(b_times, t_a)
+        if k < j and b_times[k] <= t_a + a.within_ms:
+            kept_b = [b_times[k], *kept_b]
+    if len(kept_a) == len(a_times) and len(kept_b) == len(b_times):
+        return state
+    return [kept_a, kept_b]
+
+
+def absent_next_change(state: Any, a: Absent, now_ms: int) -> int | None:
+    """The earliest ``t > now`` when the value can change: the current A becoming D old, or
+    a later A becoming the latest."""
+    a_times, _ = state
+    i, t_a = _latest_a(a_times, now_ms)
+    candidates = []
+    if t_a is not None and t_a + a.within_ms > now_ms:
+        candidates.append(t_a + a.within_ms)
+    if i < len(a_times):
+        candidates.append(a_times[i])
+    return min(candidates) if candidates else None

@@ -1,0 +1,105 @@
+"""`cdp run`: a live worker over a real broker turns events into audience changes on a topic."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.kafka_broker import consume_all, create_topics, produce
+
+pytestmark = pytest.mark.kafka
+
+CONFIG = """\
+namespaces:
+  - {{name: Email, unique: true, normalize: email}}
+  - {{name: ECID}}
+sources:
+  - {{name: web, kind: event, topic: {p}web}}
+  - {{name: crm, kind: profile, topic: {p}crm, identities: {{email: Email}}, priority: 10}}
+segments:
+  - id: vip-buyers
+    rule: 'profile.tier == "vip" and exists(event.eventType == "commerce.purchases")'
+  - id: browsers
+    rule: 'count(event.eventType == "web.webpagedetails.pageViews") >= 2'
+destinations:
+  - {{name: changes, kind: kafka, topic: {p}changes}}
+dead_letters: {{kind: kafka, topic: {p}dead}}
+kafka: {{bootstrap_servers: "{bootstrap}"}}
+state: {{dir: state}}
+"""
+
+
+def event(i: int, ecid: str, kind: str, email: str | None = None) -> bytes:
+    ids = {"ECID": [{"id": ecid}]}
+    if email:
+        ids["Email"] = [{"id": email}]
+    return orjson.dumps(
+        {
+            "_id": f"e{i}",
+            "timestamp": 1_700_000_000_000 + i * 1000,
+            "eventType": kind,
+            "identityMap": ids,
+        }
+    )
+
+
+def test_live_worker_emits_changes(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> None:
+    p = topic_prefix
+    create_topics(kafka_bootstrap, [f"{p}web", f"{p}crm", f"{p}changes", f"{p}dead"])
+    config = tmp_path / "cdp.yaml"
+    config.write_text(CONFIG.format(p=p, bootstrap=kafka_bootstrap))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(config)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        produce(
+            kafka_bootstrap, f"{p}crm", [orjson.dumps({"email": "VIP@Example.com", "tier": "vip"})]
+        )
+        produce(
+            kafka_bootstrap,
+            f"{p}web",
+            [
+                event(1, "dev-1", "web.webpagedetails.pageViews"),
+                event(2, "dev-1", "userAccount.login", email="vip@example.com"),
+                event(3, "dev-1", "web.webpagedetails.pageViews"),
+                event(4, "dev-1", "commerce.purchases"),
+                b"not json at all",
+            ],
+        )
+        deadline = time.monotonic() + 60
+        changes: list[dict[str, object]] = []
+        while time.monotonic() < deadline and len(changes) < 2:
+            assert worker.poll() is None, worker.stdout.read().decode() if worker.stdout else ""
+            changes = [
+                orjson.loads(v) for v in consume_all(kafka_bootstrap, f"{p}changes", timeout_s=2)
+            ]
+            entered = {(c["segment_id"], c["status"]) for c in changes}
+            if {("vip-buyers", "entered"), ("browsers", "entered")} <= entered:
+                break
+        entered = {(c["segment_id"], c["status"]) for c in changes}
+        assert ("vip-buyers", "entered") in entered
+        assert ("browsers", "entered") in entered
+        vip = next(c for c in changes if c["segment_id"] == "vip-buyers")
+        assert vip["identities"]["Email"] == ["vip@example.com"]  # type: ignore[index]
+        # The topics are read concurrently: the purchase or the CRM record may come last.
+        assert vip["reason"] in {"event:e4", "profile:crm:0:0", "merge"}
+        dead = [orjson.loads(v) for v in consume_all(kafka_bootstrap, f"{p}dead", expected=1)]
+        assert [d["reason"].split(":")[0] for d in dead] == ["not JSON"]
+    finally:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

@@ -1,0 +1,117 @@
+"""Invariants of the identity graph (hypothesis), against an independent offline union-find."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from config.settings import parse_settings
+from operators.identity import IdentityRules, resolve
+from schemas.records import Identity
+from tests.unit.test_identity import Graph
+
+CONFIG = """\
+namespaces:
+  - {name: CRMID, unique: true}
+  - {name: Email, unique: true}
+  - {name: ECID}
+identity: {max_identities_per_cluster: 1000}
+sources: [{name: s, kind: event, path: x}]
+"""
+RULES = IdentityRules.from_settings(parse_settings(CONFIG, Path("/c.yaml"), {}, {}))
+
+identity = st.one_of(
+    st.tuples(st.just("CRMID"), st.sampled_from("abcd")),
+    st.tuples(st.just("Email"), st.sampled_from("efgh")),
+    st.tuples(st.just("ECID"), st.sampled_from("0123456789")),
+)
+records = st.lists(st.lists(identity, min_size=1, max_size=4, unique=True), min_size=1, max_size=30)
+
+
+def run(recs: list[list[Identity]]) -> Graph:
+    graph = Graph()
+    for i, ids in enumerate(recs):
+        res = resolve(graph, RULES, sorted(ids, key=RULES.sort_key), f"s:0:{i}", None)
+        graph.apply(res)
+    return graph
+
+
+def clusters(graph: Graph) -> set[frozenset[Identity]]:
+    return {frozenset(c.members) for c in graph.clusters.values()}
+
+
+def offline(recs: list[list[Identity]]) -> set[frozenset[Identity]]:
+    """Plain union-find with no guards: the answer for conflict-free input."""
+    parent: dict[Identity, Identity] = {}
+
+    def find(x: Identity) -> Identity:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for ids in recs:
+        for other in ids[1:]:
+            parent[find(other)] = find(ids[0])
+        find(ids[0])
+    groups: dict[Identity, set[Identity]] = {}
+    for x in parent:
+        groups.setdefault(find(x), set()).add(x)
+    return {frozenset(g) for g in groups.values()}
+
+
+def conflict_free(recs: list[list[Identity]]) -> bool:
+    return all(
+        len({v for ns, v in group if ns == unique}) <= 1
+        for group in offline(recs)
+        for unique in ("CRMID", "Email")
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(records)
+def test_every_identity_is_in_exactly_one_cluster(recs: list[list[Identity]]) -> None:
+    graph = run(recs)
+    seen = [m for c in graph.clusters.values() for m in c.members]
+    assert len(seen) == len(set(seen))
+    for member in seen:
+        canonical = graph.pointers[member]
+        assert member in graph.clusters[canonical].members
+        assert canonical == min(graph.clusters[canonical].members, key=RULES.sort_key)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records)
+def test_no_cluster_breaks_a_unique_namespace(recs: list[list[Identity]]) -> None:
+    for cluster in run(recs).clusters.values():
+        for unique in ("CRMID", "Email"):
+            assert len([m for m in cluster.members if m[0] == unique]) <= 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(records, st.randoms(use_true_random=False))
+def test_conflict_free_input_matches_offline_union_find_in_any_order(
+    recs: list[list[Identity]], rnd: object
+) -> None:
+    if not conflict_free(recs):
+        return
+    expected = offline(recs)
+    assert clusters(run(recs)) == expected
+    shuffled = list(recs)
+    rnd.shuffle(shuffled)  # type: ignore[attr-defined]
+    assert clusters(run(shuffled)) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(records)
+def test_replaying_the_same_records_changes_nothing(recs: list[list[Identity]]) -> None:
+    graph = run(recs)
+    before = (dict(graph.pointers), dict(graph.clusters))
+    for i, ids in enumerate(recs):
+        res = resolve(graph, RULES, sorted(ids, key=RULES.sort_key), f"s:0:{i}", None)
+        assert not res.merges and not res.pointers
+        graph.apply(res)
+    assert (graph.pointers, graph.clusters) == before
