@@ -304,7 +304,9 @@ def _print_summary(
     print(f"  duplicate events {stats.duplicates:>8}")
     linked = graph["linked_clusters"]
     print(f"  profiles         {graph['profiles']:>8}  ({linked} with more than one identity)")
-    print(f"  identity links   {stats.merges:>8}  (unions of two clusters, new identities included)")
+    print(
+        f"  identity links   {stats.merges:>8}  (unions of two clusters, new identities included)"
+    )
     print(f"  refused links    {graph['refused_links']:>8}  (unique namespace or cluster size)")
     print(f"  timers fired     {stats.timers_fired:>8}")
     print(f"  audience changes {len(changes):>8}")

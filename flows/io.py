@@ -4,6 +4,7 @@ that write bytes. No business logic lives here."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,6 +179,13 @@ def kafka_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaSink:
 
 def keyed_message(key: str, value: bytes) -> KafkaSinkMessage[bytes, bytes]:
     return KafkaSinkMessage(key=key.encode(), value=value)
+
+
+def timed_message(key: str, value: bytes, read_ns: int) -> KafkaSinkMessage[bytes, bytes]:
+    """Headers `cdp-read-ns` (the causing record was read) and `cdp-out-ns` (handed to the
+    producer), wall-clock nanoseconds: the pipeline's own share of the latency."""
+    headers = [("cdp-read-ns", str(read_ns).encode()), ("cdp-out-ns", str(time.time_ns()).encode())]
+    return KafkaSinkMessage(key=key.encode(), value=value, headers=headers)
 
 
 def append_lines(path: Path) -> Callable[[list[bytes]], None]:

@@ -81,7 +81,7 @@ def build_flow(settings: Settings, options: RunOptions) -> Dataflow:
     flow = Dataflow("cdp")
     raw = _read(flow, settings, options)
     decoder = Decoder.from_settings(settings)
-    decoded = op.map("decode", raw, lambda item: decoder.decode(item[0], item[1]))
+    decoded = op.map("decode", raw, lambda item: decoder.decode(item[0], item[1], time.time_ns()))
     split = op.branch("split_dead_letters", decoded, lambda x: isinstance(x, Record))
     records: Stream[Record] = split.trues  # type: ignore[assignment]
     dead: Stream[DeadLetter] = split.falses  # type: ignore[assignment]
@@ -139,7 +139,7 @@ def _write_changes(
             op.output(f"write_{dest.name}", rendered, io.JsonLinesSink(settings.resolve(dest.path)))
         elif dest.kind == "kafka":
             assert dest.topic is not None
-            messages = op.map(f"key_{dest.name}", rendered, lambda kv: io.keyed_message(*kv))
+            messages = op.map(f"key_{dest.name}", rendered, lambda kv: io.timed_message(*kv))
             op.output(f"write_{dest.name}", messages, io.kafka_sink(brokers, dest.topic, config))
         else:
             sink = WebhookSink(dest, dead_letter_writer(settings))
@@ -153,7 +153,7 @@ def _render(change: AudienceChange, dest: Any) -> Any:
     body = render(change, dest)
     if body is None:
         return None
-    return (change.profile_id, body) if dest.kind == "kafka" else body
+    return (change.profile_id, body, change.read_ns) if dest.kind == "kafka" else body
 
 
 def render_all(change: AudienceChange) -> bytes:

@@ -53,13 +53,13 @@ class Decoder:
         }
         return cls(IdentityRules.from_settings(settings), sources, settings.max_record_bytes)
 
-    def decode(self, origin: Origin, raw: bytes) -> Record | DeadLetter:
+    def decode(self, origin: Origin, raw: bytes, read_ns: int = 0) -> Record | DeadLetter:
         try:
-            return self._decode(origin, raw)
+            return self._decode(origin, raw, read_ns)
         except Rejected as exc:
             return DeadLetter(origin, raw, str(exc))
 
-    def _decode(self, origin: Origin, raw: bytes) -> Record:
+    def _decode(self, origin: Origin, raw: bytes, read_ns: int) -> Record:
         spec = self.sources.get(origin.source)
         if spec is None:
             raise Rejected(f"unknown source {origin.source!r}")
@@ -88,7 +88,7 @@ class Decoder:
                 raise Rejected("eventType must be a non-empty string")
             if "eventType" not in body:
                 body["eventType"] = event_type  # our own freshly parsed dict
-            event_id = _event_id(body, origin.source, raw)
+            event_id = _event_id(body, origin.source)
         return Record(
             origin=origin,
             source_index=spec.index,
@@ -99,6 +99,7 @@ class Decoder:
             ts_ms=ts_ms,
             event_id=event_id,
             event_type=event_type,
+            read_ns=read_ns,
         )
 
     def _identities(self, spec: SourceSpec, body: dict[str, Any]) -> tuple[Identity, ...]:
@@ -165,7 +166,7 @@ def _timestamp(value: Any, *, required: bool) -> int | None:
     raise Rejected("timestamp must be an ISO-8601 string or epoch milliseconds")
 
 
-def _event_id(body: Mapping[str, Any], source: str, raw: bytes) -> str:
+def _event_id(body: Mapping[str, Any], source: str) -> str:
     given = body.get("_id")
     if isinstance(given, str) and given:
         return given

@@ -72,6 +72,7 @@ class Engine:
         }
         self.stats = EngineStats()
         self.lock = threading.Lock()  # worker threads of one process share this engine
+        self._read_ns = 0  # read time of the record being applied, stamped on its changes
         raw = store.get(WATERMARK_KEY)
         self.max_event_ms: int | None = None if raw is None else int(raw)
         self._timers: list[tuple[int, str]] = [
@@ -94,7 +95,9 @@ class Engine:
             txn = Txn(self.store)
             out: list[AudienceChange] = []
             for record in records:
+                self._read_ns = record.read_ns
                 self._process_one(txn, record, wall_ms, out)
+            self._read_ns = 0
             if self.max_event_ms is not None:
                 txn.put(WATERMARK_KEY, str(self.max_event_ms).encode())
             txn.commit()
@@ -317,6 +320,7 @@ class Engine:
                     event_time_ms=at_ms,
                     emitted_at_ms=wall_ms,
                     reason=reason,
+                    read_ns=self._read_ns,
                 )
             )
 

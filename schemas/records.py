@@ -52,6 +52,7 @@ class Record:
     ts_ms: int | None
     event_id: str | None
     event_type: str | None
+    read_ns: int = 0  # wall clock when the pipeline read it (latency measurement only)
 
     @property
     def order(self) -> tuple[int, int, int, int]:
@@ -88,6 +89,7 @@ class AudienceChange:
     event_time_ms: int
     emitted_at_ms: int
     reason: str
+    read_ns: int = 0  # when the record that caused it was read; 0 for timers (not in the JSON)
 
     def to_dict(self) -> dict[str, Any]:
         return {
