@@ -162,6 +162,13 @@ class TimeSettings(_Frozen):
         return duration_ms(self.allowed_lateness)
 
 
+class RecoverySettings(_Frozen):
+    """Bytewax recovery: how often input positions are snapshotted (the most a crash rewinds)."""
+
+    enabled: bool = True
+    epoch_interval_ms: int = Field(default=1000, ge=10)
+
+
 class Settings(_Frozen):
     namespaces: tuple[NamespaceSettings, ...]
     identity: IdentitySettings = IdentitySettings()
@@ -172,6 +179,7 @@ class Settings(_Frozen):
     kafka: KafkaSettings = KafkaSettings()
     state: StateSettings = StateSettings()
     time: TimeSettings = TimeSettings()
+    recovery: RecoverySettings = RecoverySettings()
     shards: int = Field(default=256, ge=1, le=4096)
     max_record_bytes: int = Field(default=1_000_000, ge=1024)
     base_dir: Path = Path()

@@ -17,8 +17,8 @@ import orjson
 from benchmarks.generator import generate, write_files
 from config.settings import ConfigError, Settings, load_settings
 from flows import io
-from flows.pipeline import RunOptions, build_flow
-from flows.runtime import close_engines, engine_for, run_flow
+from flows.pipeline import RunOptions, build_flow, routing_name
+from flows.runtime import check_routing, close_engines, engine_for, run_flow
 from operators import queries
 from operators.identity import IdentityRules
 from operators.rules import RuleErrors, compile_rules
@@ -113,12 +113,14 @@ def _state_dir(args: argparse.Namespace, settings: Settings) -> Path:
     return Path(given) if given is not None else settings.state_dir
 
 
-def _run_flow(settings: Settings, options: RunOptions, workers: int) -> None:
-    if workers < 1:
+def _run_flow(settings: Settings, options: RunOptions) -> None:
+    if options.workers < 1:
         raise UsageError("--workers must be at least 1")
+    check_routing(options.state_dir, routing_name(options))
     flow = build_flow(settings, options)
+    recovery = options.state_dir / "recovery" if settings.recovery.enabled else None
     try:
-        run_flow(flow, workers)
+        run_flow(flow, options.workers, recovery, settings.recovery.epoch_interval_ms)
     finally:
         close_engines()
         io.close_files()
@@ -141,9 +143,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         state_dir=_state_dir(args, settings),
         audience_out=args.audience_out,
         from_ts_ms=_parse_time(args.from_timestamp) if args.from_timestamp else None,
+        workers=args.workers,
     )
     started = time.monotonic()
-    _run_flow(settings, options, args.workers)
+    _run_flow(settings, options)
     print(
         f"replay finished in {time.monotonic() - started:.1f}s; state in {options.state_dir}",
         file=sys.stderr,
@@ -154,9 +157,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     options = RunOptions(
-        mode="live", state_dir=_state_dir(args, settings), audience_out=args.audience_out
+        mode="live",
+        state_dir=_state_dir(args, settings),
+        audience_out=args.audience_out,
+        workers=args.workers,
     )
-    _run_flow(settings, options, args.workers)
+    _run_flow(settings, options)
     return 0
 
 
@@ -265,7 +271,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         options = RunOptions(mode="files", state_dir=state_dir, audience_out=audience_out)
         flow = build_flow(settings, options)
         try:
-            run_flow(flow)
+            run_flow(flow, 1, state_dir / "recovery")
             stats = engine_for(settings, state_dir).stats
         finally:
             close_engines()

@@ -29,6 +29,7 @@ from flows.runtime import engine_for
 from flows.webhook import WebhookSink
 from operators.decode import Decoder
 from operators.destinations import render
+from operators.engine import Engine
 from operators.store import shard_of
 from schemas.records import AudienceChange, DeadLetter, Record
 
@@ -45,36 +46,88 @@ class RunOptions:
     from_ts_ms: int | None = None
     clock: Callable[[], int] = field(default=wall_clock_ms)
     idle_advance_s: float = 1.0  # live mode: event time follows the wall clock this often
+    workers: int = 1
 
 
-class _ApplyRecords(StatefulBatchLogic[Record, AudienceChange, None]):
-    """Thin adapter: every call goes to the process's engine; Bytewax snapshots nothing (the
-    state and the applied offsets live in RocksDB)."""
+class _ApplyRecords(StatefulBatchLogic[Record, AudienceChange, tuple[int, int]]):
+    """Thin adapter: every call goes to the process's engine.
 
-    def __init__(self, settings: Settings, options: RunOptions) -> None:
+    Bytewax snapshots only `(key, outbox sequence)`. On resume the builder gets the sequence of
+    the last durable snapshot and the outputs after it are emitted again (the state itself and
+    the applied offsets live in RocksDB, which Bytewax does not roll back).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        options: RunOptions,
+        route: Callable[[Record], str],
+        resume: tuple[int, int] | None,
+    ) -> None:
         self._settings = settings
         self._options = options
+        self._route = route
+        self._key, self._resumed_seq = resume if resume is not None else (-1, -1)
+        self._snapshots: list[int] = []
 
-    def _engine(self) -> Any:
-        return engine_for(self._settings, self._options.state_dir)
+    def _engine(self) -> Engine:
+        return engine_for(self._settings, self._options.state_dir, routing_name(self._options))
+
+    def _redeliver(self) -> list[AudienceChange]:
+        if self._resumed_seq < 0 or self._key < 0:
+            return []
+        seq, self._resumed_seq = self._resumed_seq, -1
+        return self._engine().outbox_after(self._key, seq)
 
     def on_batch(self, values: list[Record]) -> tuple[Iterable[AudienceChange], bool]:
-        return self._engine().process(values, self._options.clock()), self.RETAIN
+        if self._key < 0:
+            self._key = int(self._route(values[0]))
+        out = self._redeliver()
+        out.extend(self._engine().process(self._key, values, self._options.clock()))
+        return out, self.RETAIN
 
     def on_notify(self) -> tuple[Iterable[AudienceChange], bool]:
-        wall = self._options.clock()
-        return self._engine().advance(wall, wall), self.RETAIN
+        out = self._redeliver()
+        if self._options.mode == "live" and self._key >= 0:
+            wall = self._options.clock()
+            out.extend(self._engine().advance(self._key, wall, wall))
+        return out, self.RETAIN
 
     def on_eof(self) -> tuple[Iterable[AudienceChange], bool]:
-        return self._engine().finish(self._options.clock()), self.RETAIN
+        out = self._redeliver()
+        if self._key >= 0:
+            out.extend(self._engine().finish(self._key, self._options.clock()))
+        return out, self.RETAIN
 
     def notify_at(self) -> datetime | None:
+        now = datetime.now(tz=UTC)
+        if self._resumed_seq >= 0:
+            return now  # re-emit the outbox right after a resume
         if self._options.mode != "live":
             return None
-        return datetime.now(tz=UTC) + timedelta(seconds=self._options.idle_advance_s)
+        return now + timedelta(seconds=self._options.idle_advance_s)
 
-    def snapshot(self) -> None:
-        return None
+    def snapshot(self) -> tuple[int, int]:
+        engine = self._engine()
+        seq = engine.outbox_seq(self._key) if self._key >= 0 else 0
+        # Outputs up to the snapshot before this one are covered by a durable snapshot.
+        self._snapshots.append(seq)
+        if len(self._snapshots) > 2:
+            engine.prune_outbox(self._key, self._snapshots.pop(0))
+        return (self._key, seq)
+
+
+def routing_name(options: RunOptions) -> str:
+    return "single" if options.workers <= 1 else "shards"
+
+
+def router(settings: Settings, workers: int) -> Callable[[Record], str]:
+    """The Bytewax key of a record. One worker: a single key, so records are applied in input
+    order. Several: the shard of the record's highest-priority identity."""
+    if workers <= 1:
+        return lambda _record: "0000"
+    shards = settings.shards
+    return lambda record: f"{shard_of(record.identities[0], shards):04d}"
 
 
 def build_flow(settings: Settings, options: RunOptions) -> Dataflow:
@@ -90,12 +143,10 @@ def build_flow(settings: Settings, options: RunOptions) -> Dataflow:
         records = op.filter(
             "skip_before_start", records, lambda r: r.ts_ms is None or r.ts_ms >= start
         )
-    shards = settings.shards
-    keyed = op.key_on(
-        "route_by_identity", records, lambda r: f"{shard_of(r.identities[0], shards):04d}"
-    )
+    route = router(settings, options.workers)
+    keyed = op.key_on("route_by_identity", records, route)
     applied = op.stateful_batch(
-        "apply_records", keyed, lambda _resume: _ApplyRecords(settings, options)
+        "apply_records", keyed, lambda resume: _ApplyRecords(settings, options, route, resume)
     )
     changes = op.key_rm("unkey_changes", applied)
     _write_changes(changes, settings, options)

@@ -3,27 +3,60 @@ opened lazily on the worker (flow factories have no side effects)."""
 
 from __future__ import annotations
 
+import signal
 import threading
+from datetime import timedelta
 from pathlib import Path
+from types import FrameType
 
 from bytewax._bytewax import cli_main  # what `python -m bytewax.run` calls
 from bytewax.dataflow import Dataflow
+from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from config.settings import Settings
 from operators.engine import Engine
-from operators.store import RocksStore, open_store
+from operators.store import ROUTING_KEY, RocksStore, StoreError, open_store
 
 _lock = threading.Lock()
 _engines: dict[Path, tuple[Engine, RocksStore]] = {}
 
 
-def engine_for(settings: Settings, state_dir: Path) -> Engine:
+def engine_for(settings: Settings, state_dir: Path, routing: str | None = None) -> Engine:
+    """The process's engine for a state directory. `routing` names how records are keyed
+    (offsets and outboxes are per key), checked against what the state was built with."""
     key = state_dir.resolve()
     with _lock:
         if key not in _engines:
             store = open_store(key)
+            if routing is not None:
+                try:
+                    _check_routing(store, key, routing)
+                except StoreError:
+                    store.close()
+                    raise
             _engines[key] = (Engine(settings, store), store)
         return _engines[key][0]
+
+
+def check_routing(state_dir: Path, routing: str) -> None:
+    """Refuse, before starting, a run whose keying differs from the state's."""
+    store = open_store(state_dir.resolve())
+    try:
+        _check_routing(store, state_dir, routing)
+    finally:
+        store.close()
+
+
+def _check_routing(store: RocksStore, state_dir: Path, routing: str) -> None:
+    held = store.get(ROUTING_KEY)
+    if held is None:
+        store.write({ROUTING_KEY: routing.encode()})
+    elif held.decode() != routing:
+        raise StoreError(
+            f"state in {state_dir} was built with routing {held.decode()!r} and this run uses "
+            f"{routing!r}: keep the same --workers for a state directory (1 worker applies "
+            "records in input order; more shard them)"
+        )
 
 
 def close_engines() -> None:
@@ -33,6 +66,29 @@ def close_engines() -> None:
         _engines.clear()
 
 
-def run_flow(flow: Dataflow, workers: int = 1) -> None:
-    """Run in this process with `workers` worker threads, until the input ends."""
-    cli_main(flow, workers_per_process=workers)  # type: ignore[no-untyped-call]
+def run_flow(
+    flow: Dataflow, workers: int = 1, recovery_dir: Path | None = None, epoch_ms: int = 1000
+) -> None:
+    """Run in this process with `workers` worker threads until the input ends (or SIGINT /
+    SIGTERM, which finish the current epoch and stop). With `recovery_dir`, Bytewax snapshots
+    the input positions there, so a restarted run resumes where the last snapshot was."""
+    recovery = None
+    if recovery_dir is not None:
+        if not recovery_dir.exists():
+            recovery_dir.mkdir(parents=True)
+            init_db_dir(recovery_dir, 1)  # type: ignore[no-untyped-call]
+        recovery = RecoveryConfig(str(recovery_dir))  # type: ignore[no-untyped-call]
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        cli_main(  # type: ignore[no-untyped-call]
+            flow,
+            workers_per_process=workers,
+            epoch_interval=timedelta(milliseconds=epoch_ms),
+            recovery_config=recovery,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # Bytewax stops cleanly on it, like Ctrl-C

@@ -22,7 +22,16 @@ from operators import profile as prof
 from operators.identity import Cluster, IdentityRules, Resolution, profile_id, resolve
 from operators.rules import compile_rules
 from operators.segments import SegmentIndex, Transition, change_id, evaluate, exit_all, transitions
-from operators.store import WATERMARK_KEY, Keys, Store, Txn, parse_timer_key, shard_of
+from operators.store import (
+    PARTITIONS_KEY,
+    WATERMARK_KEY,
+    Keys,
+    Store,
+    Txn,
+    decode,
+    encode,
+    parse_timer_key,
+)
 from schemas.records import AudienceChange, Identity, Record, identity_str, iso_ms, parse_identity
 
 
@@ -75,6 +84,9 @@ class Engine:
         self._read_ns = 0  # read time of the record being applied, stamped on its changes
         raw = store.get(WATERMARK_KEY)
         self.max_event_ms: int | None = None if raw is None else int(raw)
+        parts = store.get(PARTITIONS_KEY)
+        self._partition_max: dict[str, int] = {} if parts is None else decode(parts)
+        self._seqs: dict[int, int] = {}
         self._timers: list[tuple[int, str]] = [
             (ts, identity_str(canon))
             for ts, canon in (parse_timer_key(k) for k, _ in store.scan(b"t/"))
@@ -85,36 +97,54 @@ class Engine:
 
     @property
     def now_ms(self) -> int:
-        """Event time: the highest event time applied, less the allowed lateness."""
+        """Event time: the watermark, less the allowed lateness (0 before any event)."""
         return 0 if self.max_event_ms is None else self.max_event_ms - self.lateness_ms
+
+    def _observe(self, record: Record) -> bool:
+        """Track the highest event time per input partition; the watermark is the lowest of
+        those, so a replay never treats events as late because partitions are read at
+        different speeds. Returns True when the watermark moved."""
+        if record.ts_ms is None:
+            return False
+        part = f"{record.origin.source}/{record.origin.partition}"
+        if record.ts_ms <= self._partition_max.get(part, -1):
+            return False
+        self._partition_max[part] = record.ts_ms
+        low = min(self._partition_max.values())
+        if self.max_event_ms is not None and low <= self.max_event_ms:
+            return False
+        self.max_event_ms = low
+        return True
 
     # -- the step --------------------------------------------------------------------------
 
-    def process(self, records: Sequence[Record], wall_ms: int) -> list[AudienceChange]:
+    def process(self, key: int, records: Sequence[Record], wall_ms: int) -> list[AudienceChange]:
+        """Apply the records routed to one Bytewax key, in one WriteBatch."""
         with self.lock:
             txn = Txn(self.store)
             out: list[AudienceChange] = []
             for record in records:
                 self._read_ns = record.read_ns
-                self._process_one(txn, record, wall_ms, out)
+                self._process_one(txn, key, record, wall_ms, out)
             self._read_ns = 0
-            if self.max_event_ms is not None:
-                txn.put(WATERMARK_KEY, str(self.max_event_ms).encode())
-            txn.commit()
+            self._commit(txn, key, out)
             return out
 
-    def finish(self, wall_ms: int) -> list[AudienceChange]:
-        """End of input: fire every timer up to the last event time."""
+    def finish(self, key: int, wall_ms: int) -> list[AudienceChange]:
+        """End of input: event time reaches the last event of every partition; timers fire."""
         with self.lock:
-            if self.max_event_ms is None:
+            if not self._partition_max:
                 return []
+            last = max(self._partition_max.values())
+            if self.max_event_ms is None or last > self.max_event_ms:
+                self.max_event_ms = last
             txn = Txn(self.store)
             out: list[AudienceChange] = []
-            self._fire_timers(txn, self.max_event_ms, wall_ms, out)
-            txn.commit()
+            self._fire_timers(txn, last, wall_ms, out)
+            self._commit(txn, key, out)
             return out
 
-    def advance(self, event_ms: int, wall_ms: int) -> list[AudienceChange]:
+    def advance(self, key: int, event_ms: int, wall_ms: int) -> list[AudienceChange]:
         """Move event time forward with no record (live mode: the wall clock)."""
         with self.lock:
             if self.max_event_ms is not None and event_ms <= self.max_event_ms:
@@ -123,26 +153,61 @@ class Engine:
             txn = Txn(self.store)
             out: list[AudienceChange] = []
             self._fire_timers(txn, self.now_ms, wall_ms, out)
-            txn.put(WATERMARK_KEY, str(event_ms).encode())
-            txn.commit()
+            self._commit(txn, key, out)
             return out
 
+    # -- the outbox: at-least-once output across crashes ------------------------------------
+
+    def _commit(self, txn: Txn, key: int, out: list[AudienceChange]) -> None:
+        """State, offsets, watermark and the outputs, in one atomic write."""
+        if out:
+            seq = self.outbox_seq(key)
+            for change in out:
+                seq += 1
+                txn.put(Keys.outbox(key, seq), encode(change.to_stored()))
+            txn.put(Keys.outbox_seq(key), str(seq).encode())
+            self._seqs[key] = seq
+        if self.max_event_ms is not None:
+            txn.put(WATERMARK_KEY, str(self.max_event_ms).encode())
+            txn.put_json(PARTITIONS_KEY, self._partition_max)
+        txn.commit()
+
+    def outbox_seq(self, key: int) -> int:
+        """The sequence number of the last output of this key (0: none yet)."""
+        if key not in self._seqs:
+            raw = self.store.get(Keys.outbox_seq(key))
+            self._seqs[key] = 0 if raw is None else int(raw)
+        return self._seqs[key]
+
+    def outbox_after(self, key: int, seq: int) -> list[AudienceChange]:
+        """Outputs after `seq`: what a resumed worker re-emits (consumers dedup by id)."""
+        with self.lock:
+            start = Keys.outbox(key, seq + 1)
+            prefix = Keys.outbox_prefix(key)
+            return [
+                AudienceChange.from_stored(decode(raw))
+                for k, raw in self.store.scan(prefix)
+                if k >= start
+            ]
+
+    def prune_outbox(self, key: int, upto_seq: int) -> None:
+        """Forget outputs at or before a snapshot Bytewax has made durable."""
+        if upto_seq > 0:
+            with self.lock:
+                self.store.delete_range(Keys.outbox_prefix(key), Keys.outbox(key, upto_seq + 1))
+
     def _process_one(
-        self, txn: Txn, record: Record, wall_ms: int, out: list[AudienceChange]
+        self, txn: Txn, key: int, record: Record, wall_ms: int, out: list[AudienceChange]
     ) -> None:
         origin = record.origin
-        shard = shard_of(record.identities[0], self.keys.shards)
-        offset_key = Keys.offset(shard, origin.source, origin.partition)
+        offset_key = Keys.offset(key, origin.source, origin.partition)
         applied = txn.get_json(offset_key)
         if applied is not None and origin.offset <= applied:
             self.stats.replayed += 1
             return
         txn.put_json(offset_key, origin.offset)
         self.stats.records += 1
-        if record.ts_ms is not None and (
-            self.max_event_ms is None or record.ts_ms > self.max_event_ms
-        ):
-            self.max_event_ms = record.ts_ms
+        if self._observe(record):
             self._fire_timers(txn, self.now_ms, wall_ms, out)
 
         graph = _Graph(txn, self.keys)
@@ -177,7 +242,7 @@ class Engine:
         which: set[str] = set(self.index.all_ids()) if resolution.merges else set()
         reason = "merge" if resolution.merges else ""
         if record.kind == "event":
-            seen_key = Keys.seen(shard, record.event_id or "")
+            seen_key = Keys.seen(record.event_id or "")
             if txn.get(seen_key) is not None:
                 self.stats.duplicates += 1
             else:
@@ -320,6 +385,7 @@ class Engine:
                     event_time_ms=at_ms,
                     emitted_at_ms=wall_ms,
                     reason=reason,
+                    sequence=change.sequence,
                     read_ns=self._read_ns,
                 )
             )

@@ -6,12 +6,16 @@ Key layout (bytes, UTF-8; `ID` is `Namespace:value`, `SSSS` the logical shard, z
 | key | value | what |
 | --- | --- | --- |
 | `meta/format` | `1` | format version, written on first open, checked on every open |
-| `meta/watermark` | int | the highest event time applied (epoch ms) |
-| `o/SSSS/SOURCE/PARTITION` | int | highest input offset applied for records routed to shard SSSS |
+| `meta/watermark` | int | the event-time watermark (epoch ms) |
+| `meta/partitions` | JSON | the highest event time seen per input partition |
+| `meta/routing` | text | how records were keyed (`single`, `shards:256`); a run must match |
+| `o/KKKK/SOURCE/PARTITION` | int | highest input offset applied by Bytewax key KKKK |
+| `q/KKKK/NNNNNNNNNNNNNNNN` | change | outbox: outputs of key KKKK, kept until a durable snapshot |
+| `q/KKKK/seq` | int | the last outbox sequence of key KKKK |
 | `i/SSSS/ID` | `ID` | identity -> canonical identity of its cluster (shard of the identity) |
 | `c/SSSS/ID` | cluster JSON | members and links of the cluster whose canonical is ID |
 | `p/SSSS/ID` | profile JSON | the profile of that cluster |
-| `x/SSSS/EVENT_ID` | empty | an event id already applied (dedup), shard of the routing identity |
+| `x/EVENT_ID` | empty | an event id already applied (dedup) |
 | `k/ID/POSITION` | conflict JSON | refused links, once under each of the two identities |
 | `t/TTTTTTTTTTTTT/ID` | empty | a timer: re-evaluate the profile ID at event time T |
 
@@ -34,6 +38,8 @@ from schemas.records import Identity, identity_str, parse_identity
 FORMAT_VERSION = b"1"
 FORMAT_KEY = b"meta/format"
 WATERMARK_KEY = b"meta/watermark"
+PARTITIONS_KEY = b"meta/partitions"
+ROUTING_KEY = b"meta/routing"
 
 
 class StoreError(RuntimeError):
@@ -44,6 +50,7 @@ class Store(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
     def write(self, changes: Mapping[bytes, bytes | None]) -> None: ...
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+    def delete_range(self, start: bytes, end: bytes) -> None: ...
     def close(self) -> None: ...
 
 
@@ -66,6 +73,10 @@ class MemoryStore:
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key in sorted(k for k in self._data if k.startswith(prefix)):
             yield key, self._data[key]
+
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        for key in [k for k in self._data if start <= k < end]:
+            del self._data[key]
 
     def close(self) -> None:
         pass
@@ -113,6 +124,9 @@ class RocksStore:
                 break
             yield key, value
 
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        self._db.delete_range(start, end)
+
     def close(self) -> None:
         self._db.close()
 
@@ -149,8 +163,20 @@ class Keys:
         return f"o/{shard:04d}/{source}/{partition}".encode()
 
     @staticmethod
-    def seen(shard: int, event_id: str) -> bytes:
-        return f"x/{shard:04d}/{event_id}".encode()
+    def seen(event_id: str) -> bytes:
+        return f"x/{event_id}".encode()
+
+    @staticmethod
+    def outbox(key: int, seq: int) -> bytes:
+        return f"q/{key:04d}/{seq:016d}".encode()
+
+    @staticmethod
+    def outbox_prefix(key: int) -> bytes:
+        return f"q/{key:04d}/0".encode()  # sequences, not the `seq` counter
+
+    @staticmethod
+    def outbox_seq(key: int) -> bytes:
+        return f"q/{key:04d}/seq".encode()
 
     @staticmethod
     def conflict(identity: Identity, position: str) -> bytes:

@@ -89,6 +89,7 @@ class AudienceChange:
     event_time_ms: int
     emitted_at_ms: int
     reason: str
+    sequence: int  # the n-th transition of (profile, segment): odd entered, even exited
     read_ns: int = 0  # when the record that caused it was read; 0 for timers (not in the JSON)
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,7 +102,25 @@ class AudienceChange:
             "event_time": iso_ms(self.event_time_ms),
             "emitted_at": iso_ms(self.emitted_at_ms),
             "reason": self.reason,
+            "sequence": self.sequence,
         }
+
+    def to_stored(self) -> list[Any]:
+        return [
+            self.id,
+            self.segment_id,
+            self.status,
+            self.profile_id,
+            self.identities,
+            self.event_time_ms,
+            self.emitted_at_ms,
+            self.reason,
+            self.sequence,
+        ]
+
+    @classmethod
+    def from_stored(cls, data: list[Any]) -> AudienceChange:
+        return cls(*data)
 
 
 def iso_ms(ms: int) -> str:

@@ -51,13 +51,17 @@ def by_identity(profiles: list[dict[str, Any]], namespace: str, value: str) -> d
     return found[0]
 
 
-def alternate(changes: list[dict[str, Any]]) -> bool:
-    """entered/exited alternate per (profile, segment), starting with entered."""
-    last: dict[tuple[str, str], str] = {}
+def alternate(changes: list[dict[str, Any]], *, in_order: bool = True) -> bool:
+    """entered/exited alternate per (profile, segment), starting with entered, and the
+    sequences are 1, 2, 3, … . `in_order`: in the order given (one worker writes the stream);
+    else ordered by `sequence` (several workers' sinks interleave)."""
+    streams: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for change in changes:
-        key = (change["profile_id"], change["segment_id"])
-        expected = "exited" if last.get(key) == "entered" else "entered"
-        if change["status"] != expected:
-            return False
-        last[key] = change["status"]
+        streams.setdefault((change["profile_id"], change["segment_id"]), []).append(change)
+    for stream in streams.values():
+        ordered = stream if in_order else sorted(stream, key=lambda c: c["sequence"])
+        for n, change in enumerate(ordered, start=1):
+            expected = "entered" if n % 2 else "exited"
+            if change["sequence"] != n or change["status"] != expected:
+                return False
     return True

@@ -25,6 +25,7 @@ CHANGE = AudienceChange(
     event_time_ms=1597104000000,
     emitted_at_ms=1597104000123,
     reason="event:x",
+    sequence=1,
 )
 
 
