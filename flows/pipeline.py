@@ -10,6 +10,7 @@ the worker when the first record arrives.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -117,6 +118,20 @@ class _ApplyRecords(StatefulBatchLogic[Record, AudienceChange, tuple[int, int]])
         return (self._key, seq)
 
 
+class _ReadOrder:
+    """Stamps each record with its place in its partition's read order (this run). A
+    partition is read by one worker, in order, so a counter per partition is exact."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int], int] = {}
+
+    def __call__(self, record: Record) -> Record:
+        key = (record.origin.source, record.origin.partition)
+        n = self._counts.get(key, 0) + 1
+        self._counts[key] = n
+        return dataclasses.replace(record, seq=n)
+
+
 def routing_name(options: RunOptions) -> str:
     return "single" if options.workers <= 1 else "shards"
 
@@ -143,6 +158,7 @@ def build_flow(settings: Settings, options: RunOptions) -> Dataflow:
         records = op.filter(
             "skip_before_start", records, lambda r: r.ts_ms is None or r.ts_ms >= start
         )
+    records = op.map("number_in_read_order", records, _ReadOrder())
     route = router(settings, options.workers)
     keyed = op.key_on("route_by_identity", records, route)
     applied = op.stateful_batch(

@@ -46,6 +46,31 @@ class EngineStats:
     changes: Counter[str] = field(default_factory=Counter)
 
 
+class _PartitionRun:
+    """Which records of one partition (by read order) have been applied in this run."""
+
+    __slots__ = ("next_seq", "pending", "safe_ms")
+
+    def __init__(self) -> None:
+        self.next_seq = 1
+        self.pending: dict[int, int | None] = {}
+        self.safe_ms: int | None = None
+
+    def applied(self, seq: int, ts_ms: int | None) -> tuple[int | None, int | None]:
+        """Mark `seq` applied. Returns the highest event time over the applied prefix up to
+        `seq` (unchanged while earlier records wait) and over the whole applied prefix."""
+        self.pending[seq] = ts_ms
+        at_record = self.safe_ms
+        while self.next_seq in self.pending:
+            ts = self.pending.pop(self.next_seq)
+            if ts is not None and (self.safe_ms is None or ts > self.safe_ms):
+                self.safe_ms = ts
+            if self.next_seq == seq:
+                at_record = self.safe_ms
+            self.next_seq += 1
+        return at_record, self.safe_ms
+
+
 class _Graph:
     """The identity graph as `resolve` reads it, through the transaction."""
 
@@ -86,6 +111,7 @@ class Engine:
         self.max_event_ms: int | None = None if raw is None else int(raw)
         parts = store.get(PARTITIONS_KEY)
         self._partition_max: dict[str, int] = {} if parts is None else decode(parts)
+        self._runs: dict[str, _PartitionRun] = {}
         self._seqs: dict[int, int] = {}
         self._timers: list[tuple[int, str]] = [
             (ts, identity_str(canon))
@@ -100,16 +126,29 @@ class Engine:
         """Event time: the watermark, less the allowed lateness (0 before any event)."""
         return 0 if self.max_event_ms is None else self.max_event_ms - self.lateness_ms
 
-    def _observe(self, record: Record) -> bool:
-        """Track the highest event time per input partition; the watermark is the lowest of
-        those, so a replay never treats events as late because partitions are read at
-        different speeds. Returns True when the watermark moved."""
-        if record.ts_ms is None:
-            return False
+    def _observe(self, record: Record) -> tuple[str, int | None, int | None]:
+        """Event time per input partition, as `(partition, at_record, after)`.
+
+        A partition's event time is the highest event time among the records read before
+        every one not yet applied (records carry their read order, `seq`): with several
+        workers, records of one partition may be applied out of read order, and event time
+        must not run ahead of a record still waiting. `at_record` is the partition's event
+        time up to and including this record (what it is evaluated at), `after` includes the
+        records read after it that were already applied.
+        """
         part = f"{record.origin.source}/{record.origin.partition}"
-        if record.ts_ms <= self._partition_max.get(part, -1):
+        if not record.seq:
+            return part, record.ts_ms, record.ts_ms
+        run = self._runs.setdefault(part, _PartitionRun())
+        return (part, *run.applied(record.seq, record.ts_ms))
+
+    def _advance(self, part: str, ts_ms: int | None) -> bool:
+        """Raise a partition's event time; the watermark is the lowest over the partitions,
+        so a replay never treats events as late because partitions are read at different
+        speeds. Returns True when the watermark moved."""
+        if ts_ms is None or ts_ms <= self._partition_max.get(part, -1):
             return False
-        self._partition_max[part] = record.ts_ms
+        self._partition_max[part] = ts_ms
         low = min(self._partition_max.values())
         if self.max_event_ms is not None and low <= self.max_event_ms:
             return False
@@ -200,15 +239,22 @@ class Engine:
         self, txn: Txn, key: int, record: Record, wall_ms: int, out: list[AudienceChange]
     ) -> None:
         origin = record.origin
+        part, at_record, after = self._observe(record)  # skipped records count too
+        if self._advance(part, at_record):
+            self._fire_timers(txn, self.now_ms, wall_ms, out)
         offset_key = Keys.offset(key, origin.source, origin.partition)
         applied = txn.get_json(offset_key)
         if applied is not None and origin.offset <= applied:
             self.stats.replayed += 1
-            return
-        txn.put_json(offset_key, origin.offset)
-        self.stats.records += 1
-        if self._observe(record):
+        else:
+            txn.put_json(offset_key, origin.offset)
+            self.stats.records += 1
+            self._apply(txn, record, wall_ms, out)
+        if after != at_record and self._advance(part, after):
             self._fire_timers(txn, self.now_ms, wall_ms, out)
+
+    def _apply(self, txn: Txn, record: Record, wall_ms: int, out: list[AudienceChange]) -> None:
+        origin = record.origin
 
         graph = _Graph(txn, self.keys)
         resolution = resolve(graph, self.rules, record.identities, origin.position, record.ts_ms)
@@ -216,7 +262,11 @@ class Engine:
         losers = {m.loser: graph.cluster(m.loser) for m in resolution.merges}
         self._write_graph(txn, resolution)
         canonical = resolution.canonical
-        profile = self._load_profile(txn, canonical)
+        stored = txn.get_json(self.keys.profile(canonical))
+        # A new profile is evaluated against every rule: some hold for an empty profile
+        # (`profile.phone == null`, `not exists(...)`).
+        fresh = stored is None
+        profile = prof.new_profile() if stored is None else stored
         for merge in resolution.merges:
             self.stats.merges += 1
             loser_profile = txn.get_json(self.keys.profile(merge.loser))
@@ -239,7 +289,8 @@ class Engine:
                 profile, loser_profile, self.index.aggregates, self.index.absents
             )
 
-        which: set[str] = set(self.index.all_ids()) if resolution.merges else set()
+        everything = fresh or bool(resolution.merges)
+        which: set[str] = set(self.index.all_ids()) if everything else set()
         reason = "merge" if resolution.merges else ""
         if record.kind == "event":
             seen_key = Keys.seen(record.event_id or "")
@@ -340,10 +391,6 @@ class Engine:
             )
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _load_profile(self, txn: Txn, canonical: Identity) -> prof.Profile:
-        found = txn.get_json(self.keys.profile(canonical))
-        return prof.new_profile() if found is None else found
 
     def _write_graph(self, txn: Txn, resolution: Resolution) -> None:
         for identity, canonical in resolution.pointers.items():

@@ -53,6 +53,7 @@ class Record:
     event_id: str | None
     event_type: str | None
     read_ns: int = 0  # wall clock when the pipeline read it (latency measurement only)
+    seq: int = 0  # 1, 2, 3 … per partition in read order, this run (0: not stamped)
 
     @property
     def order(self) -> tuple[int, int, int, int]:
