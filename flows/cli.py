@@ -20,9 +20,11 @@ from flows import io
 from flows.pipeline import RunOptions, build_flow, routing_name
 from flows.runtime import check_routing, close_engines, engine_for, run_flow
 from operators import queries
+from operators.engine import build_index
+from operators.explain import explain
 from operators.identity import IdentityRules
 from operators.rules import RuleErrors, compile_rules
-from operators.store import Keys, StoreError, open_store
+from operators.store import WATERMARK_KEY, Keys, StoreError, decode, open_store
 from schemas.records import parse_identity
 
 
@@ -79,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(identity, state=True, state_required=False)
     identity.add_argument("--identity", required=True, help="NAMESPACE:VALUE")
     identity.set_defaults(handler=cmd_identity)
+
+    explain = sub.add_parser("explain", help="why a profile is or is not in a segment")
+    _config_args(explain, state=True, state_required=False)
+    explain.add_argument("--identity", required=True, help="NAMESPACE:VALUE")
+    explain.add_argument("--segment", required=True, help="segment id")
+    explain.set_defaults(handler=cmd_explain)
 
     segments = sub.add_parser("segments", help="check rules, or show segment sizes")
     seg_sub = segments.add_subparsers(dest="segments_command", required=True)
@@ -229,6 +237,28 @@ def cmd_identity(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    settings, store, keys = _open_read(args)
+    try:
+        identity = _normalised(settings, args.identity)
+        canonical = queries.canonical_of(store, keys, identity)
+        stored = None if canonical is None else store.get(keys.profile(canonical))
+        watermark = store.get(WATERMARK_KEY)
+    finally:
+        store.close()
+    if stored is None:
+        print(f"cdp: no profile has the identity {identity[0]}:…", file=sys.stderr)
+        return 1
+    index = build_index(settings)
+    now = 0 if watermark is None else int(watermark) - settings.time.allowed_lateness_ms
+    try:
+        report = explain(decode(stored), index, args.segment, now)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from exc
+    print(report.render())
+    return 0 if report.member else 3
 
 
 def cmd_segments_check(args: argparse.Namespace) -> int:

@@ -231,3 +231,67 @@ def test_profile_and_identity_commands(
     )
     assert run_cli("segments", "sizes", "--config", config, "--state-dir", state) == 0
     assert "gold-buyers" in capsys.readouterr().out
+
+
+def test_explain_command(luma_run: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    config, state = luma_run["config"], luma_run["state"]
+    code = run_cli(
+        "explain",
+        "--config",
+        config,
+        "--state-dir",
+        state,
+        "--identity",
+        "LoyaltyId:5625458",
+        "--segment",
+        "gold-buyers",
+    )
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert text.startswith("IN segment 'gold-buyers'")
+    assert (
+        'profile._techmarketingdemos.loyalty.level == "gold"  =  "gold" == "gold"  ->  true' in text
+    )
+    code = run_cli(
+        "explain",
+        "--config",
+        config,
+        "--state-dir",
+        state,
+        "--identity",
+        "LoyaltyId:5625458",
+        "--segment",
+        "big-spenders",
+    )
+    assert code == 0
+    assert "=  252.19 > 250  ->  true" in capsys.readouterr().out
+    # A silver member is not a gold buyer: exit status 3, and the failing test is shown.
+    code = run_cli(
+        "explain",
+        "--config",
+        config,
+        "--state-dir",
+        state,
+        "--identity",
+        "LoyaltyId:5667440",
+        "--segment",
+        "gold-buyers",
+    )
+    assert code == 3
+    text = capsys.readouterr().out
+    assert text.startswith("NOT IN segment 'gold-buyers'")
+    assert '"silver" == "gold"  ->  false' in text
+    assert (
+        run_cli(
+            "explain",
+            "--config",
+            config,
+            "--state-dir",
+            state,
+            "--identity",
+            "LoyaltyId:5625458",
+            "--segment",
+            "nope",
+        )
+        == 2
+    )

@@ -1,0 +1,86 @@
+"""Why a profile is or is not in a segment: every sub-expression's value, and when the
+windowed parts change next (pure: the caller gives the stored profile and `now`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from operators.aggregates import absent_init, absent_next_change, agg_init, agg_next_change
+from operators.profile import Profile
+from operators.segments import SegmentIndex, context
+from schemas.records import iso_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    segment_id: str
+    rule: str
+    member: bool  # the stored membership (what destinations were told)
+    holds_now: bool  # the rule evaluated again at `now`
+    now_ms: int
+    lines: tuple[tuple[int, str, Any, str], ...]  # depth, text, value, detail
+    next_changes: tuple[tuple[str, int], ...]  # windowed part, event time it can change
+    facts: tuple[str, ...] = ()  # what the absent(...) parts saw
+
+    def render(self) -> str:
+        status = "IN" if self.member else "NOT IN"
+        out = [f"{status} segment {self.segment_id!r} at event time {iso_ms(self.now_ms)}"]
+        out.append(f"rule: {self.rule}")
+        for depth, text, value, detail in self.lines:
+            verdict = str(value).lower()
+            shown = verdict if detail in ("", verdict) else f"{detail}  ->  {verdict}"
+            out.append(f"{'  ' * (depth + 1)}{text}  =  {shown}")
+        for fact in self.facts:
+            out.append(f"  {fact}")
+        if self.holds_now != self.member:
+            out.append(f"note: the rule gives {self.holds_now} now; a pending timer will apply it")
+        for text, at in self.next_changes:
+            out.append(f"next change: {text} at {iso_ms(at)}")
+        return "\n".join(out)
+
+
+def explain(profile: Profile, index: SegmentIndex, segment_id: str, now_ms: int) -> Explanation:
+    rule = next((r for r in index.rules if r.segment_id == segment_id), None)
+    if rule is None:
+        known = ", ".join(sorted(index.all_ids()))
+        raise KeyError(f"no segment {segment_id!r} (known: {known})")
+    ctx = context(profile, index, now_ms)
+    lines = tuple((ln.depth, ln.text, ln.value, ln.detail) for ln in rule.explain(ctx))
+    held = profile["segs"].get(segment_id)
+    upcoming: list[tuple[str, int]] = []
+    for agg in rule.aggregates:
+        if agg.within_ms is not None:
+            state = profile["aggs"].get(agg.key, agg_init(agg))
+            at = agg_next_change(state, agg, now_ms)
+            if at is not None:
+                upcoming.append((agg.text or agg.key, at))
+    facts: list[str] = []
+    for absent in rule.absents:
+        state = profile["abs"].get(absent.key, absent_init(absent))
+        at = absent_next_change(state, absent, now_ms)
+        if at is not None:
+            upcoming.append((absent.text or absent.key, at))
+        facts.append(_absent_fact(state, absent.within_ms, now_ms))
+    return Explanation(
+        segment_id=segment_id,
+        rule=rule.text,
+        member=bool(held and held[0]),
+        holds_now=bool(rule.evaluate(ctx)),
+        now_ms=now_ms,
+        lines=lines,
+        next_changes=tuple(sorted(upcoming, key=lambda item: item[1])),
+        facts=tuple(facts),
+    )
+
+
+def _absent_fact(state: Any, within_ms: int, now_ms: int) -> str:
+    after_times, missing_times = state
+    seen = [t for t in after_times if t <= now_ms]
+    if not seen:
+        return "absent: no `after` event yet"
+    last = seen[-1]
+    followed = [t for t in missing_times if last < t <= last + within_ms]
+    if followed:
+        return f"absent: last `after` event at {iso_ms(last)}, followed at {iso_ms(followed[0])}"
+    return f"absent: last `after` event at {iso_ms(last)}, nothing followed it yet"

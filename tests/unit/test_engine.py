@@ -1,0 +1,138 @@
+"""The engine on an in-memory store: merges, dedup, offsets, outbox, timers, explain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from config.settings import Settings, parse_settings
+from operators.decode import Decoder
+from operators.engine import Engine
+from operators.explain import explain
+from operators.store import Keys, MemoryStore
+from schemas.records import AudienceChange, Origin, Record
+
+CONFIG = """\
+namespaces:
+  - {name: Email, unique: true, normalize: email}
+  - {name: ECID}
+sources:
+  - {name: web, kind: event, path: w.jsonl}
+  - {name: crm, kind: profile, path: c.json, identities: {email: Email}}
+segments:
+  - {id: buyers, rule: 'exists(event.eventType == "buy")'}
+  - {id: vip, rule: 'profile.tier == "vip"'}
+  - {id: busy, rule: 'count(event.eventType == "view", within="1h") >= 2'}
+  - {id: no-tier, rule: 'profile.tier == null'}
+"""
+H = 3_600_000
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return parse_settings(CONFIG, Path("/c.yaml"), {}, {})
+
+
+class Feed:
+    def __init__(self, settings: Settings) -> None:
+        self.decoder = Decoder.from_settings(settings)
+        self.offset = 0
+
+    def __call__(self, source: str, body: dict[str, Any], offset: int | None = None) -> Record:
+        if offset is None:
+            self.offset += 1
+            offset = self.offset
+        rec = self.decoder.decode(Origin(source, 0, offset), orjson.dumps(body))
+        assert isinstance(rec, Record), rec
+        return rec
+
+
+def ev(eid: str, kind: str, ts: int, ecid: str, email: str | None = None) -> dict[str, Any]:
+    ids: dict[str, Any] = {"ECID": [{"id": ecid}]}
+    if email:
+        ids["Email"] = [{"id": email}]
+    return {"_id": eid, "eventType": kind, "timestamp": ts, "identityMap": ids}
+
+
+def changes(out: list[AudienceChange]) -> list[tuple[str, str, str]]:
+    return [(c.segment_id, c.status, c.reason) for c in out]
+
+
+def test_new_profile_meets_rules_true_on_empty_profiles(settings: Settings) -> None:
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    out = engine.process(0, [feed("web", ev("e1", "view", 1000, "d1"))], 0)
+    assert changes(out) == [("no-tier", "entered", "event:e1")]
+
+
+def test_login_merges_device_profile_and_moves_memberships(settings: Settings) -> None:
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    first = engine.process(0, [feed("web", ev("e1", "buy", 1000, "d1"))], 0)
+    assert ("buyers", "entered", "event:e1") in changes(first)
+    out = engine.process(0, [feed("web", ev("e2", "login", 2000, "d1", "A@x.com"))], 0)
+    device = [c for c in out if c.identities == {"ECID": ["d1"]}]
+    person = [c for c in out if "Email" in c.identities]
+    assert {(c.segment_id, c.status, c.reason) for c in device} == {
+        ("buyers", "exited", "merge"),
+        ("no-tier", "exited", "merge"),
+    }
+    assert {(c.segment_id, c.status) for c in person} == {
+        ("buyers", "entered"),
+        ("no-tier", "entered"),
+    }
+    assert person[0].identities == {"Email": ["a@x.com"], "ECID": ["d1"]}
+    assert engine.store.get(Keys(settings.shards).profile(("ECID", "d1"))) is None
+
+
+def test_profile_record_attributes_and_dedup_and_offsets(settings: Settings) -> None:
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    crm = feed("crm", {"email": "a@x.com", "tier": "vip"})
+    out = engine.process(0, [crm], 0)
+    assert ("vip", "entered", f"profile:{crm.origin.position}") in changes(out)
+    buy = feed("web", ev("e1", "buy", 1000, "d1", "a@x.com"))
+    dup = feed("web", ev("e1", "buy", 1000, "d1", "a@x.com"))  # same _id, new offset
+    engine.process(0, [buy, dup], 0)
+    assert engine.stats.duplicates == 1
+    again = engine.process(0, [crm, buy], 0)  # re-delivered: skipped by offset
+    assert again == [] and engine.stats.replayed == 2
+
+
+def test_outbox_redelivers_what_came_after_a_snapshot(settings: Settings) -> None:
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    engine.process(7, [feed("web", ev("e1", "buy", 1000, "d1"))], 0)
+    snap = engine.outbox_seq(7)
+    later = engine.process(7, [feed("web", ev("e2", "buy", 1000, "d2"))], 0)
+    assert [c.id for c in engine.outbox_after(7, snap)] == [c.id for c in later]
+    engine.prune_outbox(7, snap)
+    assert [c.id for c in engine.outbox_after(7, 0)] == [c.id for c in later]
+
+
+def test_window_exit_by_timer_at_the_exact_time(settings: Settings) -> None:
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    engine.process(
+        0,
+        [feed("web", ev("v1", "view", 0, "d1")), feed("web", ev("v2", "view", 10 * 60_000, "d1"))],
+        0,
+    )
+    out = engine.process(0, [feed("web", ev("o1", "view", 3 * H, "other"))], 0)
+    exits = [c for c in out if c.segment_id == "busy"]
+    assert [(c.status, c.reason, c.event_time_ms) for c in exits] == [("exited", "timer", H)]
+
+
+def test_explain_shows_values_and_next_change(settings: Settings) -> None:
+    store = MemoryStore()
+    engine, feed = Engine(settings, store), Feed(settings)
+    engine.process(
+        0, [feed("web", ev("v1", "view", 0, "d1")), feed("web", ev("v2", "view", 60_000, "d1"))], 0
+    )
+    raw = store.get(Keys(settings.shards).profile(("ECID", "d1")))
+    assert raw is not None
+    report = explain(orjson.loads(raw), engine.index, "busy", engine.now_ms)
+    assert report.member and report.holds_now
+    assert report.lines[0][3] == "2 >= 2"
+    assert report.next_changes[0][1] == H
+    assert "IN segment 'busy'" in report.render()
+    with pytest.raises(KeyError):
+        explain(orjson.loads(raw), engine.index, "nope", 0)
