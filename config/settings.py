@@ -113,6 +113,7 @@ class DestinationSettings(_Frozen):
     max_attempts: int = Field(default=5, ge=1)  # webhook: then the change is a dead letter
     backoff_ms: int = Field(default=200, ge=0)  # webhook: doubled after each failed attempt
     timeout_s: float = Field(default=5.0, gt=0)
+    requires_consent: bool = False  # profiles whose consent attribute is denied are not sent
 
     @model_validator(mode="after")
     def _target(self) -> DestinationSettings:
@@ -162,6 +163,18 @@ class TimeSettings(_Frozen):
         return duration_ms(self.allowed_lateness)
 
 
+class PrivacySettings(_Frozen):
+    """Consent and deletion. `consent_attribute` is a profile field path; a profile whose value
+    is in `denied` is kept out of destinations with `requires_consent: true`. After `cdp forget`
+    a person's identities are tombstoned: their records are dropped unless one carries the
+    consent attribute with a `granted` value."""
+
+    topic: str | None = None  # streaming deletes: {"identity": "Email:..."} per message
+    consent_attribute: str = "consents.marketing.val"
+    granted: tuple[str, ...] = ("y", "yes", "true")
+    denied: tuple[str, ...] = ("n", "no", "false")
+
+
 class RecoverySettings(_Frozen):
     """Bytewax recovery: how often input positions are snapshotted (the most a crash rewinds)."""
 
@@ -180,6 +193,7 @@ class Settings(_Frozen):
     state: StateSettings = StateSettings()
     time: TimeSettings = TimeSettings()
     recovery: RecoverySettings = RecoverySettings()
+    privacy: PrivacySettings = PrivacySettings()
     shards: int = Field(default=256, ge=1, le=4096)
     max_record_bytes: int = Field(default=1_000_000, ge=1024)
     base_dir: Path = Path()

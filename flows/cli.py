@@ -17,10 +17,11 @@ import orjson
 from benchmarks.generator import generate, write_files
 from config.settings import ConfigError, Settings, load_settings
 from flows import io
-from flows.pipeline import RunOptions, build_flow, routing_name
+from flows.deliver import deliver
+from flows.pipeline import RunOptions, build_flow, routing_name, wall_clock_ms
 from flows.runtime import check_routing, close_engines, engine_for, run_flow
 from operators import queries
-from operators.engine import build_index
+from operators.engine import Engine, build_index
 from operators.explain import explain
 from operators.identity import IdentityRules
 from operators.rules import RuleErrors, compile_rules
@@ -87,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--identity", required=True, help="NAMESPACE:VALUE")
     explain.add_argument("--segment", required=True, help="segment id")
     explain.set_defaults(handler=cmd_explain)
+
+    forget = sub.add_parser("forget", help="GDPR delete of a person's whole cluster")
+    _config_args(forget, state=True, state_required=False)
+    forget.add_argument("--identity", required=True, help="NAMESPACE:VALUE")
+    forget.set_defaults(handler=cmd_forget)
 
     segments = sub.add_parser("segments", help="check rules, or show segment sizes")
     seg_sub = segments.add_subparsers(dest="segments_command", required=True)
@@ -259,6 +265,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise UsageError(str(exc.args[0])) from exc
     print(report.render())
     return 0 if report.member else 3
+
+
+OFFLINE_KEY = 9999  # the outbox key of commands run outside a dataflow
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    identity = _normalised(settings, args.identity)
+    store = open_store(_state_dir(args, settings))
+    sent: dict[str, int] = {}
+    try:
+        engine = Engine(settings, store)
+        changes = engine.forget(OFFLINE_KEY, identity, wall_clock_ms())
+        if changes:
+            sent = deliver(settings, changes)
+        engine.prune_outbox(OFFLINE_KEY, engine.outbox_seq(OFFLINE_KEY))
+    finally:
+        store.close()
+    if changes is None:
+        print(
+            f"no profile holds that {identity[0]}; it is tombstoned so none will", file=sys.stderr
+        )
+        return 1
+    print(f"forgot the person; {len(changes)} memberships exited (reason delete)", file=sys.stderr)
+    for name, count in sent.items():
+        print(f"  {name}: {count} changes sent", file=sys.stderr)
+    return 0
 
 
 def cmd_segments_check(args: argparse.Namespace) -> int:

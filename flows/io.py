@@ -19,6 +19,7 @@ from confluent_kafka import Producer
 from schemas.records import Origin
 
 Raw = tuple[Origin, bytes]
+PRIVACY_SOURCE = "$privacy"  # the privacy topic's messages (GDPR deletes), not a data source
 
 
 @dataclass(frozen=True, slots=True)

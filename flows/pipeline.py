@@ -32,7 +32,7 @@ from operators.decode import Decoder
 from operators.destinations import render
 from operators.engine import Engine
 from operators.store import shard_of
-from schemas.records import AudienceChange, DeadLetter, Record
+from schemas.records import AudienceChange, DeadLetter, Forget, Record
 
 
 def wall_clock_ms() -> int:
@@ -50,7 +50,7 @@ class RunOptions:
     workers: int = 1
 
 
-class _ApplyRecords(StatefulBatchLogic[Record, AudienceChange, tuple[int, int]]):
+class _ApplyRecords(StatefulBatchLogic[Record | Forget, AudienceChange, tuple[int, int]]):
     """Thin adapter: every call goes to the process's engine.
 
     Bytewax snapshots only `(key, outbox sequence)`. On resume the builder gets the sequence of
@@ -62,7 +62,7 @@ class _ApplyRecords(StatefulBatchLogic[Record, AudienceChange, tuple[int, int]])
         self,
         settings: Settings,
         options: RunOptions,
-        route: Callable[[Record], str],
+        route: Callable[[Record | Forget], str],
         resume: tuple[int, int] | None,
     ) -> None:
         self._settings = settings
@@ -80,7 +80,7 @@ class _ApplyRecords(StatefulBatchLogic[Record, AudienceChange, tuple[int, int]])
         seq, self._resumed_seq = self._resumed_seq, -1
         return self._engine().outbox_after(self._key, seq)
 
-    def on_batch(self, values: list[Record]) -> tuple[Iterable[AudienceChange], bool]:
+    def on_batch(self, values: list[Record | Forget]) -> tuple[Iterable[AudienceChange], bool]:
         if self._key < 0:
             self._key = int(self._route(values[0]))
         out = self._redeliver()
@@ -118,6 +118,13 @@ class _ApplyRecords(StatefulBatchLogic[Record, AudienceChange, tuple[int, int]])
         return (self._key, seq)
 
 
+def _decode(decoder: Decoder, item: io.Raw) -> Record | Forget | DeadLetter:
+    origin, raw = item
+    if origin.source == io.PRIVACY_SOURCE:
+        return decoder.decode_forget(origin, raw)
+    return decoder.decode(origin, raw, time.time_ns())
+
+
 class _ReadOrder:
     """Stamps each record with its place in its partition's read order (this run). A
     partition is read by one worker, in order, so a counter per partition is exact."""
@@ -125,7 +132,9 @@ class _ReadOrder:
     def __init__(self) -> None:
         self._counts: dict[tuple[str, int], int] = {}
 
-    def __call__(self, record: Record) -> Record:
+    def __call__(self, record: Record | Forget) -> Record | Forget:
+        if isinstance(record, Forget):
+            return record
         key = (record.origin.source, record.origin.partition)
         n = self._counts.get(key, 0) + 1
         self._counts[key] = n
@@ -136,27 +145,34 @@ def routing_name(options: RunOptions) -> str:
     return "single" if options.workers <= 1 else "shards"
 
 
-def router(settings: Settings, workers: int) -> Callable[[Record], str]:
+def router(settings: Settings, workers: int) -> Callable[[Record | Forget], str]:
     """The Bytewax key of a record. One worker: a single key, so records are applied in input
     order. Several: the shard of the record's highest-priority identity."""
     if workers <= 1:
         return lambda _record: "0000"
     shards = settings.shards
-    return lambda record: f"{shard_of(record.identities[0], shards):04d}"
+
+    def route(item: Record | Forget) -> str:
+        identity = item.identity if isinstance(item, Forget) else item.identities[0]
+        return f"{shard_of(identity, shards):04d}"
+
+    return route
 
 
 def build_flow(settings: Settings, options: RunOptions) -> Dataflow:
     flow = Dataflow("cdp")
     raw = _read(flow, settings, options)
     decoder = Decoder.from_settings(settings)
-    decoded = op.map("decode", raw, lambda item: decoder.decode(item[0], item[1], time.time_ns()))
-    split = op.branch("split_dead_letters", decoded, lambda x: isinstance(x, Record))
-    records: Stream[Record] = split.trues  # type: ignore[assignment]
+    decoded = op.map("decode", raw, partial(_decode, decoder))
+    split = op.branch("split_dead_letters", decoded, lambda x: isinstance(x, Record | Forget))
+    records: Stream[Record | Forget] = split.trues  # type: ignore[assignment]
     dead: Stream[DeadLetter] = split.falses  # type: ignore[assignment]
     if options.from_ts_ms is not None:
         start = options.from_ts_ms
         records = op.filter(
-            "skip_before_start", records, lambda r: r.ts_ms is None or r.ts_ms >= start
+            "skip_before_start",
+            records,
+            lambda r: isinstance(r, Forget) or r.ts_ms is None or r.ts_ms >= start,
         )
     records = op.map("number_in_read_order", records, _ReadOrder())
     route = router(settings, options.workers)
@@ -181,6 +197,8 @@ def _read(flow: Dataflow, settings: Settings, options: RunOptions) -> Stream[io.
     topics = {s.topic: s.name for s in settings.sources if s.topic}
     if not topics:
         raise ValueError("no source has a 'topic': nothing to read from Kafka")
+    if settings.privacy.topic:
+        topics[settings.privacy.topic] = io.PRIVACY_SOURCE
     config = settings.kafka.client_config()
     config.pop("bootstrap.servers")
     # librdkafka waits up to 500 ms for a fetch to fill by default; live mode wants latency.

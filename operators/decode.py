@@ -17,7 +17,7 @@ import orjson
 
 from config.settings import Settings, SourceSettings
 from operators.identity import IdentityRules
-from schemas.records import DeadLetter, Identity, Origin, Record
+from schemas.records import DeadLetter, Forget, Identity, Origin, Record
 
 
 class Rejected(ValueError):
@@ -58,6 +58,23 @@ class Decoder:
             return self._decode(origin, raw, read_ns)
         except Rejected as exc:
             return DeadLetter(origin, raw, str(exc))
+
+    def decode_forget(self, origin: Origin, raw: bytes) -> Forget | DeadLetter:
+        """A privacy-topic message: `{"identity": "NAMESPACE:VALUE"}`."""
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return DeadLetter(origin, raw, f"not JSON: {_json_problem(exc)}")
+        text = body.get("identity") if isinstance(body, dict) else None
+        if not isinstance(text, str) or ":" not in text:
+            return DeadLetter(
+                origin, raw, 'a privacy command needs {"identity": "NAMESPACE:VALUE"}'
+            )
+        namespace, value = text.split(":", 1)
+        normal = self.rules.normalize(namespace, value)
+        if not normal:
+            return DeadLetter(origin, raw, "the identity to forget is empty or blocked")
+        return Forget(origin, (namespace, normal))
 
     def _decode(self, origin: Origin, raw: bytes, read_ns: int) -> Record:
         spec = self.sources.get(origin.source)

@@ -20,6 +20,8 @@ def render(change: AudienceChange, destination: DestinationSettings) -> bytes | 
     """The JSON line for this destination, or None when it does not take this segment."""
     if destination.segments is not None and change.segment_id not in destination.segments:
         return None
+    if destination.requires_consent and change.consent_denied:
+        return None
     doc: dict[str, Any] = change.to_dict()
     wanted = destination.identities
     hashed = set(destination.hash_identities)

@@ -32,7 +32,15 @@ from operators.store import (
     encode,
     parse_timer_key,
 )
-from schemas.records import AudienceChange, Identity, Record, identity_str, iso_ms, parse_identity
+from schemas.records import (
+    AudienceChange,
+    Forget,
+    Identity,
+    Record,
+    identity_str,
+    iso_ms,
+    parse_identity,
+)
 
 
 @dataclass
@@ -43,6 +51,8 @@ class EngineStats:
     merges: int = 0
     conflicts: int = 0
     timers_fired: int = 0
+    forgotten: int = 0  # records dropped because their person was deleted (tombstone)
+    deleted: int = 0  # clusters deleted (GDPR)
     changes: Counter[str] = field(default_factory=Counter)
 
 
@@ -157,12 +167,17 @@ class Engine:
 
     # -- the step --------------------------------------------------------------------------
 
-    def process(self, key: int, records: Sequence[Record], wall_ms: int) -> list[AudienceChange]:
+    def process(
+        self, key: int, records: Sequence[Record | Forget], wall_ms: int
+    ) -> list[AudienceChange]:
         """Apply the records routed to one Bytewax key, in one WriteBatch."""
         with self.lock:
             txn = Txn(self.store)
             out: list[AudienceChange] = []
             for record in records:
+                if isinstance(record, Forget):
+                    self._forget_command(txn, key, record, wall_ms, out)
+                    continue
                 self._read_ns = record.read_ns
                 self._process_one(txn, key, record, wall_ms, out)
             self._read_ns = 0
@@ -255,6 +270,9 @@ class Engine:
 
     def _apply(self, txn: Txn, record: Record, wall_ms: int, out: list[AudienceChange]) -> None:
         origin = record.origin
+        if self._forgotten(txn, record):
+            self.stats.forgotten += 1
+            return
 
         graph = _Graph(txn, self.keys)
         resolution = resolve(graph, self.rules, record.identities, origin.position, record.ts_ms)
@@ -278,6 +296,7 @@ class Engine:
                 out,
                 merge.loser,
                 cluster=loser_cluster,
+                profile=loser_profile,
                 changes=exits,
                 at_ms=at_ms,
                 wall_ms=wall_ms,
@@ -342,6 +361,7 @@ class Engine:
                     out,
                     canonical,
                     cluster=cluster,
+                    profile=profile,
                     changes=changes,
                     at_ms=at_ms,
                     wall_ms=wall_ms,
@@ -390,6 +410,90 @@ class Engine:
                 now_ms=ts,
             )
 
+    # -- privacy ---------------------------------------------------------------------------
+
+    def _consent_denied(self, profile: prof.Profile) -> bool:
+        privacy = self.settings.privacy
+        values = prof.attribute_values(profile, privacy.consent_attribute)
+        return any(str(v).lower() in privacy.denied for v in values)
+
+    def _grants_consent(self, record: Record) -> bool:
+        privacy = self.settings.privacy
+        node: Any = record.body
+        for part in privacy.consent_attribute.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node is not None and str(node).lower() in privacy.granted
+
+    def _forgotten(self, txn: Txn, record: Record) -> bool:
+        """A record of a deleted person is dropped, unless it brings consent back."""
+        stones = [i for i in record.identities if txn.get(Keys.tombstone(i)) is not None]
+        if not stones:
+            return False
+        if not self._grants_consent(record):
+            return True
+        for identity in stones:
+            txn.delete(Keys.tombstone(identity))
+        return False
+
+    def forget(self, key: int, identity: Identity, wall_ms: int) -> list[AudienceChange] | None:
+        """GDPR delete of the whole cluster holding `identity`: identities, profile, event
+        summaries, timers and refused-link records go; every membership exits with reason
+        `delete`; each identity is tombstoned. None when the identity is unknown."""
+        with self.lock:
+            txn = Txn(self.store)
+            out: list[AudienceChange] = []
+            found = self._forget(txn, identity, wall_ms, out)
+            self._commit(txn, key, out)
+            return out if found else None
+
+    def _forget_command(
+        self, txn: Txn, key: int, command: Forget, wall_ms: int, out: list[AudienceChange]
+    ) -> None:
+        origin = command.origin
+        offset_key = Keys.offset(key, origin.source, origin.partition)
+        applied = txn.get_json(offset_key)
+        if applied is not None and origin.offset <= applied:
+            return
+        txn.put_json(offset_key, origin.offset)
+        self._forget(txn, command.identity, wall_ms, out)
+
+    def _forget(
+        self, txn: Txn, identity: Identity, wall_ms: int, out: list[AudienceChange]
+    ) -> bool:
+        graph = _Graph(txn, self.keys)
+        canonical = graph.canonical(identity)
+        if canonical is None:
+            txn.put_json(Keys.tombstone(identity), {"deleted_at_ms": wall_ms})
+            return False
+        cluster = graph.cluster(canonical) or Cluster(members=(canonical,))
+        stored = txn.get_json(self.keys.profile(canonical))
+        if stored is not None:
+            at_ms = self.max_event_ms if self.max_event_ms is not None else wall_ms
+            _, exits = exit_all(stored["segs"], at_ms)
+            self._emit(
+                out,
+                canonical,
+                cluster=cluster,
+                profile=stored,
+                changes=exits,
+                at_ms=at_ms,
+                wall_ms=wall_ms,
+                reason="delete",
+            )
+            self._set_timer(txn, canonical, stored.get("timer"), None)
+            txn.delete(self.keys.profile(canonical))
+        txn.delete(self.keys.cluster(canonical))
+        for member in cluster.members:
+            txn.delete(self.keys.pointer(member))
+            # A refused link is filed under both identities: remove both copies.
+            for _, raw in self.store.scan(Keys.conflicts_of(member)):
+                entry = decode(raw)
+                for side in (entry["a"], entry["b"]):
+                    txn.delete(Keys.conflict((side[0], side[1]), entry["position"]))
+            txn.put_json(Keys.tombstone(member), {"deleted_at_ms": wall_ms})
+        self.stats.deleted += 1
+        return True
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _write_graph(self, txn: Txn, resolution: Resolution) -> None:
@@ -412,6 +516,7 @@ class Engine:
         canonical: Identity,
         *,
         cluster: Cluster,
+        profile: prof.Profile,
         changes: Sequence[Transition],
         at_ms: int,
         wall_ms: int,
@@ -419,6 +524,7 @@ class Engine:
     ) -> None:
         pid = profile_id(canonical)
         identities = cluster.by_namespace()
+        denied = self._consent_denied(profile)
         for change in changes:
             status: Literal["entered", "exited"] = "entered" if change.entered else "exited"
             self.stats.changes[f"{change.segment_id}:{status}"] += 1
@@ -434,6 +540,7 @@ class Engine:
                     reason=reason,
                     sequence=change.sequence,
                     read_ns=self._read_ns,
+                    consent_denied=denied,
                 )
             )
 

@@ -18,6 +18,7 @@ Key layout (bytes, UTF-8; `ID` is `Namespace:value`, `SSSS` the logical shard, z
 | `x/EVENT_ID` | empty | an event id already applied (dedup) |
 | `k/ID/POSITION` | conflict JSON | refused links, once under each of the two identities |
 | `t/TTTTTTTTTTTTT/ID` | empty | a timer: re-evaluate the profile ID at event time T |
+| `d/ID` | tombstone JSON | a forgotten identity: its records are dropped until consent returns |
 
 Values are orjson, never pickle. Writes go through `Txn`: reads see the transaction's own
 writes, and `commit` applies everything, offsets included, as one atomic WriteBatch.
@@ -94,7 +95,15 @@ class RocksStore:
         else:
             path.mkdir(parents=True, exist_ok=True)
             options.create_if_missing(True)
-            self._db = Rdict(str(path), options)
+            try:
+                self._db = Rdict(str(path), options)
+            except Exception as exc:  # rocksdict raises a bare Exception for a held lock
+                if "lock" in str(exc).lower():
+                    raise StoreError(
+                        f"state at {path} is in use by a running worker; stop it first, or send "
+                        "the command through the privacy topic"
+                    ) from exc
+                raise
         version = self._db.get(FORMAT_KEY)
         if version is None and not read_only:
             self._db.put(FORMAT_KEY, FORMAT_VERSION)
@@ -185,6 +194,10 @@ class Keys:
     @staticmethod
     def conflicts_of(identity: Identity) -> bytes:
         return f"k/{identity_str(identity)}/".encode()
+
+    @staticmethod
+    def tombstone(identity: Identity) -> bytes:
+        return f"d/{identity_str(identity)}".encode()
 
     @staticmethod
     def timer(ts_ms: int, canonical: Identity) -> bytes:

@@ -63,6 +63,14 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class Forget:
+    """A GDPR delete command from the privacy topic: forget the person holding `identity`."""
+
+    origin: Origin
+    identity: Identity
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     origin: Origin
     raw: bytes
@@ -92,6 +100,7 @@ class AudienceChange:
     reason: str
     sequence: int  # the n-th transition of (profile, segment): odd entered, even exited
     read_ns: int = 0  # when the record that caused it was read; 0 for timers (not in the JSON)
+    consent_denied: bool = False  # the profile's consent attribute says no (not in the JSON)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +126,8 @@ class AudienceChange:
             self.emitted_at_ms,
             self.reason,
             self.sequence,
+            self.read_ns,
+            self.consent_denied,
         ]
 
     @classmethod

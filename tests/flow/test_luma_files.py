@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from operators.store import open_store
 from tests.helpers import alternate, by_identity, export, luma_config, read_jsonl, run_cli
 
 DANIEL_CRM = "112ca06ed53d3db37e4cea49cc45b71e"
@@ -295,3 +296,47 @@ def test_explain_command(luma_run: dict[str, Any], capsys: pytest.CaptureFixture
         )
         == 2
     )
+
+
+def test_forget_removes_every_trace_and_emits_exits(
+    tmp_path: Path, luma_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, state, _ = replay(tmp_path, luma_dir, 1)
+    dest = tmp_path / "luma-audiences.jsonl"
+    before = len(read_jsonl(dest))
+    code = run_cli(
+        "forget",
+        "--config",
+        config,
+        "--state-dir",
+        state,
+        "--identity",
+        "Email:dwright@enablementadobe.com",
+    )
+    assert code == 0
+    exits = read_jsonl(dest)[before:]
+    assert {(c["segment_id"], c["status"], c["reason"]) for c in exits} >= {
+        ("gold-buyers", "exited", "delete")
+    }
+    assert all(c["status"] == "exited" and c["reason"] == "delete" for c in exits)
+    profiles = export(config, state, tmp_path, "after-forget.jsonl")
+    text = (tmp_path / "after-forget.jsonl").read_text()
+    for trace in (DANIEL_CRM, "5625458", "dwright@enablementadobe.com", "2125555555"):
+        assert trace not in text
+    assert len(profiles) > 0
+    assert (
+        run_cli(
+            "profile", "--config", config, "--state-dir", state, "--identity", "LoyaltyId:5625458"
+        )
+        == 1
+    )
+    # Replaying the same (older) records does not bring him back: the tombstones hold even
+    # when every record is read and applied again (no Bytewax snapshot, no applied offsets).
+    shutil.rmtree(state / "recovery")
+    store = open_store(state)
+    store.write({key: None for key, _ in store.scan(b"o/")})
+    store.close()
+    assert run_cli("replay", "--config", config, "--files", "--state-dir", state) == 0
+    export(config, state, tmp_path, "after-replay.jsonl")
+    assert DANIEL_CRM not in (tmp_path / "after-replay.jsonl").read_text()
+    capsys.readouterr()

@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from config.settings import Settings, parse_settings
+from config.settings import DestinationSettings, Settings, parse_settings
 from operators.decode import Decoder
+from operators.destinations import render
 from operators.engine import Engine
 from operators.explain import explain
 from operators.store import Keys, MemoryStore
@@ -136,3 +137,27 @@ def test_explain_shows_values_and_next_change(settings: Settings) -> None:
     assert "IN segment 'busy'" in report.render()
     with pytest.raises(KeyError):
         explain(orjson.loads(raw), engine.index, "nope", 0)
+
+
+def test_tombstone_drops_records_until_consent_returns(settings: Settings) -> None:
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    engine.process(0, [feed("crm", {"email": "a@x.com", "tier": "vip"})], 0)
+    out = engine.forget(9, ("Email", "a@x.com"), 5)
+    assert out is not None and {(c.segment_id, c.status, c.reason) for c in out} == {
+        ("vip", "exited", "delete")
+    }
+    assert engine.process(0, [feed("crm", {"email": "a@x.com", "tier": "vip"})], 0) == []
+    assert engine.stats.forgotten == 1
+    back = feed("crm", {"email": "a@x.com", "tier": "vip", "consents": {"marketing": {"val": "y"}}})
+    assert ("vip", "entered") in {(c.segment_id, c.status) for c in engine.process(0, [back], 0)}
+
+
+def test_consent_denied_is_flagged_for_destinations(settings: Settings) -> None:
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    rec = feed("crm", {"email": "b@x.com", "tier": "vip", "consents": {"marketing": {"val": "n"}}})
+    (change,) = [c for c in engine.process(0, [rec], 0) if c.segment_id == "vip"]
+    assert change.consent_denied
+    strict = DestinationSettings(name="ads", kind="file", path=Path("x"), requires_consent=True)
+    lenient = DestinationSettings(name="log", kind="file", path=Path("y"))
+    assert render(change, strict) is None
+    assert render(change, lenient) is not None

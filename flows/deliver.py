@@ -1,0 +1,41 @@
+"""Send audience changes to the configured destinations outside a dataflow (`cdp forget`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from confluent_kafka import Producer
+
+from config.settings import Settings
+from flows import io
+from flows.pipeline import dead_letter_writer
+from flows.webhook import WebhookSink
+from operators.destinations import render
+from schemas.records import AudienceChange
+
+
+def deliver(settings: Settings, changes: Sequence[AudienceChange]) -> dict[str, int]:
+    """Render and write each change to every destination that takes it; counts per name."""
+    sent: dict[str, int] = {}
+    for dest in settings.destinations:
+        rendered = [(c.profile_id, body) for c in changes if (body := render(c, dest)) is not None]
+        sent[dest.name] = len(rendered)
+        if not rendered:
+            continue
+        bodies = [body for _, body in rendered]
+        if dest.kind == "file":
+            assert dest.path is not None
+            io.append_lines(settings.resolve(dest.path))(bodies)
+        elif dest.kind == "kafka":
+            assert dest.topic is not None
+            producer = Producer({"enable.idempotence": "true", **settings.kafka.client_config()})
+            for key, body in rendered:
+                producer.produce(dest.topic, body, key=key.encode())
+            if producer.flush(30) != 0:
+                raise RuntimeError(f"destination {dest.name}: Kafka did not take every change")
+        else:
+            WebhookSink(dest, dead_letter_writer(settings)).build("deliver", 0, 1).write_batch(
+                bodies
+            )
+    io.close_files()
+    return sent
