@@ -9,6 +9,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ from config.settings import ConfigError, Settings, load_settings
 from flows import io
 from flows.deliver import deliver
 from flows.pipeline import RunOptions, build_flow, routing_name, wall_clock_ms
-from flows.runtime import check_routing, close_engines, engine_for, run_flow
+from flows.progress import Progress
+from flows.runtime import check_routing, close_engines, current_engine, engine_for, run_flow
 from operators import queries
 from operators.engine import Engine, build_index
 from operators.explain import explain
@@ -60,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--from-timestamp", help="ISO-8601: skip events before this time")
     replay.add_argument("--workers", type=int, default=1)
     replay.add_argument("--audience-out", type=Path, help="also write every change to this file")
+    replay.add_argument("--quiet", action="store_true", help="no progress line")
     replay.set_defaults(handler=cmd_replay)
 
     run = sub.add_parser("run", help="a streaming worker over Kafka")
@@ -127,14 +130,21 @@ def _state_dir(args: argparse.Namespace, settings: Settings) -> Path:
     return Path(given) if given is not None else settings.state_dir
 
 
-def _run_flow(settings: Settings, options: RunOptions) -> None:
+def _run_flow(settings: Settings, options: RunOptions, *, progress: bool = False) -> None:
     if options.workers < 1:
         raise UsageError("--workers must be at least 1")
     check_routing(options.state_dir, routing_name(options))
     flow = build_flow(settings, options)
     recovery = options.state_dir / "recovery" if settings.recovery.enabled else None
+    report = Progress(
+        settings, partial(current_engine, options.state_dir), kafka=options.mode == "replay"
+    )
     try:
-        run_flow(flow, options.workers, recovery, settings.recovery.epoch_interval_ms)
+        if progress:
+            with report:
+                run_flow(flow, options.workers, recovery, settings.recovery.epoch_interval_ms)
+        else:
+            run_flow(flow, options.workers, recovery, settings.recovery.epoch_interval_ms)
     finally:
         close_engines()
         io.close_files()
@@ -160,7 +170,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     started = time.monotonic()
-    _run_flow(settings, options)
+    _run_flow(settings, options, progress=not args.quiet)
     print(
         f"replay finished in {time.monotonic() - started:.1f}s; state in {options.state_dir}",
         file=sys.stderr,

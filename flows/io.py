@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,6 +20,9 @@ from confluent_kafka import Producer
 from schemas.records import Origin
 
 Raw = tuple[Origin, bytes]
+# Set on SIGTERM/SIGINT: every source ends its input, so the flow drains, sinks flush and the
+# run returns normally (a graceful stop is an end of input).
+STOP = threading.Event()
 PRIVACY_SOURCE = "$privacy"  # the privacy topic's messages (GDPR deletes), not a data source
 
 
@@ -58,6 +62,8 @@ class _FilesPartition(StatefulSourcePartition[Raw, tuple[int, int]]):
         self._iter: Iterator[tuple[int, bytes]] | None = None
 
     def next_batch(self) -> list[Raw]:
+        if STOP.is_set():
+            raise StopIteration
         out: list[Raw] = []
         while len(out) < self._batch:
             if self._file >= len(self._inputs):
@@ -100,6 +106,32 @@ class FilesSource(FixedPartitionedSource[Raw, tuple[int, int]]):
         return _FilesPartition(self._inputs, resume_state, self._batch)
 
 
+class _Stoppable(StatefulSourcePartition[Any, Any]):
+    """A source partition that ends when `STOP` is set."""
+
+    def __init__(self, inner: StatefulSourcePartition[Any, Any]) -> None:
+        self._inner = inner
+
+    def next_batch(self) -> Iterable[Any]:
+        if STOP.is_set():
+            raise StopIteration
+        return self._inner.next_batch()
+
+    def next_awake(self) -> datetime | None:
+        return self._inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class StoppableKafkaSource(KafkaSource):
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Stoppable:  # type: ignore[override]
+        return _Stoppable(super().build_part(step_id, for_part, resume_state))
+
+
 def kafka_source(
     brokers: str,
     topics: Sequence[str],
@@ -108,7 +140,7 @@ def kafka_source(
     config: dict[str, str],
     batch_size: int = 1000,
 ) -> KafkaSource:
-    return KafkaSource(
+    return StoppableKafkaSource(
         brokers=brokers.split(","),
         topics=list(topics),
         tail=tail,

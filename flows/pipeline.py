@@ -96,7 +96,9 @@ class _ApplyRecords(StatefulBatchLogic[Record | Forget, AudienceChange, tuple[in
 
     def on_eof(self) -> tuple[Iterable[AudienceChange], bool]:
         out = self._redeliver()
-        if self._key >= 0:
+        # End of a replay: event time reaches the last event. A live run that stops keeps
+        # its event time (the wall clock moves it on when it starts again).
+        if self._key >= 0 and self._options.mode != "live":
             out.extend(self._engine().finish(self._key, self._options.clock()))
         return out, self.RETAIN
 

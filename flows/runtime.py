@@ -14,6 +14,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from config.settings import Settings
+from flows import io
 from operators.engine import Engine
 from operators.store import ROUTING_KEY, RocksStore, StoreError, open_store
 
@@ -59,6 +60,13 @@ def _check_routing(store: RocksStore, state_dir: Path, routing: str) -> None:
         )
 
 
+def current_engine(state_dir: Path) -> Engine | None:
+    """The engine of a state directory if a worker has opened it (for progress reports)."""
+    with _lock:
+        found = _engines.get(state_dir.resolve())
+        return None if found is None else found[0]
+
+
 def close_engines() -> None:
     with _lock:
         for _, store in _engines.values():
@@ -78,7 +86,8 @@ def run_flow(
             recovery_dir.mkdir(parents=True)
             init_db_dir(recovery_dir, 1)  # type: ignore[no-untyped-call]
         recovery = RecoveryConfig(str(recovery_dir))  # type: ignore[no-untyped-call]
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    io.STOP.clear()
+    handlers = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         cli_main(  # type: ignore[no-untyped-call]
             flow,
@@ -87,8 +96,12 @@ def run_flow(
             recovery_config=recovery,
         )
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # Bytewax stops cleanly on it, like Ctrl-C
+def _stop(signum: int, frame: FrameType | None) -> None:
+    """First signal: end every input, let the flow drain and the sinks flush. Second: now."""
+    if io.STOP.is_set():
+        raise KeyboardInterrupt
+    io.STOP.set()

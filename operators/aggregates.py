@@ -351,23 +351,38 @@ def absent_merge(x: Any, y: Any, a: Absent) -> Any:
 
 
 def absent_prune(state: Any, a: Absent, now_ms: int) -> Any:
-    """Keep what values at ``now`` or later can need, assuming events added later have
-    ``ts > now - D`` (the horizon of the windowed aggregates too): the latest A at or before
-    now and every later A; every B after ``now - D``; and, for the current A, the first B that
-    follows it within D (only its existence matters)."""
+    """Keep what values at ``now`` or later can need, whatever arrives later: the latest A at
+    or before now and every later A; and the Bs after that latest A (all of them while there
+    is no A), less those whose neighbours are within D of each other.
+
+    Bs cannot be pruned by time alone: an older A can still become the latest — a late event,
+    or the A of another profile merged into this one (an anonymous device's purchase 10
+    minutes after the cart add of the logged-in person it turns out to be) — and then every B
+    in ``(tA, tA + D]`` matters. The latest A only ever grows (adding and merging keep the
+    maximum), so Bs at or before it never matter again. Of three Bs ``b0 < b1 < b2`` with
+    ``b2 - b0 <= D``, ``b1`` is redundant: every window of length D that holds b1 holds b0 or
+    b2, so "some B in ``(t, t + D]``" keeps its answer for every t.
+    """
     a_times, b_times = state
     i, t_a = _latest_a(a_times, now_ms)
     kept_a = a_times[i - 1 :] if i > 1 else a_times
-    horizon = now_ms - a.within_ms
-    j = bisect_right(b_times, horizon)
-    kept_b = b_times[j:]
-    if t_a is not None:
-        k = bisect_right(b_times, t_a)
-        if k < j and b_times[k] <= t_a + a.within_ms:
-            kept_b = [b_times[k], *kept_b]
+    candidates = b_times if t_a is None else b_times[bisect_right(b_times, t_a) :]
+    kept_b = _thin(candidates, a.within_ms)
     if len(kept_a) == len(a_times) and len(kept_b) == len(b_times):
         return state
     return [kept_a, kept_b]
+
+
+def _thin(times: list[int], within_ms: int) -> list[int]:
+    """Drop each time whose kept left neighbour and next time are within D of each other."""
+    if len(times) <= 2:
+        return times
+    out = [times[0]]
+    for k in range(1, len(times) - 1):
+        if times[k + 1] - out[-1] > within_ms:
+            out.append(times[k])
+    out.append(times[-1])
+    return out
 
 
 def absent_next_change(state: Any, a: Absent, now_ms: int) -> int | None:

@@ -122,6 +122,7 @@ class Engine:
         parts = store.get(PARTITIONS_KEY)
         self._partition_max: dict[str, int] = {} if parts is None else decode(parts)
         self._runs: dict[str, _PartitionRun] = {}
+        self.positions: dict[str, int] = {}  # last offset applied per partition (progress)
         self._seqs: dict[int, int] = {}
         self._timers: list[tuple[int, str]] = [
             (ts, identity_str(canon))
@@ -265,6 +266,7 @@ class Engine:
             txn.put_json(offset_key, origin.offset)
             self.stats.records += 1
             self._apply(txn, record, wall_ms, out)
+        self.positions[part] = max(self.positions.get(part, -1), origin.offset)
         if after != at_record and self._advance(part, after):
             self._fire_timers(txn, self.now_ms, wall_ms, out)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.helpers import export
 from tests.kafka_broker import consume_all, create_topics, produce
 
 pytestmark = pytest.mark.kafka
@@ -97,9 +98,15 @@ def test_live_worker_emits_changes(tmp_path: Path, kafka_bootstrap: str, topic_p
         dead = [orjson.loads(v) for v in consume_all(kafka_bootstrap, f"{p}dead", expected=1)]
         assert [d["reason"].split(":")[0] for d in dead] == ["not JSON"]
     finally:
-        worker.send_signal(signal.SIGINT)
+        # SIGTERM: the worker finishes its batch, flushes its destinations and exits cleanly.
+        worker.send_signal(signal.SIGTERM)
         try:
-            worker.wait(timeout=20)
+            code = worker.wait(timeout=20)
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+            raise
+    output = worker.stdout.read().decode() if worker.stdout else ""
+    assert code == 0, output[-3000:]
+    profiles = export(config, tmp_path / "state", tmp_path)
+    assert sum(p["events"]["count"] for p in profiles) == 4
