@@ -28,6 +28,7 @@ from config.settings import Settings
 from flows import io
 from flows.runtime import engine_for
 from flows.webhook import WebhookSink
+from operators import metrics
 from operators.decode import Decoder
 from operators.destinations import render
 from operators.engine import Engine
@@ -122,9 +123,14 @@ class _ApplyRecords(StatefulBatchLogic[Record | Forget, AudienceChange, tuple[in
 
 def _decode(decoder: Decoder, item: io.Raw) -> Record | Forget | DeadLetter:
     origin, raw = item
+    metrics.RECORDS_IN.labels(origin.source).inc()
     if origin.source == io.PRIVACY_SOURCE:
-        return decoder.decode_forget(origin, raw)
-    return decoder.decode(origin, raw, time.time_ns())
+        out: Record | Forget | DeadLetter = decoder.decode_forget(origin, raw)
+    else:
+        out = decoder.decode(origin, raw, time.time_ns())
+    if isinstance(out, DeadLetter):
+        metrics.DEAD_LETTERS.labels(origin.source, metrics.reason_kind(out.reason)).inc()
+    return out
 
 
 class _ReadOrder:
@@ -240,6 +246,8 @@ def _render(change: AudienceChange, dest: Any) -> Any:
     body = render(change, dest)
     if body is None:
         return None
+    if change.read_ns:
+        metrics.LATENCY.observe((time.time_ns() - change.read_ns) / 1e9)
     return (change.profile_id, body, change.read_ns) if dest.kind == "kafka" else body
 
 

@@ -15,6 +15,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 
 from config.settings import Settings
 from flows import io
+from operators import metrics
 from operators.engine import Engine
 from operators.store import ROUTING_KEY, RocksStore, StoreError, open_store
 
@@ -36,6 +37,7 @@ def engine_for(settings: Settings, state_dir: Path, routing: str | None = None) 
                     store.close()
                     raise
             _engines[key] = (Engine(settings, store), store)
+            metrics.watch_state_size(store.size_bytes)
         return _engines[key][0]
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from config.settings import Settings
+from operators import metrics
 from operators import profile as prof
 from operators.identity import Cluster, IdentityRules, Resolution, profile_id, resolve
 from operators.rules import compile_rules
@@ -223,6 +224,7 @@ class Engine:
             txn.put(Keys.outbox_seq(key), str(seq).encode())
             self._seqs[key] = seq
         if self.max_event_ms is not None:
+            metrics.WATERMARK.set(self.max_event_ms / 1000)
             txn.put(WATERMARK_KEY, str(self.max_event_ms).encode())
             txn.put_json(PARTITIONS_KEY, self._partition_max)
         txn.commit()
@@ -262,9 +264,11 @@ class Engine:
         applied = txn.get_json(offset_key)
         if applied is not None and origin.offset <= applied:
             self.stats.replayed += 1
+            metrics.REPLAYED.inc()
         else:
             txn.put_json(offset_key, origin.offset)
             self.stats.records += 1
+            metrics.APPLIED.inc()
             self._apply(txn, record, wall_ms, out)
         self.positions[part] = max(self.positions.get(part, -1), origin.offset)
         if after != at_record and self._advance(part, after):
@@ -274,6 +278,7 @@ class Engine:
         origin = record.origin
         if self._forgotten(txn, record):
             self.stats.forgotten += 1
+            metrics.FORGOTTEN.inc()
             return
 
         graph = _Graph(txn, self.keys)
@@ -287,8 +292,11 @@ class Engine:
         # (`profile.phone == null`, `not exists(...)`).
         fresh = stored is None
         profile = prof.new_profile() if stored is None else stored
+        if resolution.merges:
+            metrics.CLUSTER_SIZE.observe(len(resolution.cluster.members))
         for merge in resolution.merges:
             self.stats.merges += 1
+            metrics.LINKS.inc()
             loser_profile = txn.get_json(self.keys.profile(merge.loser))
             if loser_profile is None:
                 continue
@@ -317,6 +325,7 @@ class Engine:
             seen_key = Keys.seen(record.event_id or "")
             if txn.get(seen_key) is not None:
                 self.stats.duplicates += 1
+                metrics.DUPLICATES.inc()
             else:
                 txn.put(seen_key, b"")
                 aggs, absents = self.index.candidates(record.event_type or "")
@@ -399,6 +408,7 @@ class Engine:
             profile = {**profile, "timer": None}
             cluster = _Graph(txn, self.keys).cluster(canonical) or Cluster(members=(canonical,))
             self.stats.timers_fired += 1
+            metrics.TIMERS.inc()
             self._evaluate(
                 txn,
                 canonical,
@@ -494,6 +504,7 @@ class Engine:
                     txn.delete(Keys.conflict((side[0], side[1]), entry["position"]))
             txn.put_json(Keys.tombstone(member), {"deleted_at_ms": wall_ms})
         self.stats.deleted += 1
+        metrics.DELETES.inc()
         return True
 
     # -- helpers ---------------------------------------------------------------------------
@@ -508,6 +519,7 @@ class Engine:
                 txn.put_json(self.keys.cluster(canonical), cluster.to_json())
         for conflict in resolution.conflicts:
             self.stats.conflicts += 1
+            metrics.REFUSED.labels(conflict.rule).inc()
             entry = conflict.to_json()
             txn.put_json(Keys.conflict(conflict.a, conflict.position), entry)
             txn.put_json(Keys.conflict(conflict.b, conflict.position), entry)
@@ -530,6 +542,7 @@ class Engine:
         for change in changes:
             status: Literal["entered", "exited"] = "entered" if change.entered else "exited"
             self.stats.changes[f"{change.segment_id}:{status}"] += 1
+            metrics.CHANGES.labels(change.segment_id, status).inc()
             out.append(
                 AudienceChange(
                     id=change_id(pid, change.segment_id, change.sequence),

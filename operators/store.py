@@ -136,6 +136,16 @@ class RocksStore:
     def delete_range(self, start: bytes, end: bytes) -> None:
         self._db.delete_range(start, end)
 
+    def size_bytes(self) -> float:
+        """SST files plus memtables, as RocksDB reports them (0 once closed)."""
+        total = 0
+        for prop in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
+            try:
+                total += int(self._db.property_int_value(prop) or 0)
+            except Exception:
+                return 0.0
+        return float(total)
+
     def close(self) -> None:
         self._db.close()
 

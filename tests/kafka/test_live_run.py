@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import orjson
@@ -37,6 +39,24 @@ state: {{dir: state}}
 """
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(url: str) -> dict[str, float]:
+    """Prometheus text format -> {'name{labels}': value} (labels as the exporter sorts them)."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def event(i: int, ecid: str, kind: str, email: str | None = None) -> bytes:
     ids = {"ECID": [{"id": ecid}]}
     if email:
@@ -56,10 +76,15 @@ def test_live_worker_emits_changes(tmp_path: Path, kafka_bootstrap: str, topic_p
     create_topics(kafka_bootstrap, [f"{p}web", f"{p}crm", f"{p}changes", f"{p}dead"])
     config = tmp_path / "cdp.yaml"
     config.write_text(CONFIG.format(p=p, bootstrap=kafka_bootstrap))
+    port = free_port()
     worker = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "run", "--config", str(config)],
         cwd=Path(__file__).resolve().parents[2],
-        env={**os.environ},
+        env={
+            **os.environ,
+            "BYTEWAX_DATAFLOW_API_ENABLED": "true",
+            "BYTEWAX_DATAFLOW_API_PORT": str(port),
+        },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -97,6 +122,15 @@ def test_live_worker_emits_changes(tmp_path: Path, kafka_bootstrap: str, topic_p
         assert vip["reason"] in {"event:e4", "profile:crm:0:0", "merge"}
         dead = [orjson.loads(v) for v in consume_all(kafka_bootstrap, f"{p}dead", expected=1)]
         assert [d["reason"].split(":")[0] for d in dead] == ["not JSON"]
+        scraped = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert scraped['cdp_records_in_total{source="web"}'] == 5
+        assert scraped['cdp_records_in_total{source="crm"}'] == 1
+        assert scraped['cdp_dead_letters_total{reason="not_json",source="web"}'] == 1
+        assert scraped['cdp_audience_changes_total{segment="vip-buyers",status="entered"}'] >= 1
+        assert scraped["cdp_identity_links_total"] >= 1
+        assert scraped["cdp_cluster_size_count"] >= 1
+        assert scraped["cdp_pipeline_latency_seconds_count"] >= 1
+        assert scraped["cdp_rocksdb_bytes"] > 0
     finally:
         # SIGTERM: the worker finishes its batch, flushes its destinations and exits cleanly.
         worker.send_signal(signal.SIGTERM)
