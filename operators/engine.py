@@ -292,7 +292,7 @@ class Engine:
         # (`profile.phone == null`, `not exists(...)`).
         fresh = stored is None
         profile = prof.new_profile() if stored is None else stored
-        if resolution.merges:
+        if resolution.merges and resolution.cluster is not None:
             metrics.CLUSTER_SIZE.observe(len(resolution.cluster.members))
         for merge in resolution.merges:
             self.stats.merges += 1
@@ -320,6 +320,7 @@ class Engine:
 
         everything = fresh or bool(resolution.merges)
         which: set[str] = set(self.index.all_ids()) if everything else set()
+        retime = everything
         reason = "merge" if resolution.merges else ""
         if record.kind == "event":
             seen_key = Keys.seen(record.event_id or "")
@@ -331,6 +332,7 @@ class Engine:
                 aggs, absents = self.index.candidates(record.event_type or "")
                 profile, changed = prof.apply_event(profile, record, aggs, absents)
                 which |= self.index.affected_by_inputs(changed)
+                retime = retime or not changed.isdisjoint(self.index.windowed)
                 reason = reason or f"event:{record.event_id}"
         else:
             profile, paths = prof.apply_attributes(profile, record)
@@ -346,6 +348,7 @@ class Engine:
             wall_ms=wall_ms,
             reason=reason,
             out=out,
+            retime=retime,
         )
 
     def _evaluate(
@@ -353,7 +356,7 @@ class Engine:
         txn: Txn,
         canonical: Identity,
         *,
-        cluster: Cluster,
+        cluster: Cluster | None,
         profile: prof.Profile,
         which: set[str],
         at_ms: int,
@@ -361,28 +364,34 @@ class Engine:
         reason: str,
         out: list[AudienceChange],
         now_ms: int | None = None,
+        retime: bool = True,
     ) -> None:
+        """Evaluate `which` segments, emit the transitions, and (with `retime`: windowed inputs
+        changed) prune the windows and reschedule the profile's timer."""
         now = self.now_ms if now_ms is None else now_ms
         if which:
             results = evaluate(profile, self.index, which, now)
             segs, changes = transitions(profile["segs"], results, at_ms)
             if changes:
                 profile = {**profile, "segs": segs}
+                if cluster is None:
+                    cluster = _Graph(txn, self.keys).cluster(canonical)
                 self._emit(
                     out,
                     canonical,
-                    cluster=cluster,
+                    cluster=cluster or Cluster(members=(canonical,)),
                     profile=profile,
                     changes=changes,
                     at_ms=at_ms,
                     wall_ms=wall_ms,
                     reason=reason,
                 )
-        profile = prof.prune(profile, self.index.aggregates, self.index.absents, now)
-        due = prof.next_change(profile, self.index.aggregates, self.index.absents, now)
-        if due != profile.get("timer"):
-            self._set_timer(txn, canonical, profile.get("timer"), due)
-            profile = {**profile, "timer": due}
+        if retime:
+            profile = prof.prune(profile, self.index.aggregates, self.index.absents, now)
+            due = prof.next_change(profile, self.index.aggregates, self.index.absents, now)
+            if due != profile.get("timer"):
+                self._set_timer(txn, canonical, profile.get("timer"), due)
+                profile = {**profile, "timer": due}
         txn.put_json(self.keys.profile(canonical), profile)
 
     # -- timers ----------------------------------------------------------------------------
@@ -406,13 +415,12 @@ class Engine:
             if profile is None or profile.get("timer") != ts:
                 continue
             profile = {**profile, "timer": None}
-            cluster = _Graph(txn, self.keys).cluster(canonical) or Cluster(members=(canonical,))
             self.stats.timers_fired += 1
             metrics.TIMERS.inc()
             self._evaluate(
                 txn,
                 canonical,
-                cluster=cluster,
+                cluster=None,
                 profile=profile,
                 which=set(self.timed),
                 at_ms=ts,

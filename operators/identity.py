@@ -148,7 +148,7 @@ class Resolution:
     """Everything `resolve` decided for one record."""
 
     canonical: Identity
-    cluster: Cluster
+    cluster: Cluster | None  # None: unchanged and not loaded (read it when needed)
     pointers: dict[Identity, Identity] = field(default_factory=dict)  # identity -> canonical
     clusters: dict[Identity, Cluster | None] = field(default_factory=dict)  # None: deleted
     merges: list[Merge] = field(default_factory=list)
@@ -201,17 +201,12 @@ def resolve(
 
     primary = ids[0]
     current = canonical_of(primary)
+    cluster: Cluster | None = None  # loaded only when a link needs it (the common event has none)
     if current is None:
         current = primary
         pointers[primary] = primary
         cluster = Cluster(members=(primary,))
         clusters[primary] = cluster
-    else:
-        found = cluster_of(current)
-        if found is None:  # a pointer without its cluster: heal by recreating it
-            found = Cluster(members=(current,))
-            clusters[current] = found
-        cluster = found
     resolution = Resolution(
         canonical=current, cluster=cluster, pointers=pointers, clusters=clusters
     )
@@ -220,6 +215,9 @@ def resolve(
         other_canonical = canonical_of(identity)
         if other_canonical == current:
             continue
+        if cluster is None:
+            # A pointer without its cluster cannot happen in a consistent store; heal it.
+            cluster = cluster_of(current) or Cluster(members=(current,))
         other = (cluster_of(other_canonical) if other_canonical is not None else None) or Cluster(
             members=(identity,)
         )
@@ -243,7 +241,8 @@ def resolve(
     resolution.canonical = current
     resolution.cluster = cluster
     # Only members whose pointer really changed need writing.
-    resolution.pointers = {m: c for m, c in pointers.items() if graph.canonical(m) != c}
+    if pointers:
+        resolution.pointers = {m: c for m, c in pointers.items() if graph.canonical(m) != c}
     return resolution
 
 

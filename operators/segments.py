@@ -37,6 +37,10 @@ class SegmentIndex:
                 self.absents[absent.key] = absent
                 readers.setdefault(absent.key, set()).add(rule.segment_id)
         self.readers = {k: frozenset(v) for k, v in readers.items()}
+        # Inputs whose value moves with time alone: a change to them reschedules the timer.
+        self.windowed = frozenset(
+            [k for k, a in self.aggregates.items() if a.within_ms is not None] + list(self.absents)
+        )
         dependants: dict[str, set[str]] = {}
         for rule in self.rules:
             for ref in rule.segment_refs:

@@ -331,9 +331,11 @@ def test_absent_prune_keeps_the_state_small(
     within: int, events: list[AbsentEvent], now: int
 ) -> None:
     a = absent_call(within)
-    a_times, b_times = absent_prune(fold_absent(a, events), a, now)
+    a_times, _ = absent_prune(fold_absent(a, events), a, now)
+    # Only the latest `after` event at or before now is kept; the `missing` times after it
+    # must all stay (a late or merged-in `after` can need them) and are bounded by
+    # tests/property/test_absent_prune_safe.py::test_pruned_state_stays_small.
     assert len([t for t in a_times if t <= now]) <= 1
-    assert len([t for t in b_times if t <= now - within]) <= 1
 
 
 @given(absent_windows, absent_events, nows)
