@@ -10,7 +10,6 @@ the worker when the first record arrives.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -146,7 +145,7 @@ class _ReadOrder:
         key = (record.origin.source, record.origin.partition)
         n = self._counts.get(key, 0) + 1
         self._counts[key] = n
-        return dataclasses.replace(record, seq=n)
+        return record.with_seq(n)
 
 
 def routing_name(options: RunOptions) -> str:

@@ -116,6 +116,14 @@ class Engine:
             if r.absents or any(a.within_ms is not None for a in r.aggregates)
         }
         self.stats = EngineStats()
+        # With no record applied every input has its initial value whatever the time, so
+        # which rules hold for an empty profile is known once.
+        empty = prof.new_profile()
+        self._true_when_empty = frozenset(
+            seg
+            for seg, held in evaluate(empty, self.index, self.index.all_ids(), 0).items()
+            if held
+        )
         self.lock = threading.Lock()  # worker threads of one process share this engine
         self._read_ns = 0  # read time of the record being applied, stamped on its changes
         raw = store.get(WATERMARK_KEY)
@@ -124,6 +132,7 @@ class Engine:
         self._partition_max: dict[str, int] = {} if parts is None else decode(parts)
         self._runs: dict[str, _PartitionRun] = {}
         self.positions: dict[str, int] = {}  # last offset applied per partition (progress)
+        self._tombstones = next(iter(store.scan(b"d/")), None) is not None
         self._seqs: dict[int, int] = {}
         self._timers: list[tuple[int, str]] = [
             (ts, identity_str(canon))
@@ -318,9 +327,15 @@ class Engine:
                 profile, loser_profile, self.index.aggregates, self.index.absents
             )
 
-        everything = fresh or bool(resolution.merges)
-        which: set[str] = set(self.index.all_ids()) if everything else set()
-        retime = everything
+        # A merged profile is evaluated against every rule. A new one only against the rules
+        # true for an empty profile (`profile.phone == null`) and those its record touches.
+        if resolution.merges:
+            which: set[str] = set(self.index.all_ids())
+        elif fresh:
+            which = set(self._true_when_empty)
+        else:
+            which = set()
+        retime = fresh or bool(resolution.merges)
         reason = "merge" if resolution.merges else ""
         if record.kind == "event":
             seen_key = Keys.seen(record.event_id or "")
@@ -446,6 +461,8 @@ class Engine:
 
     def _forgotten(self, txn: Txn, record: Record) -> bool:
         """A record of a deleted person is dropped, unless it brings consent back."""
+        if not self._tombstones:
+            return False  # nobody was ever deleted: no lookups on the hot path
         stones = [i for i in record.identities if txn.get(Keys.tombstone(i)) is not None]
         if not stones:
             return False
@@ -484,6 +501,7 @@ class Engine:
         canonical = graph.canonical(identity)
         if canonical is None:
             txn.put_json(Keys.tombstone(identity), {"deleted_at_ms": wall_ms})
+            self._tombstones = True
             return False
         cluster = graph.cluster(canonical) or Cluster(members=(canonical,))
         stored = txn.get_json(self.keys.profile(canonical))
@@ -511,6 +529,7 @@ class Engine:
                 for side in (entry["a"], entry["b"]):
                     txn.delete(Keys.conflict((side[0], side[1]), entry["position"]))
             txn.put_json(Keys.tombstone(member), {"deleted_at_ms": wall_ms})
+        self._tombstones = True
         self.stats.deleted += 1
         metrics.DELETES.inc()
         return True

@@ -65,4 +65,3 @@ def reason_kind(reason: str) -> str:
 
 def watch_state_size(size: Callable[[], float]) -> None:
     STATE_BYTES.set_function(size)
-

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -156,26 +157,35 @@ def open_store(state_dir: Path, *, read_only: bool = False) -> RocksStore:
 
 def shard_of(identity: Identity, shards: int) -> int:
     """Stable across processes and runs (unlike `hash`)."""
-    return zlib.crc32(identity_str(identity).encode()) % shards
+    return _shard_of(identity[0], identity[1], shards)
+
+
+@lru_cache(maxsize=1 << 16)
+def _shard_of(namespace: str, value: str, shards: int) -> int:
+    return zlib.crc32(f"{namespace}:{value}".encode()) % shards
+
+
+@lru_cache(maxsize=1 << 18)
+def _identity_key(kind: str, namespace: str, value: str, shards: int) -> bytes:
+    text = f"{namespace}:{value}"
+    return f"{kind}/{zlib.crc32(text.encode()) % shards:04d}/{text}".encode()
 
 
 class Keys:
-    """Key builders for one shard count."""
+    """Key builders for one shard count (identity keys are memoised: they are built several
+    times per record)."""
 
     def __init__(self, shards: int) -> None:
         self.shards = shards
 
-    def _shard(self, identity: Identity) -> str:
-        return f"{shard_of(identity, self.shards):04d}"
-
     def pointer(self, identity: Identity) -> bytes:
-        return f"i/{self._shard(identity)}/{identity_str(identity)}".encode()
+        return _identity_key("i", identity[0], identity[1], self.shards)
 
     def cluster(self, canonical: Identity) -> bytes:
-        return f"c/{self._shard(canonical)}/{identity_str(canonical)}".encode()
+        return _identity_key("c", canonical[0], canonical[1], self.shards)
 
     def profile(self, canonical: Identity) -> bytes:
-        return f"p/{self._shard(canonical)}/{identity_str(canonical)}".encode()
+        return _identity_key("p", canonical[0], canonical[1], self.shards)
 
     @staticmethod
     def offset(shard: int, source: str, partition: int) -> bytes:
