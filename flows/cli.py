@@ -61,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--files", action="store_true", help="read the sources' files, not Kafka")
     replay.add_argument("--from-timestamp", help="ISO-8601: skip events before this time")
     replay.add_argument("--workers", type=int, default=1)
+    _cluster_args(replay)
     replay.add_argument("--audience-out", type=Path, help="also write every change to this file")
     replay.add_argument("--quiet", action="store_true", help="no progress line")
     replay.set_defaults(handler=cmd_replay)
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="a streaming worker over Kafka")
     _config_args(run, state=True, state_required=False)
     run.add_argument("--workers", type=int, default=1)
+    _cluster_args(run)
     run.add_argument("--audience-out", type=Path)
     run.set_defaults(handler=cmd_run)
 
@@ -106,6 +108,19 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(sizes, state=True, state_required=False)
     sizes.set_defaults(handler=cmd_segments_sizes)
     return parser
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--process-id", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("-a", "--addresses", action="append", default=[], help=argparse.SUPPRESS)
+
+
+def _single_process(args: argparse.Namespace) -> None:
+    if len(args.addresses) > 1 or args.process_id:
+        raise UsageError(
+            "several processes (-i/-a) are not supported yet: identity merges across "
+            "processes need the feedback topic; use --workers N threads in one process"
+        )
 
 
 def _config_args(
@@ -161,6 +176,7 @@ def _parse_time(text: str) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    _single_process(args)
     settings = _settings(args)
     options = RunOptions(
         mode="files" if args.files else "replay",
@@ -179,6 +195,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _single_process(args)
     settings = _settings(args)
     options = RunOptions(
         mode="live",
