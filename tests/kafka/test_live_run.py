@@ -84,7 +84,7 @@ def test_live_worker_emits_changes(tmp_path: Path, kafka_bootstrap: str, topic_p
             **os.environ,
             "BYTEWAX_DATAFLOW_API_ENABLED": "true",
             "BYTEWAX_DATAFLOW_API_PORT": str(port),
-            "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path / "dataflow.json"),
+            "BYTEWAX_DATAFLOW_API_CACHE_PATH": str(tmp_path),  # a folder
         },
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
