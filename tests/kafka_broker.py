@@ -47,7 +47,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 __all__ = [
     "BrokerStartError",
@@ -404,7 +404,7 @@ def consume_all(
     many records arrived; or when ``timeout_s`` passes (then returns what was read, so compare
     the length). Order is kept within a partition; partitions are interleaved.
     """
-    return [m.value() for m in consume_messages(bootstrap, topic, expected, timeout_s)]
+    return [m.value() or b"" for m in consume_messages(bootstrap, topic, expected, timeout_s)]
 
 
 def consume_messages(
@@ -456,7 +456,7 @@ def consume_messages(
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    at_eof.add(msg.partition())
+                    at_eof.add(msg.partition() or 0)
                 elif err.fatal():
                     raise KafkaException(err)
                 continue  # transient errors: retry until the deadline

@@ -1,0 +1,93 @@
+"""Shared pieces of the benchmarks: the broker, topics, configs, resident memory, the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model, "python": platform.python_version()}
+
+
+def run_id() -> str:
+    return f"bench{secrets.token_hex(3)}."
+
+
+def bench_config(base: Path, out: Path, prefix: str, bootstrap: str, **extra: Any) -> Path:
+    """A copy of a config with topics prefixed, the broker set and extra top-level keys."""
+    data = yaml.safe_load(base.read_text())
+    for src in data["sources"]:
+        src["topic"] = prefix + src["topic"]
+        src.pop("path", None)
+    for dest in data.get("destinations", []):
+        if dest.get("kind") == "kafka":
+            dest["topic"] = prefix + dest["topic"]
+    if data.get("dead_letters", {}).get("kind") == "kafka":
+        data["dead_letters"]["topic"] = prefix + data["dead_letters"]["topic"]
+    data["kafka"] = {"bootstrap_servers": bootstrap}
+    data.update(extra)
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+class PeakRss:
+    """Polls a child process's resident memory (VmRSS) and keeps the peak, in MB."""
+
+    def __init__(self, pid: int, every_s: float = 0.2) -> None:
+        self.pid = pid
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every_s: float) -> None:
+        status = Path(f"/proc/{self.pid}/status")
+        while not self._stop.is_set():
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
+            except (OSError, ValueError):
+                return
+            self._stop.wait(every_s)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return round(self.peak_mb, 1)
+
+
+def run_timed(cmd: Sequence[str], timeout_s: float) -> tuple[float, float, str]:
+    """Run a command; (seconds, peak RSS in MB, stderr tail). Raises if it fails."""
+    started = time.monotonic()
+    proc = subprocess.Popen(list(cmd), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rss = PeakRss(proc.pid)
+    try:
+        _, err = proc.communicate(timeout=timeout_s)
+    finally:
+        peak = rss.stop()
+    seconds = time.monotonic() - started
+    text = err.decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{text[-3000:]}")
+    return seconds, peak, text[-500:]

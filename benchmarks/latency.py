@@ -1,0 +1,247 @@
+"""Latency: a live worker (`cdp run`) under a fixed event rate; event produced -> audience
+change consumed, p50/p99. In the same run: the broker's own round trip (a bare loop that
+consumes the input topic and produces each record to another topic, at the same rate) and the
+pipeline's own share (record read -> change handed to the producer, from the change's headers).
+
+    python -m benchmarks.latency --rate 2000 --seconds 30
+
+Starts a local broker unless KAFKA_BOOTSTRAP_SERVERS is set. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+from benchmarks.common import ROOT, PeakRss, machine, run_id
+from tests.kafka_broker import broker_from_env, create_topics
+
+CONFIG = """\
+namespaces: [{{name: ECID}}]
+sources: [{{name: web, kind: event, topic: {p}web}}]
+segments:
+  - {{id: pinged, rule: 'exists(event.eventType == "bench.ping")'}}
+destinations: [{{name: out, kind: kafka, topic: {p}changes}}]
+dead_letters: {{kind: kafka, topic: {p}dead}}
+kafka: {{bootstrap_servers: "{bootstrap}", linger.ms: "0"}}
+"""
+FAST = {"fetch.wait.max.ms": "10", "fetch.min.bytes": "1"}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+class Collector(threading.Thread):
+    """Consumes a topic from its end and records, per message, what `on_message` returns."""
+
+    def __init__(self, bootstrap: str, topic: str, on_message: Callable[[Any], None]) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"lat-{topic}",
+                "enable.auto.commit": "false",
+                **FAST,
+            }
+        )
+        self.consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
+        self.on_message = on_message
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for msg in self.consumer.consume(500, 0.002):
+                if msg.error() is None:
+                    self.on_message(msg)
+        self.consumer.close()
+
+
+def paced(rate: int, seconds: float, send: Callable[[int], None]) -> int:
+    """Call `send(i)` `rate` times a second for `seconds`; returns how many were sent."""
+    total = int(rate * seconds)
+    start = time.perf_counter()
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        send(i)
+    return total
+
+
+def event(i: int, tag: str) -> bytes:
+    return orjson.dumps(
+        {
+            "_id": f"{tag}{i}",
+            "timestamp": time.time_ns() // 1_000_000,
+            "eventType": "bench.ping",
+            "identityMap": {"ECID": [{"id": f"{tag}-{i}"}]},
+        }
+    )
+
+
+def broker_round_trip(bootstrap: str, prefix: str, rate: int, seconds: float) -> list[float]:
+    """Produce -> consume -> produce -> consume, with no pipeline in between."""
+    src, dst = f"{prefix}rt-in", f"{prefix}rt-out"
+    create_topics(bootstrap, [src, dst])
+    sent: dict[bytes, int] = {}
+    got: list[float] = []
+    relay_out = Producer({"bootstrap.servers": bootstrap, "linger.ms": "0"})
+
+    def relay(msg: Any) -> None:
+        relay_out.produce(dst, msg.value(), key=msg.key())
+        relay_out.poll(0)
+
+    def measure(msg: Any) -> None:
+        at = sent.get(msg.key())
+        if at is not None:
+            got.append((time.monotonic_ns() - at) / 1e6)
+
+    relay_in, sink = Collector(bootstrap, src, relay), Collector(bootstrap, dst, measure)
+    relay_in.start()
+    sink.start()
+    time.sleep(1.0)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "0"})
+
+    def send(i: int) -> None:
+        key = f"r{i}".encode()
+        sent[key] = time.monotonic_ns()
+        producer.produce(src, event(i, "r"), key=key)
+        producer.poll(0)
+
+    total = paced(rate, seconds, send)
+    producer.flush(10)
+    deadline = time.monotonic() + 10
+    while len(got) < total and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for thread in (relay_in, sink):
+        thread.stop.set()
+        thread.join()
+    relay_out.flush(5)
+    return got
+
+
+def pipeline(bootstrap: str, prefix: str, rate: int, seconds: float, tmp: Path) -> dict[str, Any]:
+    create_topics(bootstrap, [f"{prefix}web", f"{prefix}changes", f"{prefix}dead"])
+    config = tmp / "lat.yaml"
+    config.write_text(CONFIG.format(p=prefix, bootstrap=bootstrap))
+    env = {**os.environ, "CDP_STATE__DIR": str(tmp / "state")}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    rss = PeakRss(worker.pid)
+    sent: dict[str, int] = {}
+    end_to_end: list[float] = []
+    inside: list[float] = []
+
+    def measure(msg: Any) -> None:
+        change = orjson.loads(msg.value())
+        at = sent.get(change["reason"].removeprefix("event:"))
+        if at is None or change["status"] != "entered":
+            return
+        end_to_end.append((time.time_ns() - at) / 1e6)
+        headers = dict(msg.headers() or [])
+        read_ns, out_ns = int(headers.get("cdp-read-ns", 0)), int(headers.get("cdp-out-ns", 0))
+        if read_ns and out_ns:
+            inside.append((out_ns - read_ns) / 1e6)
+
+    sink = Collector(bootstrap, f"{prefix}changes", measure)
+    sink.start()
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": "0"})
+    try:
+        # Warm up until the worker answers.
+        deadline = time.monotonic() + 60
+        i = 0
+        while not end_to_end:
+            if worker.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    "the worker did not start:\n"
+                    + (worker.stderr.read().decode() if worker.stderr else "")
+                )
+            sent[f"w{i}"] = time.time_ns()
+            producer.produce(f"{prefix}web", event(i, "w"))
+            producer.flush(5)
+            i += 1
+            time.sleep(0.5)
+        time.sleep(1.0)
+        end_to_end.clear()
+        inside.clear()
+
+        def send(n: int) -> None:
+            sent[f"p{n}"] = time.time_ns()
+            producer.produce(f"{prefix}web", event(n, "p"))
+            producer.poll(0)
+
+        total = paced(rate, seconds, send)
+        producer.flush(10)
+        deadline = time.monotonic() + 15
+        while len(end_to_end) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        sink.stop.set()
+        sink.join()
+        worker.terminate()
+        worker.wait(30)
+        peak = rss.stop()
+    return {
+        "events": total,
+        "received": len(end_to_end),
+        "end_to_end": end_to_end,
+        "inside": inside,
+        "rss_mb": peak,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=30)
+    args = parser.parse_args(argv)
+    prefix = run_id()
+    with broker_from_env() as bootstrap, tempfile.TemporaryDirectory() as tmp:
+        broker = broker_round_trip(bootstrap, prefix, args.rate, args.seconds)
+        run = pipeline(bootstrap, prefix, args.rate, args.seconds, Path(tmp))
+    if run["received"] < 0.99 * run["events"] or len(broker) < 0.99 * run["events"]:
+        raise SystemExit(
+            f"lost records: {run['received']}/{run['events']} changes, {len(broker)} relayed"
+        )
+    e2e, inside = run["end_to_end"], run["inside"]
+    result = {
+        "machine": machine(),
+        "command": " ".join(sys.argv),
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "events": run["events"],
+        "p50_ms": percentile(e2e, 0.5),
+        "p99_ms": percentile(e2e, 0.99),
+        "broker_p50_ms": percentile(broker, 0.5),
+        "broker_p99_ms": percentile(broker, 0.99),
+        "pipeline_p50_ms": percentile(inside, 0.5),
+        "pipeline_p99_ms": percentile(inside, 0.99),
+        "pipeline_mean_ms": round(statistics.fmean(inside), 2),
+        "rss_mb": run["rss_mb"],
+    }
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

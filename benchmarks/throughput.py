@@ -1,0 +1,166 @@
+"""Throughput: the whole pipeline in replay mode (Kafka in -> audience changes out) next to the
+ceiling, a bare loop that only consumes the same topics and parses each value with orjson.
+
+    python -m benchmarks.throughput --profiles 100000 --events 500000 [--workers 1 2]
+
+Starts a local broker unless KAFKA_BOOTSTRAP_SERVERS is set. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from benchmarks.common import ROOT, bench_config, machine, run_id, run_timed
+from benchmarks.generator import generate
+from config.settings import load_settings
+from operators.store import open_store
+from tests.kafka_broker import broker_from_env, consume_all, create_topics, produce
+
+PARTITIONS = {"crm": 1, "loyalty": 1, "web": 2, "voice": 1, "store": 1}
+
+
+def ceiling(bootstrap: str, topics: list[str], expected: int) -> float:
+    """Seconds for a bare consumer to read every record and parse it with orjson."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "ceiling",
+            "enable.auto.commit": "false",
+            "enable.partition.eof": "true",
+            "fetch.wait.max.ms": "10",
+        }
+    )
+    parts = [
+        TopicPartition(t, p, OFFSET_BEGINNING)
+        for t in topics
+        for p in consumer.list_topics(t, timeout=10).topics[t].partitions
+    ]
+    started = time.monotonic()
+    consumer.assign(parts)
+    done, seen = 0, 0
+    while done < len(parts):
+        for msg in consumer.consume(1000, 1.0):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    done += 1
+                    continue
+                raise RuntimeError(str(err))
+            orjson.loads(msg.value() or b"")
+            seen += 1
+    seconds = time.monotonic() - started
+    consumer.close()
+    if seen != expected:
+        raise RuntimeError(f"ceiling read {seen} records, expected {expected}")
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profiles", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    args = parser.parse_args(argv)
+
+    stream = generate(args.profiles, args.events, seed=args.seed)
+    sources: dict[str, list[dict[str, Any]]] = {
+        "crm": stream.crm,
+        "loyalty": stream.loyalty,
+        "web": stream.web,
+        "voice": stream.voice,
+        "store": stream.store,
+    }
+    records = sum(len(v) for v in sources.values())
+    prefix = run_id()
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "command": " ".join(sys.argv),
+        "profiles_generated": args.profiles,
+    }
+    with broker_from_env() as bootstrap, tempfile.TemporaryDirectory() as tmp:
+        topics = {name: f"{prefix}luma.{name}" for name in sources}
+        create_topics(bootstrap, [f"{prefix}cdp.audience-changes", f"{prefix}cdp.dead-letters"])
+        for name, topic in topics.items():
+            create_topics(bootstrap, [topic], partitions=PARTITIONS[name])
+            produce(
+                bootstrap,
+                topic,
+                [orjson.dumps(r) for r in sources[name]],
+                key_fn=(lambda v: v[:64]) if PARTITIONS[name] > 1 else None,
+            )
+        config = bench_config(
+            ROOT / "config" / "bench.yaml", Path(tmp) / "bench.yaml", prefix, bootstrap
+        )
+        ceiling_s = ceiling(bootstrap, list(topics.values()), records)
+        result.update(
+            {
+                "events": records,
+                "ceiling_s": round(ceiling_s, 2),
+                "ceiling_events_per_s": round(records / ceiling_s),
+            }
+        )
+        changes_before = 0
+        for workers in args.workers:
+            state = Path(tmp) / f"state-{workers}"
+            cmd = [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "replay",
+                "--config",
+                str(config),
+                "--state-dir",
+                str(state),
+                "--workers",
+                str(workers),
+                "--quiet",
+            ]
+            seconds, rss, _ = run_timed(cmd, timeout_s=3600)
+            changes = len(consume_all(bootstrap, f"{prefix}cdp.audience-changes", timeout_s=30))
+            produced = changes - changes_before
+            changes_before = changes
+            store = open_store(state, read_only=True)
+            profiles = sum(1 for _ in store.scan(b"p/"))
+            store.close()
+            if profiles == 0 or produced == 0:
+                raise RuntimeError(f"broken run: {profiles} profiles, {produced} changes")
+            run = {
+                "workers": workers,
+                "seconds": round(seconds, 2),
+                "events_per_s": round(records / seconds),
+                "ratio": round((records / seconds) / (records / ceiling_s), 3),
+                "rss_mb": rss,
+                "profiles": profiles,
+                "audience_changes": produced,
+            }
+            result.setdefault("runs", []).append(run)
+        first = result["runs"][0]
+        result.update(
+            {
+                k: first[k]
+                for k in (
+                    "events_per_s",
+                    "ratio",
+                    "rss_mb",
+                    "profiles",
+                    "audience_changes",
+                    "seconds",
+                )
+            }
+        )
+        load_settings(config)  # the config the run used is valid (and shown)
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
