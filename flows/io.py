@@ -14,7 +14,12 @@ from typing import IO, Any
 import orjson
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import (
+    DynamicSink,
+    FixedPartitionedSink,
+    StatefulSinkPartition,
+    StatelessSinkPartition,
+)
 from confluent_kafka import Producer
 
 from schemas.records import Origin
@@ -205,9 +210,79 @@ def close_files() -> None:
     _SharedFile.close_all()
 
 
+class _ProducerPartition(StatefulSinkPartition[KafkaSinkMessage[bytes, bytes], None]):
+    """Produces without waiting; waits for every delivery in `snapshot`, which Bytewax calls
+    at the end of each epoch before the epoch's snapshot can become durable. So nothing is
+    acknowledged to the recovery store before the broker has it (at-least-once), and the
+    worker is not held up by a broker round trip on every batch."""
+
+    def __init__(self, config: dict[str, str], topic: str) -> None:
+        self._producer = Producer(config)
+        self._topic = topic
+        self._errors: list[str] = []
+
+    def _delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def write_batch(self, items: list[KafkaSinkMessage[bytes, bytes]]) -> None:
+        produce = self._producer.produce
+        for msg in items:
+            while True:
+                try:
+                    produce(
+                        self._topic,
+                        msg.value,
+                        msg.key,
+                        headers=msg.headers,  # type: ignore[arg-type]
+                        on_delivery=self._delivered,
+                    )
+                    break
+                except BufferError:  # the local queue is full: let the broker catch up
+                    self._producer.poll(0.05)
+        self._producer.poll(0)
+
+    def snapshot(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        while self._producer.flush(10) > 0:
+            pass
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise RuntimeError(f"Kafka did not take {len(errors)} messages: {errors[0]}")
+
+    def close(self) -> None:
+        self.flush()
+
+
+class KafkaTopicSink(FixedPartitionedSink[KafkaSinkMessage[bytes, bytes], None]):
+    """One topic; a single sink partition, flushed once per epoch."""
+
+    def __init__(self, config: dict[str, str], topic: str) -> None:
+        self._config = config
+        self._topic = topic
+
+    def list_parts(self) -> list[str]:
+        return ["0"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ProducerPartition:
+        return _ProducerPartition(self._config, self._topic)
+
+
 def kafka_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaSink:
     producer = {"linger.ms": "5", "enable.idempotence": "true", **config}
     return KafkaSink(brokers=brokers.split(","), topic=topic, add_config=producer)
+
+
+def kafka_topic_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaTopicSink:
+    producer = {
+        "linger.ms": "5",
+        "enable.idempotence": "true",
+        **config,
+        "bootstrap.servers": brokers,
+    }
+    return KafkaTopicSink(producer, topic)
 
 
 def keyed_message(key: str, value: bytes) -> KafkaSinkMessage[bytes, bytes]:

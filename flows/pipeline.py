@@ -232,10 +232,13 @@ def _write_changes(
         elif dest.kind == "kafka":
             assert dest.topic is not None
             messages = op.map(f"key_{dest.name}", rendered, lambda kv: io.timed_message(*kv))
-            op.output(f"write_{dest.name}", messages, io.kafka_sink(brokers, dest.topic, config))
+            routed = op.key_on(f"route_{dest.name}", messages, lambda _m: "0")
+            op.output(
+                f"write_{dest.name}", routed, io.kafka_topic_sink(brokers, dest.topic, config)
+            )
         else:
-            sink = WebhookSink(dest, dead_letter_writer(settings))
-            op.output(f"write_{dest.name}", rendered, sink)
+            hook = WebhookSink(dest, dead_letter_writer(settings))
+            op.output(f"write_{dest.name}", rendered, hook)
     if options.audience_out is not None:
         everything = op.map("render_audience_out", changes, render_all)
         op.output("write_audience_out", everything, io.JsonLinesSink(options.audience_out))

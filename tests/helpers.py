@@ -31,6 +31,26 @@ def run_cli(*args: str | Path) -> int:
     return cdp([str(a) for a in args])
 
 
+def replay_files(
+    config: Path, state: Path, workers: int = 1, audience_out: Path | None = None
+) -> None:
+    """`cdp replay --files` in this process; fails the test if it fails."""
+    extra: list[str | Path] = ["--audience-out", audience_out] if audience_out else []
+    code = run_cli(
+        "replay",
+        "--config",
+        config,
+        "--files",
+        "--state-dir",
+        state,
+        "--workers",
+        str(workers),
+        "--quiet",
+        *extra,
+    )
+    assert code == 0
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

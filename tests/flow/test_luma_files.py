@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from operators.store import open_store
-from tests.helpers import alternate, by_identity, export, luma_config, read_jsonl, run_cli
+from tests.helpers import (
+    alternate,
+    by_identity,
+    export,
+    luma_config,
+    read_jsonl,
+    replay_files,
+    run_cli,
+)
 
 DANIEL_CRM = "112ca06ed53d3db37e4cea49cc45b71e"
 
@@ -19,19 +27,7 @@ def replay(tmp: Path, luma_dir: Path, workers: int) -> tuple[Path, Path, list[di
     config = luma_config(tmp, luma_dir)
     state = tmp / "state"
     changes = tmp / "changes.jsonl"
-    code = run_cli(
-        "replay",
-        "--config",
-        config,
-        "--files",
-        "--state-dir",
-        state,
-        "--workers",
-        str(workers),
-        "--audience-out",
-        changes,
-    )
-    assert code == 0
+    replay_files(config, state, workers, changes)
     return config, state, read_jsonl(changes)
 
 

@@ -40,7 +40,7 @@ from tests.batch_oracle import (
     startswith,
     values,
 )
-from tests.helpers import alternate, export, read_jsonl, run_cli
+from tests.helpers import alternate, export, read_jsonl, replay_files
 
 PEOPLE = 400
 EVENTS = 6000
@@ -275,19 +275,7 @@ def segments_yaml(segments: tuple[Segment, ...]) -> str:
 
 
 def replay(config: Path, state: Path, changes: Path, workers: int) -> None:
-    code = run_cli(
-        "replay",
-        "--config",
-        config,
-        "--files",
-        "--state-dir",
-        state,
-        "--workers",
-        str(workers),
-        "--audience-out",
-        changes,
-    )
-    assert code == 0
+    replay_files(config, state, workers, changes)
 
 
 def members_of(profiles: list[dict[str, Any]]) -> dict[str, set[str]]:

@@ -145,3 +145,72 @@ def test_live_worker_emits_changes(tmp_path: Path, kafka_bootstrap: str, topic_p
     assert code == 0, output[-3000:]
     profiles = export(config, tmp_path / "state", tmp_path)
     assert sum(p["events"]["count"] for p in profiles) == 4
+
+
+PRIVACY_CONFIG = """\
+namespaces:
+  - {{name: Email, unique: true, normalize: email}}
+sources:
+  - {{name: crm, kind: profile, topic: {p}crm, identities: {{email: Email}}}}
+segments:
+  - {{id: vip, rule: 'profile.tier == "vip"'}}
+destinations:
+  - {{name: changes, kind: kafka, topic: {p}changes}}
+privacy: {{topic: {p}privacy}}
+kafka: {{bootstrap_servers: "{bootstrap}"}}
+state: {{dir: state}}
+"""
+
+
+def wait_for(
+    bootstrap: str, topic: str, want: set[tuple[str, str]], seconds: float = 60
+) -> list[dict[str, object]]:
+    """Changes on `topic` once they include every (status, reason kind) in `want`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        changes = [orjson.loads(v) for v in consume_all(bootstrap, topic, timeout_s=2)]
+        if want <= {(str(c["status"]), str(c["reason"]).split(":")[0]) for c in changes}:
+            return changes
+        assert time.monotonic() < deadline, changes
+
+
+def test_privacy_topic_deletes_a_person(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    p = topic_prefix
+    create_topics(kafka_bootstrap, [f"{p}crm", f"{p}changes", f"{p}privacy"])
+    config = tmp_path / "cdp.yaml"
+    config.write_text(PRIVACY_CONFIG.format(p=p, bootstrap=kafka_bootstrap))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--config", str(config)],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        produce(
+            kafka_bootstrap,
+            f"{p}crm",
+            [
+                orjson.dumps({"email": "Gone@Example.com", "tier": "vip"}),
+                orjson.dumps({"email": "stays@example.com", "tier": "vip"}),
+            ],
+        )
+        wait_for(kafka_bootstrap, f"{p}changes", {("entered", "profile")})
+        produce(
+            kafka_bootstrap, f"{p}privacy", [orjson.dumps({"identity": "Email:GONE@example.com"})]
+        )
+        changes = wait_for(kafka_bootstrap, f"{p}changes", {("exited", "delete")})
+        exits = [c for c in changes if c["reason"] == "delete"]
+        assert len(exits) == 1 and exits[0]["identities"] == {"Email": ["gone@example.com"]}
+        # A replayed (older) record of the deleted person does not bring them back.
+        produce(
+            kafka_bootstrap, f"{p}crm", [orjson.dumps({"email": "gone@example.com", "tier": "vip"})]
+        )
+        time.sleep(2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=20)
+    assert code == 0
+    text = orjson.dumps(export(config, tmp_path / "state", tmp_path)).decode()
+    assert "gone@example.com" not in text and "stays@example.com" in text
