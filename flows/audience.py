@@ -24,4 +24,8 @@ def build_flow(config: str | None = None, mode: str | None = None) -> Dataflow:
     chosen = cast(
         Literal["files", "replay", "live"], mode or os.environ.get("CDP_RUN_MODE", "live")
     )
-    return _build(settings, RunOptions(mode=chosen, state_dir=settings.state_dir))
+    # Recovery is bytewax.run's business here (-r / BYTEWAX_RECOVERY_DIRECTORY).
+    recovery = bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY"))
+    return _build(
+        settings, RunOptions(mode=chosen, state_dir=settings.state_dir, recovery=recovery)
+    )

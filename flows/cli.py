@@ -184,6 +184,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         audience_out=args.audience_out,
         from_ts_ms=_parse_time(args.from_timestamp) if args.from_timestamp else None,
         workers=args.workers,
+        recovery=settings.recovery.enabled,
     )
     started = time.monotonic()
     _run_flow(settings, options, progress=not args.quiet)
@@ -202,6 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         state_dir=_state_dir(args, settings),
         audience_out=args.audience_out,
         workers=args.workers,
+        recovery=settings.recovery.enabled,
     )
     _run_flow(settings, options)
     return 0

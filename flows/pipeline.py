@@ -48,15 +48,22 @@ class RunOptions:
     clock: Callable[[], int] = field(default=wall_clock_ms)
     idle_advance_s: float = 1.0  # live mode: event time follows the wall clock this often
     workers: int = 1
+    recovery: bool = True  # Bytewax recovery on: a key with no snapshot re-emits its outbox
 
 
 class _ApplyRecords(StatefulBatchLogic[Record | Forget, AudienceChange, tuple[int, int]]):
     """Thin adapter: every call goes to the process's engine.
 
     Bytewax snapshots only `(key, outbox sequence)`. On resume the builder gets the sequence of
-    the last durable snapshot and the outputs after it are emitted again (the state itself and
-    the applied offsets live in RocksDB, which Bytewax does not roll back).
+    the key's last durable snapshot and the outputs after it are emitted again; a key with no
+    durable snapshot emits its whole outbox again (its records were applied, so they will be
+    skipped, but what they emitted may never have reached the destinations). The state itself
+    and the applied offsets live in RocksDB, which Bytewax does not roll back.
     """
+
+    # Outputs are kept for this many snapshots of the key before they are dropped: the
+    # snapshot Bytewax resumes from can lag the latest ones (the slowest worker decides).
+    KEEP_SNAPSHOTS = 100
 
     def __init__(
         self,
@@ -68,16 +75,20 @@ class _ApplyRecords(StatefulBatchLogic[Record | Forget, AudienceChange, tuple[in
         self._settings = settings
         self._options = options
         self._route = route
-        self._key, self._resumed_seq = resume if resume is not None else (-1, -1)
+        if resume is not None:
+            self._key, self._resend_after = resume
+        else:
+            self._key = -1
+            self._resend_after = 0 if options.recovery else -1
         self._snapshots: list[int] = []
 
     def _engine(self) -> Engine:
         return engine_for(self._settings, self._options.state_dir, routing_name(self._options))
 
     def _redeliver(self) -> list[AudienceChange]:
-        if self._resumed_seq < 0 or self._key < 0:
+        if self._resend_after < 0 or self._key < 0:
             return []
-        seq, self._resumed_seq = self._resumed_seq, -1
+        seq, self._resend_after = self._resend_after, -1
         return self._engine().outbox_after(self._key, seq)
 
     def on_batch(self, values: list[Record | Forget]) -> tuple[Iterable[AudienceChange], bool]:
@@ -104,7 +115,7 @@ class _ApplyRecords(StatefulBatchLogic[Record | Forget, AudienceChange, tuple[in
 
     def notify_at(self) -> datetime | None:
         now = datetime.now(tz=UTC)
-        if self._resumed_seq >= 0:
+        if self._resend_after >= 0 and self._key >= 0:
             return now  # re-emit the outbox right after a resume
         if self._options.mode != "live":
             return None
@@ -113,9 +124,8 @@ class _ApplyRecords(StatefulBatchLogic[Record | Forget, AudienceChange, tuple[in
     def snapshot(self) -> tuple[int, int]:
         engine = self._engine()
         seq = engine.outbox_seq(self._key) if self._key >= 0 else 0
-        # Outputs up to the snapshot before this one are covered by a durable snapshot.
         self._snapshots.append(seq)
-        if len(self._snapshots) > 2:
+        if len(self._snapshots) > self.KEEP_SNAPSHOTS:
             engine.prune_outbox(self._key, self._snapshots.pop(0))
         return (self._key, seq)
 

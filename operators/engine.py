@@ -529,6 +529,14 @@ class Engine:
                 for side in (entry["a"], entry["b"]):
                     txn.delete(Keys.conflict((side[0], side[1]), entry["position"]))
             txn.put_json(Keys.tombstone(member), {"deleted_at_ms": wall_ms})
+        # Earlier outputs waiting in an outbox name the person too: they must not be sent again.
+        members = {f"{ns}:{v}" for ns, v in cluster.members}
+        for key, raw in self.store.scan(b"q/"):
+            if key.endswith(b"/seq"):
+                continue
+            held = AudienceChange.from_stored(decode(raw)).identities
+            if any(f"{ns}:{v}" in members for ns, values in held.items() for v in values):
+                txn.delete(key)
         self._tombstones = True
         self.stats.deleted += 1
         metrics.DELETES.inc()
