@@ -4,6 +4,8 @@ opened lazily on the worker (flow factories have no side effects)."""
 from __future__ import annotations
 
 import gc
+import os
+import shutil
 import signal
 import threading
 from datetime import timedelta
@@ -86,8 +88,13 @@ def run_flow(
     recovery = None
     if recovery_dir is not None:
         if not recovery_dir.exists():
-            recovery_dir.mkdir(parents=True)
-            init_db_dir(recovery_dir, 1)  # type: ignore[no-untyped-call]
+            # Initialise beside it and rename: a kill during the first start must not leave a
+            # half-made recovery folder that every later start refuses.
+            fresh = recovery_dir.with_name(f"{recovery_dir.name}.init-{os.getpid()}")
+            shutil.rmtree(fresh, ignore_errors=True)
+            fresh.mkdir(parents=True)
+            init_db_dir(fresh, 1)  # type: ignore[no-untyped-call]
+            os.replace(fresh, recovery_dir)
         recovery = RecoveryConfig(str(recovery_dir))  # type: ignore[no-untyped-call]
     io.STOP.clear()
     # The state lives in RocksDB, so the heap is many short-lived dicts: CPython's default

@@ -98,14 +98,15 @@ def run(
     config.write_text(CONFIG.format(p=prefix, bootstrap=bootstrap))
     state, out = base / "state", base / "changes.jsonl"
     killed = 0
-    for _ in range(kills):
+    for n in range(kills):
         proc = subprocess.Popen(
             replay_cmd(config, state, out, workers),
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        time.sleep(rng.uniform(0.5, window_s))
+        # The first kill lands early (while the state and recovery stores are being created).
+        time.sleep(rng.uniform(0.05, 0.8) if n == 0 else rng.uniform(0.5, window_s))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
