@@ -83,7 +83,10 @@ class _ApplyRecords(StatefulBatchLogic[Record | Forget, AudienceChange, tuple[in
         self._snapshots: list[int] = []
 
     def _engine(self) -> Engine:
-        return engine_for(self._settings, self._options.state_dir, routing_name(self._options))
+        options = self._options
+        return engine_for(
+            self._settings, options.state_dir, routing_name(options), outbox=options.recovery
+        )
 
     def _redeliver(self) -> list[AudienceChange]:
         if self._resend_after < 0 or self._key < 0:

@@ -26,7 +26,9 @@ _lock = threading.Lock()
 _engines: dict[Path, tuple[Engine, RocksStore]] = {}
 
 
-def engine_for(settings: Settings, state_dir: Path, routing: str | None = None) -> Engine:
+def engine_for(
+    settings: Settings, state_dir: Path, routing: str | None = None, *, outbox: bool = True
+) -> Engine:
     """The process's engine for a state directory. `routing` names how records are keyed
     (offsets and outboxes are per key), checked against what the state was built with."""
     key = state_dir.resolve()
@@ -39,7 +41,9 @@ def engine_for(settings: Settings, state_dir: Path, routing: str | None = None) 
                 except StoreError:
                     store.close()
                     raise
-            _engines[key] = (Engine(settings, store), store)
+            engine = Engine(settings, store)
+            engine.keep_outbox = outbox
+            _engines[key] = (engine, store)
             metrics.watch_state_size(store.size_bytes)
         return _engines[key][0]
 

@@ -125,6 +125,9 @@ class Engine:
             if held
         )
         self.lock = threading.Lock()  # worker threads of one process share this engine
+        # Outputs are kept until a durable snapshot covers them; without Bytewax recovery
+        # nothing would ever prune them, and nothing would resend them either.
+        self.keep_outbox = True
         self._read_ns = 0  # read time of the record being applied, stamped on its changes
         raw = store.get(WATERMARK_KEY)
         self.max_event_ms: int | None = None if raw is None else int(raw)
@@ -225,7 +228,7 @@ class Engine:
 
     def _commit(self, txn: Txn, key: int, out: list[AudienceChange]) -> None:
         """State, offsets, watermark and the outputs, in one atomic write."""
-        if out:
+        if out and self.keep_outbox:
             seq = self.outbox_seq(key)
             for change in out:
                 seq += 1
@@ -235,7 +238,7 @@ class Engine:
         if self.max_event_ms is not None:
             metrics.WATERMARK.set(self.max_event_ms / 1000)
             txn.put(WATERMARK_KEY, str(self.max_event_ms).encode())
-            txn.put_json(PARTITIONS_KEY, self._partition_max)
+            txn.put_json(PARTITIONS_KEY, dict(self._partition_max))
         txn.commit()
 
     def outbox_seq(self, key: int) -> int:
