@@ -56,6 +56,8 @@ class IdentitySettings(_Frozen):
     max_identities_per_cluster: int = Field(default=50, ge=1)
     blocked_values: tuple[str, ...] = DEFAULT_BLOCKED
     max_value_length: int = Field(default=256, ge=1)
+    # Several processes (`-i/-a`): moves of merged profiles between processes travel here.
+    feedback_topic: str = "cdp.identity-feedback"
 
     @field_validator("blocked_values")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -17,18 +18,33 @@ import orjson
 
 from benchmarks.generator import generate, write_files
 from config.settings import ConfigError, Settings, load_settings
-from flows import io
+from flows import feedback, io
 from flows.deliver import deliver
 from flows.pipeline import RunOptions, build_flow, routing_name, wall_clock_ms
 from flows.progress import Progress
-from flows.runtime import check_routing, close_engines, current_engine, engine_for, run_flow
+from flows.runtime import (
+    check_routing,
+    close_engines,
+    current_engine,
+    engine_for,
+    engines_of,
+    run_flow,
+)
 from operators import queries
 from operators.engine import Engine, build_index
 from operators.explain import explain
 from operators.identity import IdentityRules
 from operators.rules import RuleErrors, compile_rules
-from operators.store import WATERMARK_KEY, Keys, StoreError, decode, open_store
-from schemas.records import parse_identity
+from operators.store import (
+    WATERMARK_KEY,
+    Keys,
+    StoreError,
+    decode,
+    open_state,
+    open_store,
+    process_dirs,
+)
+from schemas.records import AudienceChange, parse_identity
 
 
 class UsageError(Exception):
@@ -111,16 +127,37 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--process-id", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("-a", "--addresses", action="append", default=[], help=argparse.SUPPRESS)
+    p.add_argument(
+        "-i", "--process-id", type=int, default=0, help="this process's index in --addresses"
+    )
+    p.add_argument(
+        "-a",
+        "--addresses",
+        action="append",
+        default=[],
+        help="host:port of every process, in order (repeat); several make a cluster whose "
+        "processes share --state-dir and exchange merged profiles over the feedback topic",
+    )
 
 
-def _single_process(args: argparse.Namespace) -> None:
-    if len(args.addresses) > 1 or args.process_id:
-        raise UsageError(
-            "several processes (-i/-a) are not supported yet: identity merges across "
-            "processes need the feedback topic; use --workers N threads in one process"
-        )
+def _cluster_options(args: argparse.Namespace, root: Path, files: bool) -> dict[str, Any]:
+    """RunOptions fields for `-i/-a`: each process keeps its own store under the shared
+    state directory (`process-N/`) and they share the run id and the recovery snapshots."""
+    addresses: list[str] = args.addresses
+    if len(addresses) <= 1:
+        if args.process_id:
+            raise UsageError("--process-id needs --addresses of every process")
+        return {"state_dir": root}
+    if not 0 <= args.process_id < len(addresses):
+        raise UsageError(f"--process-id must be 0..{len(addresses) - 1}")
+    if files:
+        raise UsageError("several processes read Kafka (they exchange merges over it): no --files")
+    return {
+        "state_dir": root / f"process-{args.process_id}",
+        "processes": len(addresses),
+        "process_id": args.process_id,
+        "run": feedback.run_token(root),
+    }
 
 
 def _config_args(
@@ -145,24 +182,60 @@ def _state_dir(args: argparse.Namespace, settings: Settings) -> Path:
     return Path(given) if given is not None else settings.state_dir
 
 
-def _run_flow(settings: Settings, options: RunOptions, *, progress: bool = False) -> None:
+def _run_flow(
+    settings: Settings,
+    options: RunOptions,
+    *,
+    progress: bool = False,
+    addresses: list[str] | None = None,
+) -> None:
     if options.workers < 1:
         raise UsageError("--workers must be at least 1")
     check_routing(options.state_dir, routing_name(options))
     flow = build_flow(settings, options)
-    recovery = options.state_dir / "recovery" if settings.recovery.enabled else None
+    # Several processes share the recovery snapshots (Bytewax resumes them together).
+    root = options.state_dir.parent if options.clustered else options.state_dir
+    recovery = root / "recovery" if settings.recovery.enabled else None
     report = Progress(
         settings, partial(current_engine, options.state_dir), kafka=options.mode == "replay"
     )
+    cluster: dict[str, Any] = {}
+    if options.clustered:
+        cluster = {"addresses": addresses, "process_id": options.process_id}
     try:
-        if progress:
-            with report:
-                run_flow(flow, options.workers, recovery, settings.recovery.epoch_interval_ms)
-        else:
-            run_flow(flow, options.workers, recovery, settings.recovery.epoch_interval_ms)
+        with contextlib.ExitStack() as stack:
+            if options.clustered:
+                stack.enter_context(_feedback_status(settings, options))
+            if progress and not options.clustered:
+                stack.enter_context(report)
+            run_flow(
+                flow,
+                options.workers,
+                recovery,
+                settings.recovery.epoch_interval_ms,
+                **cluster,
+            )
     finally:
         close_engines()
         io.close_files()
+
+
+def _feedback_status(
+    settings: Settings, options: RunOptions
+) -> contextlib.AbstractContextManager[Any]:
+    """Several processes: the feedback topic exists, and (replay) this process reports its
+    work counts on it so the run ends when every process is done."""
+    config = settings.kafka.client_config()
+    feedback.ensure_topic(config, settings.identity.feedback_topic)
+    if options.mode == "live":
+        return contextlib.nullcontext()
+    return feedback.StatusPublisher(
+        config,
+        settings.identity.feedback_topic,
+        options.run,
+        process=options.process_id,
+        counts=lambda: [e.counts for e in engines_of(options.state_dir)],
+    )
 
 
 def _parse_time(text: str) -> int:
@@ -176,42 +249,41 @@ def _parse_time(text: str) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    _single_process(args)
     settings = _settings(args)
+    root = _state_dir(args, settings)
     options = RunOptions(
         mode="files" if args.files else "replay",
-        state_dir=_state_dir(args, settings),
         audience_out=args.audience_out,
         from_ts_ms=_parse_time(args.from_timestamp) if args.from_timestamp else None,
         workers=args.workers,
         recovery=settings.recovery.enabled,
+        **_cluster_options(args, root, args.files),
     )
     started = time.monotonic()
-    _run_flow(settings, options, progress=not args.quiet)
+    _run_flow(settings, options, progress=not args.quiet, addresses=args.addresses)
     print(
-        f"replay finished in {time.monotonic() - started:.1f}s; state in {options.state_dir}",
+        f"replay finished in {time.monotonic() - started:.1f}s; state in {root}",
         file=sys.stderr,
     )
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    _single_process(args)
     settings = _settings(args)
     options = RunOptions(
         mode="live",
-        state_dir=_state_dir(args, settings),
         audience_out=args.audience_out,
         workers=args.workers,
         recovery=settings.recovery.enabled,
+        **_cluster_options(args, _state_dir(args, settings), False),
     )
-    _run_flow(settings, options)
+    _run_flow(settings, options, addresses=args.addresses)
     return 0
 
 
 def _open_read(args: argparse.Namespace) -> tuple[Settings, Any, Keys]:
     settings = load_settings(args.config)
-    store = open_store(_state_dir(args, settings), read_only=True)
+    store = open_state(_state_dir(args, settings))
     return settings, store, Keys(settings.shards)
 
 
@@ -302,11 +374,17 @@ OFFLINE_KEY = 9999  # the outbox key of commands run outside a dataflow
 def cmd_forget(args: argparse.Namespace) -> int:
     settings = _settings(args)
     identity = _normalised(settings, args.identity)
+    if process_dirs(_state_dir(args, settings)):
+        raise UsageError(
+            "this state was built by several processes: send the delete to the privacy topic "
+            "of the running cluster instead"
+        )
     store = open_store(_state_dir(args, settings))
     sent: dict[str, int] = {}
     try:
         engine = Engine(settings, store)
-        changes = engine.forget(OFFLINE_KEY, identity, wall_clock_ms())
+        found = engine.forget(OFFLINE_KEY, identity, wall_clock_ms())
+        changes = None if found is None else [c for c in found if isinstance(c, AudienceChange)]
         if changes:
             sent = deliver(settings, changes)
         engine.prune_outbox(OFFLINE_KEY, engine.outbox_seq(OFFLINE_KEY))

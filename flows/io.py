@@ -31,6 +31,22 @@ STOP = threading.Event()
 PRIVACY_SOURCE = "$privacy"  # the privacy topic's messages (GDPR deletes), not a data source
 
 
+class RawCounts:
+    """What this process's input partitions read, and how many reached their end (several
+    processes end a replay by comparing these with the work done, DESIGN §3)."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self.dropped = 0  # dead letters and records before --from-timestamp
+        self.parts_ended = 0
+
+    def reset(self) -> None:
+        self.read = self.dropped = self.parts_ended = 0
+
+
+RAW = RawCounts()
+
+
 @dataclass(frozen=True, slots=True)
 class FileInput:
     source: str
@@ -112,15 +128,24 @@ class FilesSource(FixedPartitionedSource[Raw, tuple[int, int]]):
 
 
 class _Stoppable(StatefulSourcePartition[Any, Any]):
-    """A source partition that ends when `STOP` is set."""
+    """A source partition that ends when `STOP` is set, counted in `RAW`."""
 
     def __init__(self, inner: StatefulSourcePartition[Any, Any]) -> None:
         self._inner = inner
+        self._ended = False
 
     def next_batch(self) -> Iterable[Any]:
         if STOP.is_set():
             raise StopIteration
-        return self._inner.next_batch()
+        try:
+            batch = list(self._inner.next_batch())
+        except StopIteration:
+            if not self._ended:
+                self._ended = True
+                RAW.parts_ended += 1
+            raise
+        RAW.read += len(batch)
+        return batch
 
     def next_awake(self) -> datetime | None:
         return self._inner.next_awake()

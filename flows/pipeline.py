@@ -1,8 +1,18 @@
 """The dataflow: sources -> decode -> identity/profile/segments -> destinations.
 
+One process (any number of worker threads) applies identity, profile and segments in one step,
+over one engine and store shared by its workers:
 ```
 read ─► decode ─┬─► route_by_identity ─► apply_records ─► render_<dest> ─► <dest>
                 └─► dead letters
+```
+Several processes (`-i/-a`): the identity graph is one Bytewax key, which sees every record;
+profiles and segments are applied on shard keys spread over the processes; a profile that
+merged away moves to its survivor's shard through the feedback topic:
+```
+read ─► decode ─► resolve_identities ─┬─► apply_records ─► destinations
+                        (key: graph)  │    (shard keys)  └─► feedback topic ─┐
+                                      └──────────◄── read_feedback ◄─────────┘
 ```
 `build_flow(settings, options)` is a factory with no side effects; the state store opens on
 the worker when the first record arrives.
@@ -24,15 +34,26 @@ from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import StatefulBatchLogic
 
 from config.settings import Settings
-from flows import io
+from flows import feedback, io
 from flows.runtime import engine_for
 from flows.webhook import WebhookSink
 from operators import metrics
 from operators.decode import Decoder
 from operators.destinations import render
-from operators.engine import Engine
+from operators.engine import GRAPH_KEY, Engine, Output, Role
 from operators.store import shard_of
-from schemas.records import AudienceChange, DeadLetter, Forget, Record
+from schemas.records import (
+    Adopt,
+    AudienceChange,
+    Command,
+    DeadLetter,
+    Drop,
+    Forget,
+    Move,
+    Record,
+    Routed,
+    Tick,
+)
 
 
 def wall_clock_ms() -> int:
@@ -47,12 +68,20 @@ class RunOptions:
     from_ts_ms: int | None = None
     clock: Callable[[], int] = field(default=wall_clock_ms)
     idle_advance_s: float = 1.0  # live mode: event time follows the wall clock this often
-    workers: int = 1
+    workers: int = 1  # worker threads per process
     recovery: bool = True  # Bytewax recovery on: a key with no snapshot re-emits its outbox
+    processes: int = 1
+    process_id: int = 0
+    run: str = ""  # several processes: the run id of the shared state (flows.feedback)
+
+    @property
+    def clustered(self) -> bool:
+        return self.processes > 1
 
 
-class _ApplyRecords(StatefulBatchLogic[Record | Forget, AudienceChange, tuple[int, int]]):
-    """Thin adapter: every call goes to the process's engine.
+class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
+    """Thin adapter: every call goes to the process's engine for `role` ("all": identity,
+    profile and segments in one step; "graph" / "profile": the two steps of several processes).
 
     Bytewax snapshots only `(key, outbox sequence)`. On resume the builder gets the sequence of
     the key's last durable snapshot and the outputs after it are emitted again; a key with no
@@ -69,12 +98,14 @@ class _ApplyRecords(StatefulBatchLogic[Record | Forget, AudienceChange, tuple[in
         self,
         settings: Settings,
         options: RunOptions,
-        route: Callable[[Record | Forget], str],
+        route: Callable[[Any], str],
         resume: tuple[int, int] | None,
+        role: Role = "all",
     ) -> None:
         self._settings = settings
         self._options = options
         self._route = route
+        self._role = role
         if resume is not None:
             self._key, self._resend_after = resume
         else:
@@ -85,42 +116,55 @@ class _ApplyRecords(StatefulBatchLogic[Record | Forget, AudienceChange, tuple[in
     def _engine(self) -> Engine:
         options = self._options
         return engine_for(
-            self._settings, options.state_dir, routing_name(options), outbox=options.recovery
+            self._settings,
+            options.state_dir,
+            routing_name(options),
+            outbox=options.recovery,
+            role=self._role,
         )
 
-    def _redeliver(self) -> list[AudienceChange]:
+    def _redeliver(self) -> list[Output]:
         if self._resend_after < 0 or self._key < 0:
             return []
         seq, self._resend_after = self._resend_after, -1
         return self._engine().outbox_after(self._key, seq)
 
-    def on_batch(self, values: list[Record | Forget]) -> tuple[Iterable[AudienceChange], bool]:
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Output], bool]:
         if self._key < 0:
-            self._key = int(self._route(values[0]))
+            self._key = GRAPH_KEY if self._role == "graph" else int(self._route(values[0]))
         out = self._redeliver()
-        out.extend(self._engine().process(self._key, values, self._options.clock()))
+        engine, wall = self._engine(), self._options.clock()
+        if self._role == "graph":
+            out.extend(engine.route(values, wall))
+        elif self._role == "profile":
+            out.extend(engine.process_commands(self._key, values, wall))
+        else:
+            out.extend(engine.process(self._key, values, wall))
         return out, self.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[AudienceChange], bool]:
+    def on_notify(self) -> tuple[Iterable[Output], bool]:
         out = self._redeliver()
-        if self._options.mode == "live" and self._key >= 0:
+        if self._options.mode == "live" and self._key >= 0 and self._role != "graph":
             wall = self._options.clock()
             out.extend(self._engine().advance(self._key, wall, wall))
         return out, self.RETAIN
 
-    def on_eof(self) -> tuple[Iterable[AudienceChange], bool]:
+    def on_eof(self) -> tuple[Iterable[Output], bool]:
         out = self._redeliver()
         # End of a replay: event time reaches the last event. A live run that stops keeps
         # its event time (the wall clock moves it on when it starts again).
         if self._key >= 0 and self._options.mode != "live":
-            out.extend(self._engine().finish(self._key, self._options.clock()))
+            if self._role == "graph":
+                out.extend(self._engine().finish_route(self._options.clock()))
+            elif self._role == "all":
+                out.extend(self._engine().finish(self._key, self._options.clock()))
         return out, self.RETAIN
 
     def notify_at(self) -> datetime | None:
         now = datetime.now(tz=UTC)
         if self._resend_after >= 0 and self._key >= 0:
             return now  # re-emit the outbox right after a resume
-        if self._options.mode != "live":
+        if self._options.mode != "live" or self._role == "graph":
             return None
         return now + timedelta(seconds=self._options.idle_advance_s)
 
@@ -141,8 +185,16 @@ def _decode(decoder: Decoder, item: io.Raw) -> Record | Forget | DeadLetter:
     else:
         out = decoder.decode(origin, raw, time.time_ns())
     if isinstance(out, DeadLetter):
+        io.RAW.dropped += 1
         metrics.DEAD_LETTERS.labels(origin.source, metrics.reason_kind(out.reason)).inc()
     return out
+
+
+def _after_start(start_ms: int, record: Record | Forget) -> bool:
+    keep = isinstance(record, Forget) or record.ts_ms is None or record.ts_ms >= start_ms
+    if not keep:
+        io.RAW.dropped += 1
+    return keep
 
 
 class _ReadOrder:
@@ -162,7 +214,23 @@ class _ReadOrder:
 
 
 def routing_name(options: RunOptions) -> str:
+    if options.clustered:
+        return f"processes:{options.processes}x{options.workers}"
     return "single" if options.workers <= 1 else "shards"
+
+
+def command_key(shards: int, item: Command) -> str:
+    """The shard key of what the profile step applies: the cluster a command is about."""
+    if isinstance(item, Routed | Drop):
+        target = item.canonical
+    elif isinstance(item, Move):
+        target = item.loser
+    elif isinstance(item, Adopt):
+        target = item.survivor
+    else:
+        assert isinstance(item, Tick)
+        return f"{item.shard:04d}"
+    return f"{shard_of(target, shards):04d}"
 
 
 def router(settings: Settings, workers: int) -> Callable[[Record | Forget], str]:
@@ -181,39 +249,101 @@ def router(settings: Settings, workers: int) -> Callable[[Record | Forget], str]
 
 def build_flow(settings: Settings, options: RunOptions) -> Dataflow:
     flow = Dataflow("cdp")
-    raw = _read(flow, settings, options)
+    records, dead, raw_parts = _records(flow, settings, options)
+    if options.clustered:
+        changes = _apply_on_processes(flow, records, settings, options, raw_parts)
+    else:
+        route = router(settings, options.workers)
+        keyed = op.key_on("route_by_identity", records, route)
+        applied = op.stateful_batch(
+            "apply_records", keyed, lambda resume: _ApplyRecords(settings, options, route, resume)
+        )
+        changes = _only_changes(op.key_rm("unkey_changes", applied))
+    _write_changes(changes, settings, options)
+    _write_dead_letters(dead, settings)
+    return flow
+
+
+def _only_changes(outputs: Stream[Output]) -> Stream[AudienceChange]:
+    """One process emits only audience changes (commands exist with several processes)."""
+    return outputs  # type: ignore[return-value]
+
+
+def _records(
+    flow: Dataflow, settings: Settings, options: RunOptions
+) -> tuple[Stream[Record | Forget], Stream[DeadLetter], Callable[[], int]]:
+    """Decoded records in read order, the dead letters, and a count of input partitions."""
+    raw, raw_parts = _read(flow, settings, options)
     decoder = Decoder.from_settings(settings)
     decoded = op.map("decode", raw, partial(_decode, decoder))
     split = op.branch("split_dead_letters", decoded, lambda x: isinstance(x, Record | Forget))
     records: Stream[Record | Forget] = split.trues  # type: ignore[assignment]
     dead: Stream[DeadLetter] = split.falses  # type: ignore[assignment]
     if options.from_ts_ms is not None:
-        start = options.from_ts_ms
-        records = op.filter(
-            "skip_before_start",
-            records,
-            lambda r: isinstance(r, Forget) or r.ts_ms is None or r.ts_ms >= start,
-        )
-    records = op.map("number_in_read_order", records, _ReadOrder())
-    route = router(settings, options.workers)
-    keyed = op.key_on("route_by_identity", records, route)
-    applied = op.stateful_batch(
-        "apply_records", keyed, lambda resume: _ApplyRecords(settings, options, route, resume)
+        records = op.filter("skip_before_start", records, partial(_after_start, options.from_ts_ms))
+    return op.map("number_in_read_order", records, _ReadOrder()), dead, raw_parts
+
+
+def _apply_on_processes(
+    flow: Dataflow,
+    records: Stream[Record | Forget],
+    settings: Settings,
+    options: RunOptions,
+    raw_parts: Callable[[], int],
+) -> Stream[AudienceChange]:
+    """Identity on one key, profiles on shard keys, moves through the feedback topic."""
+    to_graph = op.key_on("to_graph", records, lambda _r: "graph")
+    graph = op.stateful_batch(
+        "resolve_identities",
+        to_graph,
+        lambda resume: _ApplyRecords(settings, options, lambda _r: "graph", resume, "graph"),
     )
-    changes = op.key_rm("unkey_changes", applied)
-    _write_changes(changes, settings, options)
-    _write_dead_letters(dead, settings)
-    return flow
+    graph_out: Stream[Command] = op.key_rm("unkey_graph", graph)  # type: ignore[arg-type]
+    config = settings.kafka.client_config()
+    topic = settings.identity.feedback_topic
+    ends = None
+    if options.mode != "live":
+        processes = options.processes
+        ends = lambda: feedback.Termination(processes, raw_parts())  # noqa: E731
+    moved = op.input(
+        "read_feedback", flow, feedback.FeedbackSource(dict(config), topic, options.run, ends)
+    )
+    commands = op.merge("commands", graph_out, moved)
+    key = partial(command_key, settings.shards)
+    keyed = op.key_on("to_shard", commands, key)
+    applied = op.stateful_batch(
+        "apply_records",
+        keyed,
+        lambda resume: _ApplyRecords(settings, options, key, resume, "profile"),
+    )
+    outputs = op.key_rm("unkey_outputs", applied)
+    split = op.branch("split_feedback", outputs, lambda x: isinstance(x, AudienceChange))
+    moves: Stream[Adopt] = split.falses  # type: ignore[assignment]
+    run = options.run
+    messages = op.map(
+        "encode_feedback",
+        moves,
+        lambda a: io.keyed_message(
+            f"{a.survivor[0]}:{a.survivor[1]}", feedback.encode_command(run, a)
+        ),
+    )
+    routed = op.key_on("route_feedback", messages, lambda _m: "0")
+    brokers = config.pop("bootstrap.servers")
+    op.output("write_feedback", routed, io.kafka_topic_sink(brokers, topic, config))
+    return split.trues  # type: ignore[return-value]
 
 
-def _read(flow: Dataflow, settings: Settings, options: RunOptions) -> Stream[io.Raw]:
+def _read(
+    flow: Dataflow, settings: Settings, options: RunOptions
+) -> tuple[Stream[io.Raw], Callable[[], int]]:
     if options.mode == "files":
         inputs = [
             io.FileInput(s.name, settings.resolve(s.path)) for s in settings.sources if s.path
         ]
         if not inputs:
             raise ValueError("no source has a 'path': nothing to read with --files")
-        return op.input("read_files", flow, io.FilesSource(inputs))
+        files = io.FilesSource(inputs)
+        return op.input("read_files", flow, files), lambda: len(files.list_parts())
     topics = {s.topic: s.name for s in settings.sources if s.topic}
     if not topics:
         raise ValueError("no source has a 'topic': nothing to read from Kafka")
@@ -228,7 +358,8 @@ def _read(flow: Dataflow, settings: Settings, options: RunOptions) -> Stream[io.
         settings.kafka.bootstrap_servers, list(topics), tail=options.mode == "live", config=config
     )
     messages = op.input("read_kafka", flow, source)
-    return op.map("locate_message", messages, partial(io.kafka_raw, topics))
+    located = op.map("locate_message", messages, partial(io.kafka_raw, topics))
+    return located, lambda: len(source.list_parts())
 
 
 def _write_changes(

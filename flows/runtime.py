@@ -19,33 +19,43 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from config.settings import Settings
 from flows import io
 from operators import metrics
-from operators.engine import Engine
+from operators.engine import Engine, Role
 from operators.store import ROUTING_KEY, RocksStore, StoreError, open_store
 
 _lock = threading.Lock()
-_engines: dict[Path, tuple[Engine, RocksStore]] = {}
+_stores: dict[Path, RocksStore] = {}
+_engines: dict[tuple[Path, Role], Engine] = {}
 
 
 def engine_for(
-    settings: Settings, state_dir: Path, routing: str | None = None, *, outbox: bool = True
+    settings: Settings,
+    state_dir: Path,
+    routing: str | None = None,
+    *,
+    outbox: bool = True,
+    role: Role = "all",
 ) -> Engine:
-    """The process's engine for a state directory. `routing` names how records are keyed
-    (offsets and outboxes are per key), checked against what the state was built with."""
-    key = state_dir.resolve()
+    """The process's engine for a state directory and role (with several processes, the
+    identity step and the profile step have an engine each, over the same store). `routing`
+    names how records are keyed (offsets and outboxes are per key), checked against what the
+    state was built with."""
+    path = state_dir.resolve()
     with _lock:
-        if key not in _engines:
-            store = open_store(key)
+        if path not in _stores:
+            store = open_store(path)
             if routing is not None:
                 try:
-                    _check_routing(store, key, routing)
+                    _check_routing(store, path, routing)
                 except StoreError:
                     store.close()
                     raise
-            engine = Engine(settings, store)
-            engine.keep_outbox = outbox
-            _engines[key] = (engine, store)
+            _stores[path] = store
             metrics.watch_state_size(store.size_bytes)
-        return _engines[key][0]
+        if (path, role) not in _engines:
+            engine = Engine(settings, _stores[path], role=role)
+            engine.keep_outbox = outbox
+            _engines[(path, role)] = engine
+        return _engines[(path, role)]
 
 
 def check_routing(state_dir: Path, routing: str) -> None:
@@ -71,20 +81,33 @@ def _check_routing(store: RocksStore, state_dir: Path, routing: str) -> None:
 
 def current_engine(state_dir: Path) -> Engine | None:
     """The engine of a state directory if a worker has opened it (for progress reports)."""
+    path = state_dir.resolve()
     with _lock:
-        found = _engines.get(state_dir.resolve())
-        return None if found is None else found[0]
+        return _engines.get((path, "all")) or _engines.get((path, "graph"))
+
+
+def engines_of(state_dir: Path) -> list[Engine]:
+    path = state_dir.resolve()
+    with _lock:
+        return [engine for (p, _), engine in _engines.items() if p == path]
 
 
 def close_engines() -> None:
     with _lock:
-        for _, store in _engines.values():
+        for store in _stores.values():
             store.close()
+        _stores.clear()
         _engines.clear()
 
 
 def run_flow(
-    flow: Dataflow, workers: int = 1, recovery_dir: Path | None = None, epoch_ms: int = 1000
+    flow: Dataflow,
+    workers: int = 1,
+    recovery_dir: Path | None = None,
+    epoch_ms: int = 1000,
+    *,
+    addresses: list[str] | None = None,
+    process_id: int | None = None,
 ) -> None:
     """Run in this process with `workers` worker threads until the input ends (or SIGINT /
     SIGTERM, which finish the current epoch and stop). With `recovery_dir`, Bytewax snapshots
@@ -98,9 +121,16 @@ def run_flow(
             shutil.rmtree(fresh, ignore_errors=True)
             fresh.mkdir(parents=True)
             init_db_dir(fresh, 1)  # type: ignore[no-untyped-call]
-            os.replace(fresh, recovery_dir)
+            try:
+                os.replace(fresh, recovery_dir)
+            except OSError:
+                # Another process of the cluster made it first.
+                shutil.rmtree(fresh, ignore_errors=True)
+                if not recovery_dir.exists():
+                    raise
         recovery = RecoveryConfig(str(recovery_dir))  # type: ignore[no-untyped-call]
     io.STOP.clear()
+    io.RAW.reset()
     # The state lives in RocksDB, so the heap is many short-lived dicts: CPython's default
     # collection thresholds spend ~20 % of a replay traversing them (measured, 130k records).
     gc.set_threshold(50_000, 50, 1_000)
@@ -109,6 +139,8 @@ def run_flow(
     try:
         cli_main(  # type: ignore[no-untyped-call]
             flow,
+            addresses=addresses,
+            process_id=process_id,
             workers_per_process=workers,
             epoch_interval=timedelta(milliseconds=epoch_ms),
             recovery_config=recovery,

@@ -24,6 +24,8 @@ from operators.identity import Cluster, IdentityRules, Resolution, profile_id, r
 from operators.rules import compile_rules
 from operators.segments import SegmentIndex, Transition, change_id, evaluate, exit_all, transitions
 from operators.store import (
+    GRAPH_PARTITIONS_KEY,
+    GRAPH_WATERMARK_KEY,
     PARTITIONS_KEY,
     WATERMARK_KEY,
     Keys,
@@ -34,14 +36,28 @@ from operators.store import (
     parse_timer_key,
 )
 from schemas.records import (
+    Adopt,
     AudienceChange,
+    Command,
+    Drop,
     Forget,
+    GraphOutput,
     Identity,
+    Move,
     Record,
+    Routed,
+    Tick,
     identity_str,
     iso_ms,
+    output_from_stored,
     parse_identity,
 )
+
+# The Bytewax key of the identity step when several processes run (its offsets and outbox).
+GRAPH_KEY = 9999
+FEEDBACK_SOURCE = "$feedback"
+GRAPH_SOURCE = "$graph"  # the graph step's output sequence, as a profile step's input offset
+Output = AudienceChange | Command
 
 
 @dataclass
@@ -55,6 +71,19 @@ class EngineStats:
     forgotten: int = 0  # records dropped because their person was deleted (tombstone)
     deleted: int = 0  # clusters deleted (GDPR)
     changes: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class FlowCounts:
+    """Work done in this process, for ending a replay that runs on several processes: it is
+    over when, summed over the processes, every record read was handled by the graph step, every
+    graph output by a profile step and every feedback command by its profile step (DESIGN §3)."""
+
+    raw_out: int = 0  # records the graph step handled (applied or skipped)
+    graph_out: int = 0  # outputs of the graph step
+    graph_done: int = 0  # graph outputs handled by a profile step
+    fb_out: int = 0  # commands sent to the feedback topic
+    fb_done: int = 0  # feedback commands handled
 
 
 class _PartitionRun:
@@ -102,9 +131,26 @@ def build_index(settings: Settings) -> SegmentIndex:
     return SegmentIndex(compile_rules([(s.id, s.rule) for s in settings.segments]))
 
 
+Role = Literal["all", "graph", "profile"]
+
+
 class Engine:
-    def __init__(self, settings: Settings, store: Store, index: SegmentIndex | None = None) -> None:
+    """`role` "all": one process applies everything in one step (`process`). With several
+    processes, a "graph" engine applies the identity graph (`route`) and a "profile" engine
+    (one per process, same store) the profiles and segments (`process_commands`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        index: SegmentIndex | None = None,
+        role: Role = "all",
+    ) -> None:
         self.settings = settings
+        self.role = role
+        graph = role == "graph"
+        self._watermark_key = GRAPH_WATERMARK_KEY if graph else WATERMARK_KEY
+        self._partitions_key = GRAPH_PARTITIONS_KEY if graph else PARTITIONS_KEY
         self.store = store
         self.keys = Keys(settings.shards)
         self.rules = IdentityRules.from_settings(settings)
@@ -116,6 +162,7 @@ class Engine:
             if r.absents or any(a.within_ms is not None for a in r.aggregates)
         }
         self.stats = EngineStats()
+        self.counts = FlowCounts()
         # With no record applied every input has its initial value whatever the time, so
         # which rules hold for an empty profile is known once.
         empty = prof.new_profile()
@@ -129,9 +176,9 @@ class Engine:
         # nothing would ever prune them, and nothing would resend them either.
         self.keep_outbox = True
         self._read_ns = 0  # read time of the record being applied, stamped on its changes
-        raw = store.get(WATERMARK_KEY)
+        raw = store.get(self._watermark_key)
         self.max_event_ms: int | None = None if raw is None else int(raw)
-        parts = store.get(PARTITIONS_KEY)
+        parts = store.get(self._partitions_key)
         self._partition_max: dict[str, int] = {} if parts is None else decode(parts)
         self._runs: dict[str, _PartitionRun] = {}
         self.positions: dict[str, int] = {}  # last offset applied per partition (progress)
@@ -140,6 +187,7 @@ class Engine:
         self._timers: list[tuple[int, str]] = [
             (ts, identity_str(canon))
             for ts, canon in (parse_timer_key(k) for k, _ in store.scan(b"t/"))
+            if not graph
         ]
         heapq.heapify(self._timers)
 
@@ -181,13 +229,11 @@ class Engine:
 
     # -- the step --------------------------------------------------------------------------
 
-    def process(
-        self, key: int, records: Sequence[Record | Forget], wall_ms: int
-    ) -> list[AudienceChange]:
+    def process(self, key: int, records: Sequence[Record | Forget], wall_ms: int) -> list[Output]:
         """Apply the records routed to one Bytewax key, in one WriteBatch."""
         with self.lock:
             txn = Txn(self.store)
-            out: list[AudienceChange] = []
+            out: list[Output] = []
             for record in records:
                 if isinstance(record, Forget):
                     self._forget_command(txn, key, record, wall_ms, out)
@@ -198,7 +244,7 @@ class Engine:
             self._commit(txn, key, out)
             return out
 
-    def finish(self, key: int, wall_ms: int) -> list[AudienceChange]:
+    def finish(self, key: int, wall_ms: int) -> list[Output]:
         """End of input: event time reaches the last event of every partition; timers fire."""
         with self.lock:
             if not self._partition_max:
@@ -207,38 +253,40 @@ class Engine:
             if self.max_event_ms is None or last > self.max_event_ms:
                 self.max_event_ms = last
             txn = Txn(self.store)
-            out: list[AudienceChange] = []
+            out: list[Output] = []
             self._fire_timers(txn, last, wall_ms, out)
             self._commit(txn, key, out)
             return out
 
-    def advance(self, key: int, event_ms: int, wall_ms: int) -> list[AudienceChange]:
+    def advance(self, key: int, event_ms: int, wall_ms: int) -> list[Output]:
         """Move event time forward with no record (live mode: the wall clock)."""
         with self.lock:
             if self.max_event_ms is not None and event_ms <= self.max_event_ms:
                 return []
             self.max_event_ms = event_ms
             txn = Txn(self.store)
-            out: list[AudienceChange] = []
+            out: list[Output] = []
             self._fire_timers(txn, self.now_ms, wall_ms, out)
             self._commit(txn, key, out)
             return out
 
     # -- the outbox: at-least-once output across crashes ------------------------------------
 
-    def _commit(self, txn: Txn, key: int, out: list[AudienceChange]) -> None:
+    def _commit(self, txn: Txn, key: int, out: Sequence[Output]) -> None:
         """State, offsets, watermark and the outputs, in one atomic write."""
-        if out and self.keep_outbox:
+        if out:
             seq = self.outbox_seq(key)
-            for change in out:
+            for item in out:
                 seq += 1
-                txn.put(Keys.outbox(key, seq), encode(change.to_stored()))
+                if self.keep_outbox:
+                    txn.put(Keys.outbox(key, seq), encode(item.to_stored()))
             txn.put(Keys.outbox_seq(key), str(seq).encode())
             self._seqs[key] = seq
         if self.max_event_ms is not None:
-            metrics.WATERMARK.set(self.max_event_ms / 1000)
-            txn.put(WATERMARK_KEY, str(self.max_event_ms).encode())
-            txn.put_json(PARTITIONS_KEY, dict(self._partition_max))
+            if self.role != "graph":
+                metrics.WATERMARK.set(self.max_event_ms / 1000)
+            txn.put(self._watermark_key, str(self.max_event_ms).encode())
+            txn.put_json(self._partitions_key, dict(self._partition_max))
         txn.commit()
 
     def outbox_seq(self, key: int) -> int:
@@ -248,15 +296,13 @@ class Engine:
             self._seqs[key] = 0 if raw is None else int(raw)
         return self._seqs[key]
 
-    def outbox_after(self, key: int, seq: int) -> list[AudienceChange]:
+    def outbox_after(self, key: int, seq: int) -> list[Output]:
         """Outputs after `seq`: what a resumed worker re-emits (consumers dedup by id)."""
         with self.lock:
             start = Keys.outbox(key, seq + 1)
             prefix = Keys.outbox_prefix(key)
             return [
-                AudienceChange.from_stored(decode(raw))
-                for k, raw in self.store.scan(prefix)
-                if k >= start
+                output_from_stored(decode(raw)) for k, raw in self.store.scan(prefix) if k >= start
             ]
 
     def prune_outbox(self, key: int, upto_seq: int) -> None:
@@ -266,7 +312,7 @@ class Engine:
                 self.store.delete_range(Keys.outbox_prefix(key), Keys.outbox(key, upto_seq + 1))
 
     def _process_one(
-        self, txn: Txn, key: int, record: Record, wall_ms: int, out: list[AudienceChange]
+        self, txn: Txn, key: int, record: Record, wall_ms: int, out: list[Output]
     ) -> None:
         origin = record.origin
         part, at_record, after = self._observe(record)  # skipped records count too
@@ -286,7 +332,7 @@ class Engine:
         if after != at_record and self._advance(part, after):
             self._fire_timers(txn, self.now_ms, wall_ms, out)
 
-    def _apply(self, txn: Txn, record: Record, wall_ms: int, out: list[AudienceChange]) -> None:
+    def _apply(self, txn: Txn, record: Record, wall_ms: int, out: list[Output]) -> None:
         origin = record.origin
         if self._forgotten(txn, record):
             self.stats.forgotten += 1
@@ -300,8 +346,6 @@ class Engine:
         self._write_graph(txn, resolution)
         canonical = resolution.canonical
         stored = txn.get_json(self.keys.profile(canonical))
-        # A new profile is evaluated against every rule: some hold for an empty profile
-        # (`profile.phone == null`, `not exists(...)`).
         fresh = stored is None
         profile = prof.new_profile() if stored is None else stored
         if resolution.merges and resolution.cluster is not None:
@@ -313,40 +357,96 @@ class Engine:
             if loser_profile is None:
                 continue
             loser_cluster = losers.get(merge.loser) or Cluster(members=(merge.loser,))
-            _, exits = exit_all(loser_profile["segs"], at_ms)
-            self._emit(
-                out,
+            self._exit_merged(
+                txn,
                 merge.loser,
-                cluster=loser_cluster,
-                profile=loser_profile,
-                changes=exits,
+                loser_cluster,
+                loser_profile,
                 at_ms=at_ms,
                 wall_ms=wall_ms,
-                reason="merge",
+                out=out,
             )
-            self._set_timer(txn, merge.loser, loser_profile.get("timer"), None)
-            txn.delete(self.keys.profile(merge.loser))
             profile = prof.merge_profiles(
                 profile, loser_profile, self.index.aggregates, self.index.absents
             )
+        duplicate = record.kind == "event" and self._duplicate(txn, record)
+        self._apply_to_profile(
+            txn,
+            record,
+            canonical,
+            cluster=resolution.cluster,
+            profile=profile,
+            fresh=fresh,
+            merged=bool(resolution.merges),
+            duplicate=duplicate,
+            at_ms=at_ms,
+            wall_ms=wall_ms,
+            out=out,
+        )
 
+    def _exit_merged(
+        self,
+        txn: Txn,
+        loser: Identity,
+        cluster: Cluster,
+        profile: prof.Profile,
+        *,
+        at_ms: int,
+        wall_ms: int,
+        out: list[Output],
+    ) -> None:
+        """The loser of a merge: its memberships exit (reason `merge`), its profile goes."""
+        _, exits = exit_all(profile["segs"], at_ms)
+        self._emit(
+            out,
+            loser,
+            cluster=cluster,
+            profile=profile,
+            changes=exits,
+            at_ms=at_ms,
+            wall_ms=wall_ms,
+            reason="merge",
+        )
+        self._set_timer(txn, loser, profile.get("timer"), None)
+        txn.delete(self.keys.profile(loser))
+
+    def _duplicate(self, txn: Txn, record: Record) -> bool:
+        """An event whose `_id` was applied before (marks it applied otherwise)."""
+        seen_key = Keys.seen(record.event_id or "")
+        if txn.get(seen_key) is not None:
+            self.stats.duplicates += 1
+            metrics.DUPLICATES.inc()
+            return True
+        txn.put(seen_key, b"")
+        return False
+
+    def _apply_to_profile(
+        self,
+        txn: Txn,
+        record: Record,
+        canonical: Identity,
+        *,
+        cluster: Cluster | None,
+        profile: prof.Profile,
+        fresh: bool,
+        merged: bool,
+        duplicate: bool,
+        at_ms: int,
+        wall_ms: int,
+        out: list[Output],
+    ) -> None:
         # A merged profile is evaluated against every rule. A new one only against the rules
         # true for an empty profile (`profile.phone == null`) and those its record touches.
-        if resolution.merges:
+        if merged:
             which: set[str] = set(self.index.all_ids())
         elif fresh:
             which = set(self._true_when_empty)
         else:
             which = set()
-        retime = fresh or bool(resolution.merges)
-        reason = "merge" if resolution.merges else ""
+        retime = fresh or merged
+        reason = "merge" if merged else ""
         if record.kind == "event":
-            seen_key = Keys.seen(record.event_id or "")
-            if txn.get(seen_key) is not None:
-                self.stats.duplicates += 1
-                metrics.DUPLICATES.inc()
-            else:
-                txn.put(seen_key, b"")
+            if not duplicate:
                 aggs, absents = self.index.candidates(record.event_type or "")
                 profile, changed = prof.apply_event(profile, record, aggs, absents)
                 which |= self.index.affected_by_inputs(changed)
@@ -355,11 +455,11 @@ class Engine:
         else:
             profile, paths = prof.apply_attributes(profile, record)
             which |= self.index.affected_by_attributes(paths)
-            reason = reason or f"profile:{origin.position}"
+            reason = reason or f"profile:{record.origin.position}"
         self._evaluate(
             txn,
             canonical,
-            cluster=resolution.cluster,
+            cluster=cluster,
             profile=profile,
             which=which,
             at_ms=at_ms,
@@ -380,7 +480,7 @@ class Engine:
         at_ms: int,
         wall_ms: int,
         reason: str,
-        out: list[AudienceChange],
+        out: list[Output],
         now_ms: int | None = None,
         retime: bool = True,
     ) -> None:
@@ -393,11 +493,11 @@ class Engine:
             if changes:
                 profile = {**profile, "segs": segs}
                 if cluster is None:
-                    cluster = _Graph(txn, self.keys).cluster(canonical)
+                    cluster = self._cluster_of(txn, canonical, profile)
                 self._emit(
                     out,
                     canonical,
-                    cluster=cluster or Cluster(members=(canonical,)),
+                    cluster=cluster,
                     profile=profile,
                     changes=changes,
                     at_ms=at_ms,
@@ -421,7 +521,7 @@ class Engine:
             txn.put(Keys.timer(new, canonical), b"")
             heapq.heappush(self._timers, (new, identity_str(canonical)))
 
-    def _fire_timers(self, txn: Txn, upto_ms: int, wall_ms: int, out: list[AudienceChange]) -> None:
+    def _fire_timers(self, txn: Txn, upto_ms: int, wall_ms: int, out: list[Output]) -> None:
         while self._timers and self._timers[0][0] <= upto_ms:
             ts, ident = heapq.heappop(self._timers)
             canonical = parse_identity(ident)
@@ -475,19 +575,19 @@ class Engine:
             txn.delete(Keys.tombstone(identity))
         return False
 
-    def forget(self, key: int, identity: Identity, wall_ms: int) -> list[AudienceChange] | None:
+    def forget(self, key: int, identity: Identity, wall_ms: int) -> list[Output] | None:
         """GDPR delete of the whole cluster holding `identity`: identities, profile, event
         summaries, timers and refused-link records go; every membership exits with reason
         `delete`; each identity is tombstoned. None when the identity is unknown."""
         with self.lock:
             txn = Txn(self.store)
-            out: list[AudienceChange] = []
+            out: list[Output] = []
             found = self._forget(txn, identity, wall_ms, out)
             self._commit(txn, key, out)
             return out if found else None
 
     def _forget_command(
-        self, txn: Txn, key: int, command: Forget, wall_ms: int, out: list[AudienceChange]
+        self, txn: Txn, key: int, command: Forget, wall_ms: int, out: list[Output]
     ) -> None:
         origin = command.origin
         offset_key = Keys.offset(key, origin.source, origin.partition)
@@ -497,19 +597,58 @@ class Engine:
         txn.put_json(offset_key, origin.offset)
         self._forget(txn, command.identity, wall_ms, out)
 
-    def _forget(
-        self, txn: Txn, identity: Identity, wall_ms: int, out: list[AudienceChange]
-    ) -> bool:
+    def _forget(self, txn: Txn, identity: Identity, wall_ms: int, out: list[Output]) -> bool:
+        found = self._forget_graph(txn, identity, wall_ms)
+        if found is None:
+            return False
+        canonical, cluster = found
+        self._forget_profile(
+            txn, canonical, cluster, at_ms=self._delete_time(wall_ms), wall_ms=wall_ms, out=out
+        )
+        return True
+
+    def _delete_time(self, wall_ms: int) -> int:
+        return self.max_event_ms if self.max_event_ms is not None else wall_ms
+
+    def _forget_graph(
+        self, txn: Txn, identity: Identity, wall_ms: int
+    ) -> tuple[Identity, Cluster] | None:
+        """The identities, the cluster and its refused-link records go; every member is
+        tombstoned. Returns the deleted cluster, None when the identity is unknown."""
         graph = _Graph(txn, self.keys)
         canonical = graph.canonical(identity)
+        self._tombstones = True
         if canonical is None:
             txn.put_json(Keys.tombstone(identity), {"deleted_at_ms": wall_ms})
-            self._tombstones = True
-            return False
+            return None
         cluster = graph.cluster(canonical) or Cluster(members=(canonical,))
+        txn.delete(self.keys.cluster(canonical))
+        for member in cluster.members:
+            txn.delete(self.keys.pointer(member))
+            # A refused link is filed under both identities: remove both copies.
+            for _, raw in self.store.scan(Keys.conflicts_of(member)):
+                entry = decode(raw)
+                for side in (entry["a"], entry["b"]):
+                    txn.delete(Keys.conflict((side[0], side[1]), entry["position"]))
+            txn.put_json(Keys.tombstone(member), {"deleted_at_ms": wall_ms})
+        self.stats.deleted += 1
+        metrics.DELETES.inc()
+        return canonical, cluster
+
+    def _forget_profile(
+        self,
+        txn: Txn,
+        canonical: Identity,
+        cluster: Cluster,
+        *,
+        at_ms: int,
+        wall_ms: int,
+        out: list[Output],
+    ) -> None:
+        """The profile, its event summaries and timer go, every membership exits (reason
+        `delete`), and earlier outputs naming the person still waiting in an outbox too."""
         stored = txn.get_json(self.keys.profile(canonical))
         if stored is not None:
-            at_ms = self.max_event_ms if self.max_event_ms is not None else wall_ms
             _, exits = exit_all(stored["segs"], at_ms)
             self._emit(
                 out,
@@ -523,27 +662,275 @@ class Engine:
             )
             self._set_timer(txn, canonical, stored.get("timer"), None)
             txn.delete(self.keys.profile(canonical))
-        txn.delete(self.keys.cluster(canonical))
-        for member in cluster.members:
-            txn.delete(self.keys.pointer(member))
-            # A refused link is filed under both identities: remove both copies.
-            for _, raw in self.store.scan(Keys.conflicts_of(member)):
-                entry = decode(raw)
-                for side in (entry["a"], entry["b"]):
-                    txn.delete(Keys.conflict((side[0], side[1]), entry["position"]))
-            txn.put_json(Keys.tombstone(member), {"deleted_at_ms": wall_ms})
-        # Earlier outputs waiting in an outbox name the person too: they must not be sent again.
         members = {f"{ns}:{v}" for ns, v in cluster.members}
         for key, raw in self.store.scan(b"q/"):
             if key.endswith(b"/seq"):
                 continue
-            held = AudienceChange.from_stored(decode(raw)).identities
+            stored_output = decode(raw)
+            if isinstance(stored_output, dict):
+                continue  # a command between the steps, not an output to a destination
+            held = AudienceChange.from_stored(stored_output).identities
             if any(f"{ns}:{v}" in members for ns, values in held.items() for v in values):
                 txn.delete(key)
-        self._tombstones = True
-        self.stats.deleted += 1
-        metrics.DELETES.inc()
-        return True
+
+    # -- several processes: the identity step -------------------------------------------------
+
+    def route(self, records: Sequence[Record | Forget], wall_ms: int) -> list[Output]:
+        """The graph step: apply each record to the identity graph and say where it goes.
+
+        Every record passes through this one key, in read order per partition, so the graph
+        is applied exactly as one worker would. Outputs: `Routed` (the record and its cluster,
+        for the profile step of the cluster's shard), `Move` (a cluster merged away: for the
+        loser's shard) and `Drop` (a GDPR delete)."""
+        with self.lock:
+            txn = Txn(self.store)
+            out: list[Output] = []
+            for record in records:
+                self.counts.raw_out += 1
+                if isinstance(record, Forget):
+                    self._route_forget(txn, record, wall_ms, out)
+                else:
+                    self._route_one(txn, record, out)
+            self.counts.graph_out += len(out)
+            self._commit(txn, GRAPH_KEY, out)
+            return out
+
+    def finish_route(self, wall_ms: int) -> list[Output]:
+        """End of a replay: every shard's event time reaches the last event (timers fire)."""
+        with self.lock:
+            if not self._partition_max:
+                return []
+            last = max(self._partition_max.values())
+            if self.max_event_ms is None or last > self.max_event_ms:
+                self.max_event_ms = last
+            txn = Txn(self.store)
+            out: list[Output] = []
+            for shard in range(self.settings.shards):
+                out.append(Tick(self._next_seq(GRAPH_KEY, out), shard, last))
+            self.counts.graph_out += len(out)
+            self._commit(txn, GRAPH_KEY, out)
+            return out
+
+    def _next_seq(self, key: int, out: Sequence[Output]) -> int:
+        """The outbox sequence the next output of this call will get (see `_commit`)."""
+        return self.outbox_seq(key) + len(out) + 1
+
+    def _route_one(self, txn: Txn, record: Record, out: list[Output]) -> None:
+        origin = record.origin
+        part, at_record, after = self._observe(record)
+        self._advance(part, at_record)
+        offset_key = Keys.offset(GRAPH_KEY, origin.source, origin.partition)
+        applied = txn.get_json(offset_key)
+        if applied is not None and origin.offset <= applied:
+            self.stats.replayed += 1
+            metrics.REPLAYED.inc()
+        else:
+            txn.put_json(offset_key, origin.offset)
+            self.stats.records += 1
+            metrics.APPLIED.inc()
+            self._route_record(txn, record, out)
+        self.positions[part] = max(self.positions.get(part, -1), origin.offset)
+        if after != at_record:
+            self._advance(part, after)
+
+    def _route_record(self, txn: Txn, record: Record, out: list[Output]) -> None:
+        if self._forgotten(txn, record):
+            self.stats.forgotten += 1
+            metrics.FORGOTTEN.inc()
+            return
+        resolution = resolve(
+            _Graph(txn, self.keys),
+            self.rules,
+            record.identities,
+            record.origin.position,
+            record.ts_ms,
+        )
+        self._write_graph(txn, resolution)
+        canonical = resolution.canonical
+        # The members travel only when the cluster changed (the profile step keeps them).
+        members = resolution.cluster.members if resolution.cluster is not None else ()
+        at_ms = record.ts_ms if record.ts_ms is not None else self.now_ms
+        if resolution.merges:
+            metrics.CLUSTER_SIZE.observe(len(members))
+        for merge in resolution.merges:
+            self.stats.merges += 1
+            metrics.LINKS.inc()
+            # Every loser moves to the final survivor (an intermediate survivor lost too).
+            out.append(
+                Move(
+                    self._next_seq(GRAPH_KEY, out),
+                    merge.loser,
+                    canonical,
+                    members,
+                    merge.merge_id,
+                    at_ms,
+                    self.max_event_ms,
+                )
+            )
+        if record.kind == "event" and self._duplicate(txn, record):
+            return
+        out.append(
+            Routed(self._next_seq(GRAPH_KEY, out), canonical, members, self.max_event_ms, record)
+        )
+
+    def _route_forget(self, txn: Txn, command: Forget, wall_ms: int, out: list[Output]) -> None:
+        origin = command.origin
+        offset_key = Keys.offset(GRAPH_KEY, origin.source, origin.partition)
+        applied = txn.get_json(offset_key)
+        if applied is not None and origin.offset <= applied:
+            return
+        txn.put_json(offset_key, origin.offset)
+        found = self._forget_graph(txn, command.identity, wall_ms)
+        if found is not None:
+            canonical, cluster = found
+            at_ms = self._delete_time(wall_ms)
+            out.append(Drop(self._next_seq(GRAPH_KEY, out), canonical, cluster.members, at_ms))
+
+    # -- several processes: the profile step --------------------------------------------------
+
+    def process_commands(self, key: int, items: Sequence[Command], wall_ms: int) -> list[Output]:
+        """The profile step of one shard key: what the graph step routed here, and moved
+        profiles read back from the feedback topic. Emits audience changes and `Adopt`
+        commands (for the feedback topic)."""
+        with self.lock:
+            txn = Txn(self.store)
+            out: list[Output] = []
+            for item in items:
+                if isinstance(item, Adopt):
+                    self._adopt(txn, key, item, wall_ms, out)
+                else:
+                    self._graph_command(txn, key, item, wall_ms, out)
+            self._read_ns = 0
+            self._commit(txn, key, out)
+            return out
+
+    def _graph_command(
+        self, txn: Txn, key: int, item: GraphOutput, wall_ms: int, out: list[Output]
+    ) -> None:
+        self.counts.graph_done += 1
+        # The graph step's outputs reach a key in their order: one sequence is the offset.
+        offset_key = Keys.offset(key, GRAPH_SOURCE, 0)
+        applied = txn.get_json(offset_key)
+        if applied is not None and item.seq <= applied:
+            self.stats.replayed += 1
+            return
+        txn.put_json(offset_key, item.seq)
+        if isinstance(item, Drop):
+            cluster = Cluster(members=item.members)
+            self._forget_profile(
+                txn, item.canonical, cluster, at_ms=item.at_ms, wall_ms=wall_ms, out=out
+            )
+            return
+        self._advance_to(txn, item.event_ms, wall_ms, out)
+        if isinstance(item, Move):
+            self._move(txn, item, wall_ms, out)
+        elif isinstance(item, Routed):
+            self._routed(txn, item, wall_ms, out)
+
+    def _advance_to(self, txn: Txn, event_ms: int | None, wall_ms: int, out: list[Output]) -> None:
+        """Event time as the graph step saw it: timers up to it fire."""
+        if event_ms is None or (self.max_event_ms is not None and event_ms <= self.max_event_ms):
+            return
+        self.max_event_ms = event_ms
+        self._fire_timers(txn, self.now_ms, wall_ms, out)
+
+    def _routed(self, txn: Txn, item: Routed, wall_ms: int, out: list[Output]) -> None:
+        record = item.record
+        self._read_ns = record.read_ns
+        self.stats.records += 1
+        stored = txn.get_json(self.keys.profile(item.canonical))
+        fresh = stored is None
+        profile = prof.new_profile() if stored is None else stored
+        if item.members:
+            profile = self._with_members(profile, item.members)
+        at_ms = record.ts_ms if record.ts_ms is not None else self.now_ms
+        self._apply_to_profile(
+            txn,
+            record,
+            item.canonical,
+            cluster=None,
+            profile=profile,
+            fresh=fresh,
+            merged=False,
+            duplicate=False,
+            at_ms=at_ms,
+            wall_ms=wall_ms,
+            out=out,
+        )
+
+    def _move(self, txn: Txn, move: Move, wall_ms: int, out: list[Output]) -> None:
+        """The loser's side of a merge: exits, then the profile leaves through the feedback
+        topic. A forwarding pointer stays, for moves into this profile still on their way."""
+        self._read_ns = 0
+        txn.put_json(Keys.forward(move.loser), identity_str(move.survivor))
+        loser = txn.get_json(self.keys.profile(move.loser))
+        if loser is None:
+            return
+        cluster = self._cluster_of(txn, move.loser, loser)
+        self._exit_merged(
+            txn, move.loser, cluster, loser, at_ms=move.at_ms, wall_ms=wall_ms, out=out
+        )
+        self.counts.fb_out += 1
+        shipped = {**loser, "timer": None}
+        out.append(Adopt(move.survivor, move.members, move.merge_id, shipped, move.at_ms))
+
+    def _adopt(self, txn: Txn, key: int, adopt: Adopt, wall_ms: int, out: list[Output]) -> None:
+        """The survivor's side: merge the moved profile in once, re-evaluate every segment."""
+        self.counts.fb_done += 1
+        origin = adopt.origin
+        if origin is not None:
+            offset_key = Keys.offset(key, origin.source, origin.partition)
+            applied = txn.get_json(offset_key)
+            if applied is not None and origin.offset <= applied:
+                self.stats.replayed += 1
+                return
+            txn.put_json(offset_key, origin.offset)
+        self._read_ns = 0
+        onward = txn.get_json(Keys.forward(adopt.survivor))
+        if onward is not None:  # the survivor merged away meanwhile: follow it
+            self.counts.fb_out += 1
+            target = parse_identity(onward)
+            out.append(Adopt(target, adopt.members, adopt.merge_id, adopt.profile, adopt.at_ms))
+            return
+        merged_key = Keys.merged(adopt.merge_id)
+        if txn.get(merged_key) is not None:
+            return
+        txn.put(merged_key, b"")
+        stored = txn.get_json(self.keys.profile(adopt.survivor))
+        profile = prof.merge_profiles(
+            prof.new_profile() if stored is None else stored,
+            adopt.profile,
+            self.index.aggregates,
+            self.index.absents,
+        )
+        profile = self._with_members(profile, adopt.members)
+        self._evaluate(
+            txn,
+            adopt.survivor,
+            cluster=None,
+            profile=profile,
+            which=set(self.index.all_ids()),
+            at_ms=adopt.at_ms,
+            wall_ms=wall_ms,
+            reason="merge",
+            out=out,
+        )
+
+    def _with_members(self, profile: prof.Profile, members: Sequence[Identity]) -> prof.Profile:
+        """The profile step's copy of its cluster's members (they only grow)."""
+        held = {(m[0], m[1]) for m in profile.get("ids", ())}
+        if held.issuperset(members):
+            return profile
+        union = sorted(held.union(members), key=self.rules.sort_key)
+        return {**profile, "ids": [list(m) for m in union]}
+
+    def _cluster_of(self, txn: Txn, canonical: Identity, profile: prof.Profile) -> Cluster:
+        """Who a profile is, for outputs: the profile step's copy of the members with several
+        processes, else the graph."""
+        ids = profile.get("ids")
+        if ids:
+            return Cluster(members=tuple((m[0], m[1]) for m in ids))
+        return _Graph(txn, self.keys).cluster(canonical) or Cluster(members=(canonical,))
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -564,7 +951,7 @@ class Engine:
 
     def _emit(
         self,
-        out: list[AudienceChange],
+        out: list[Output],
         canonical: Identity,
         *,
         cluster: Cluster,

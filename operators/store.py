@@ -26,6 +26,7 @@ writes, and `commit` applies everything, offsets included, as one atomic WriteBa
 
 from __future__ import annotations
 
+import heapq
 import zlib
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
@@ -41,6 +42,8 @@ FORMAT_VERSION = b"1"
 FORMAT_KEY = b"meta/format"
 WATERMARK_KEY = b"meta/watermark"
 PARTITIONS_KEY = b"meta/partitions"
+GRAPH_WATERMARK_KEY = b"meta/graph-watermark"  # the identity step's, with several processes
+GRAPH_PARTITIONS_KEY = b"meta/graph-partitions"
 ROUTING_KEY = b"meta/routing"
 
 
@@ -151,8 +154,49 @@ class RocksStore:
         self._db.close()
 
 
+def process_dirs(state_dir: Path) -> list[Path]:
+    """The per-process state directories of a run on several processes (empty otherwise)."""
+    return sorted(p.parent for p in state_dir.glob("process-*/rocksdb"))
+
+
 def open_store(state_dir: Path, *, read_only: bool = False) -> RocksStore:
     return RocksStore(state_dir / "rocksdb", read_only=read_only)
+
+
+def open_state(state_dir: Path) -> Store:
+    """Read-only view of a state directory: one store, or the union of the stores of a run on
+    several processes (the graph is in one of them, each profile in exactly one)."""
+    parts = process_dirs(state_dir)
+    if not parts or (state_dir / "rocksdb").exists():
+        return open_store(state_dir, read_only=True)
+    return UnionStore([open_store(p, read_only=True) for p in parts])
+
+
+class UnionStore:
+    """Reads over several stores whose keys do not overlap (or agree where they do)."""
+
+    def __init__(self, stores: list[RocksStore]) -> None:
+        self._stores = stores
+
+    def get(self, key: bytes) -> bytes | None:
+        for store in self._stores:
+            value = store.get(key)
+            if value is not None:
+                return value
+        return None
+
+    def write(self, changes: Mapping[bytes, bytes | None]) -> None:
+        raise StoreError("the state of several processes is read-only here")
+
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        return heapq.merge(*(store.scan(prefix) for store in self._stores))
+
+    def delete_range(self, start: bytes, end: bytes) -> None:
+        raise StoreError("the state of several processes is read-only here")
+
+    def close(self) -> None:
+        for store in self._stores:
+            store.close()
 
 
 def shard_of(identity: Identity, shards: int) -> int:
@@ -218,6 +262,16 @@ class Keys:
     @staticmethod
     def tombstone(identity: Identity) -> bytes:
         return f"d/{identity_str(identity)}".encode()
+
+    @staticmethod
+    def forward(canonical: Identity) -> bytes:
+        """Where a profile that merged away went (several processes: late moves follow it)."""
+        return f"f/{identity_str(canonical)}".encode()
+
+    @staticmethod
+    def merged(merge_id: str) -> bytes:
+        """A moved profile already merged in (several processes: moves are idempotent)."""
+        return f"m/{merge_id}".encode()
 
     @staticmethod
     def timer(ts_ms: int, canonical: Identity) -> bytes:

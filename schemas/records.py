@@ -157,3 +157,190 @@ def iso_ms(ms: int) -> str:
     text = dt.strftime("%Y-%m-%dT%H:%M:%S")
     frac = ms % 1000
     return f"{text}.{frac:03d}Z" if frac else f"{text}Z"
+
+
+# -- several processes: what the identity step sends the profile step, and the feedback topic --
+#
+# With several processes the identity graph is applied by one Bytewax key (`graph`), which sees
+# every record in order, and profiles live on shard keys spread over the processes. The graph
+# step's outputs carry its output sequence `seq`, so a profile step skips what it has applied
+# when they are sent again after a crash. `Adopt` is what a profile step sends another one, which
+# Bytewax cannot do without a cycle: it goes through the feedback Kafka topic.
+
+
+def record_to_stored(r: Record) -> list[Any]:
+    o = r.origin
+    return [
+        o.source, o.partition, o.offset, r.source_index, r.kind, r.priority,
+        [list(i) for i in r.identities], r.body, r.ts_ms, r.event_id, r.event_type,
+        r.read_ns, r.seq,
+    ]  # fmt: skip
+
+
+def record_from_stored(d: list[Any]) -> Record:
+    return Record(
+        Origin(d[0], d[1], d[2]),
+        d[3],
+        d[4],
+        d[5],
+        tuple((i[0], i[1]) for i in d[6]),
+        d[7],
+        d[8],
+        d[9],
+        d[10],
+        d[11],
+        d[12],
+    )
+
+
+def _ids(members: Any) -> tuple[Identity, ...]:
+    return tuple((m[0], m[1]) for m in members)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A record and the cluster it belongs to, after the graph applied it."""
+
+    seq: int
+    canonical: Identity
+    members: tuple[Identity, ...]  # the cluster after this record
+    event_ms: int | None  # the graph step's event time (watermark) at this record
+    record: Record
+
+    def to_stored(self) -> dict[str, Any]:
+        return {
+            "cmd": "routed",
+            "seq": self.seq,
+            "canonical": list(self.canonical),
+            "members": [list(m) for m in self.members],
+            "event_ms": self.event_ms,
+            "record": record_to_stored(self.record),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """The cluster `loser` merged into `survivor`: the loser's profile must move there."""
+
+    seq: int
+    loser: Identity
+    survivor: Identity
+    members: tuple[Identity, ...]  # the merged cluster
+    merge_id: str
+    at_ms: int
+    event_ms: int | None
+
+    def to_stored(self) -> dict[str, Any]:
+        return {
+            "cmd": "move",
+            "seq": self.seq,
+            "loser": list(self.loser),
+            "survivor": list(self.survivor),
+            "members": [list(m) for m in self.members],
+            "merge_id": self.merge_id,
+            "at_ms": self.at_ms,
+            "event_ms": self.event_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """GDPR delete: the cluster `canonical` is gone from the graph; its profile must go."""
+
+    seq: int
+    canonical: Identity
+    members: tuple[Identity, ...]
+    at_ms: int
+
+    def to_stored(self) -> dict[str, Any]:
+        return {
+            "cmd": "drop",
+            "seq": self.seq,
+            "canonical": list(self.canonical),
+            "members": [list(m) for m in self.members],
+            "at_ms": self.at_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Event time for one shard key (end of a replay: every timer up to it fires)."""
+
+    seq: int
+    shard: int
+    event_ms: int
+
+    def to_stored(self) -> dict[str, Any]:
+        return {"cmd": "tick", "seq": self.seq, "shard": self.shard, "event_ms": self.event_ms}
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """A moved profile for `survivor` to merge in (idempotent by `merge_id`). `origin` is its
+    place in the feedback topic once read back (None while on its way out)."""
+
+    survivor: Identity
+    members: tuple[Identity, ...]
+    merge_id: str
+    profile: dict[str, Any]
+    at_ms: int
+    origin: Origin | None = None
+
+    def to_stored(self) -> dict[str, Any]:
+        return {
+            "cmd": "adopt",
+            "survivor": list(self.survivor),
+            "members": [list(m) for m in self.members],
+            "merge_id": self.merge_id,
+            "profile": self.profile,
+            "at_ms": self.at_ms,
+        }
+
+
+GraphOutput = Routed | Move | Drop | Tick
+Command = GraphOutput | Adopt
+
+
+def command_from_stored(d: dict[str, Any], origin: Origin | None = None) -> Command:
+    kind = d["cmd"]
+    if kind == "routed":
+        return Routed(
+            d["seq"],
+            (d["canonical"][0], d["canonical"][1]),
+            _ids(d["members"]),
+            d["event_ms"],
+            record_from_stored(d["record"]),
+        )
+    if kind == "move":
+        return Move(
+            d["seq"],
+            (d["loser"][0], d["loser"][1]),
+            (d["survivor"][0], d["survivor"][1]),
+            _ids(d["members"]),
+            d["merge_id"],
+            d["at_ms"],
+            d["event_ms"],
+        )
+    if kind == "drop":
+        return Drop(
+            d["seq"], (d["canonical"][0], d["canonical"][1]), _ids(d["members"]), d["at_ms"]
+        )
+    if kind == "tick":
+        return Tick(d["seq"], d["shard"], d["event_ms"])
+    if kind == "adopt":
+        return Adopt(
+            (d["survivor"][0], d["survivor"][1]),
+            _ids(d["members"]),
+            d["merge_id"],
+            d["profile"],
+            d["at_ms"],
+            origin,
+        )
+    raise ValueError(f"unknown command {kind!r}")
+
+
+def output_from_stored(data: Any) -> AudienceChange | Command:
+    """An outbox entry: an audience change (a list) or a command (a dict)."""
+    if isinstance(data, dict):
+        return command_from_stored(data)
+    return AudienceChange.from_stored(data)

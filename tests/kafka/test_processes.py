@@ -1,0 +1,191 @@
+"""Two processes (`-i/-a`) against one process, over the same Kafka topics (DESIGN §2-3).
+
+The identity graph runs on one key of one process, profiles on shard keys spread over both, and
+profiles that merged away move through the feedback topic. For conflict-free input the graph
+and the profiles equal a one-process run; where links conflict (shared tablets), only the
+clusters they touch may differ, and none breaks a unique namespace. The clusters also equal the
+independent offline union-find of tests/flow/test_identity_oracle.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from benchmarks.generator import generate, write_files
+from tests.flow.test_identity_oracle import offline_clusters, records
+from tests.helpers import ROOT, export, read_jsonl
+from tests.kafka_broker import create_topics, produce
+
+pytestmark = pytest.mark.kafka
+
+SOURCES = ("crm", "loyalty", "web", "voice", "store")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ecid_key(value: bytes) -> bytes | None:
+    ids = orjson.loads(value).get("identityMap", {}).get("ECID") or [{}]
+    ecid = ids[0].get("id")
+    return ecid.encode() if isinstance(ecid, str) else None
+
+
+@pytest.fixture(scope="module")
+def topics(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The demo stream in five topics (web in two partitions, keyed by device) and the
+    records as the one-process run reads them, for the oracle."""
+    prefix = f"procs{tmp_path_factory.mktemp('p').name[-6:]}."
+    stream = generate(1500, 20000, seed=9)
+    assert stream.truth["shared_devices"]
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    for src in config["sources"]:
+        src["topic"] = prefix + src["name"]
+        src.pop("path", None)
+    config["destinations"] = []
+    config["dead_letters"] = {"kind": "kafka", "topic": prefix + "dead"}
+    config["kafka"] = {"bootstrap_servers": kafka_bootstrap}
+    config["recovery"] = {"epoch_interval_ms": 200}
+    create_topics(kafka_bootstrap, [prefix + n for n in SOURCES if n != "web"] + [prefix + "dead"])
+    create_topics(kafka_bootstrap, [prefix + "web"], partitions=2)
+    for name in SOURCES:
+        rows = getattr(stream, name)
+        values = [orjson.dumps(r) for r in rows]
+        produce(kafka_bootstrap, prefix + name, values, _ecid_key if name == "web" else None)
+    return {"config": config, "stream": stream, "prefix": prefix}
+
+
+def _config(tmp: Path, base: dict[str, Any], feedback: str) -> Path:
+    data = {**base, "identity": {**base.get("identity", {}), "feedback_topic": feedback}}
+    path = tmp / f"{feedback}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _replay(config: Path, state: Path, out: Path, *cluster: str) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable, "-m", "flows.cli", "replay", "--config", str(config),
+        "--state-dir", str(state), "--audience-out", str(out), "--quiet", *cluster,
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
+
+
+def _finish(proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err.decode()[-3000:]
+
+
+def _clusters(profiles: list[dict[str, Any]]) -> set[frozenset[tuple[str, str]]]:
+    return {frozenset((ns, v) for ns, vs in p["identities"].items() for v in vs) for p in profiles}
+
+
+def _view(p: dict[str, Any]) -> tuple[Any, ...]:
+    """Attributes, memberships and event counts. A segment a profile left is listed as
+    `exited`; which ones are listed depends on the path the merges took, so only the
+    memberships held are compared."""
+    segments = {s for s, v in p["segments"].items() if v["status"] == "entered"}
+    return (orjson.dumps(p["attributes"], option=orjson.OPT_SORT_KEYS), segments, p["events"])
+
+
+def test_two_processes_equal_one(topics: dict[str, Any], tmp_path: Path) -> None:
+    base = topics["config"]
+    prefix = topics["prefix"]
+    one_cfg = _config(tmp_path, base, prefix + "feedback-one")
+    _finish(_replay(one_cfg, tmp_path / "one", tmp_path / "one.jsonl"))
+
+    two_cfg = _config(tmp_path, base, prefix + "feedback-two")
+    ports = [_free_port(), _free_port()]
+    addresses = [a for port in ports for a in ("-a", f"127.0.0.1:{port}")]
+    procs = [
+        _replay(two_cfg, tmp_path / "two", tmp_path / f"two-{i}.jsonl", "-i", str(i), *addresses)
+        for i in range(2)
+    ]
+    for proc in procs:
+        _finish(proc)
+
+    one = export(one_cfg, tmp_path / "one", tmp_path, "one-export.jsonl")
+    two = export(two_cfg, tmp_path / "two", tmp_path, "two-export.jsonl")
+    # Both processes hold profiles: the work was really spread.
+    per_process = [
+        len(export(two_cfg, d, tmp_path, f"{d.name}.jsonl"))
+        for d in sorted((tmp_path / "two").glob("process-*"))
+    ]
+    assert len(per_process) == 2 and min(per_process) > 0.2 * len(two), per_process
+
+    unique = {ns["name"] for ns in base["namespaces"] if ns.get("unique")}
+    for cluster in _clusters(two):
+        for u in unique:
+            assert sum(1 for ns, _ in cluster if ns == u) <= 1
+
+    # Clusters touched by a refused link may differ (which link wins depends on arrival
+    # order); everything else is equal, clusters and profiles alike.
+    c1, c2 = _clusters(one), _clusters(two)
+    touched: set[tuple[str, str]] = set()
+    for c in c1 ^ c2:
+        touched |= c
+    members = sum(len(c) for c in c1)
+    assert len(touched) < 0.05 * members
+    calm_one = {c for c in c1 if not c & touched}
+    calm_two = {c for c in c2 if not c & touched}
+    assert calm_one == calm_two
+    merged = [c for c in calm_one if len(c) > 1]
+    assert len(merged) > 500, "the data links many identities"
+    view_one = {_clusters([p]).pop(): _view(p) for p in one}
+    view_two = {_clusters([p]).pop(): _view(p) for p in two}
+    differ = [c for c in calm_one if view_one[c] != view_two[c]]
+    assert differ == [], f"{len(differ)} of {len(calm_one)} profiles differ"
+
+    # The change streams of both processes fold to the exported memberships.
+    changes = read_jsonl(tmp_path / "two-0.jsonl") + read_jsonl(tmp_path / "two-1.jsonl")
+    state: dict[tuple[str, str], tuple[int, str]] = {}
+    for c in changes:
+        key = (c["profile_id"], c["segment_id"])
+        if key not in state or c["sequence"] > state[key][0]:
+            state[key] = (c["sequence"], c["status"])
+    folded = {k for k, (_, status) in state.items() if status == "entered"}
+    exported = {
+        (p["profile_id"], s)
+        for p in two
+        for s, v in p["segments"].items()
+        if v["status"] == "entered"
+    }
+    assert folded == exported
+
+
+def test_two_processes_match_the_offline_union_find(topics: dict[str, Any], tmp_path: Path) -> None:
+    """The identity oracle over the records as both runs read them: calm clusters equal."""
+    base = topics["config"]
+    cfg = _config(tmp_path, base, topics["prefix"] + "feedback-oracle")
+    ports = [_free_port(), _free_port()]
+    addresses = [a for port in ports for a in ("-a", f"127.0.0.1:{port}")]
+    procs = [
+        _replay(cfg, tmp_path / "s", tmp_path / f"c{i}.jsonl", "-i", str(i), *addresses)
+        for i in range(2)
+    ]
+    for proc in procs:
+        _finish(proc)
+    engine = _clusters(export(cfg, tmp_path / "s", tmp_path))
+
+    # The oracle reads the generated files in source order.
+    files = tmp_path / "files"
+    files.mkdir()
+    write_files(topics["stream"], files, junk=False)
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    unique = {ns["name"] for ns in demo["namespaces"] if ns.get("unique")}
+    expected, refused = offline_clusters(records(demo, files), unique, 50)
+    assert refused > 0
+    touched: set[tuple[str, str]] = set()
+    for c in expected ^ engine:
+        touched |= c
+    assert len(touched) < 0.05 * sum(len(c) for c in expected)
+    assert {c for c in engine if not c & touched} == {c for c in expected if not c & touched}
