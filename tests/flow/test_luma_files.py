@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from operators.store import open_store
+from tests.flow.test_identity_oracle import offline_clusters, records
 from tests.helpers import (
     alternate,
     by_identity,
@@ -103,6 +105,25 @@ def test_profile_counts_and_uniqueness(luma_run: dict[str, Any]) -> None:
         for ns in ("CRMID", "LoyaltyId", "Email"):
             assert len(p["identities"].get(ns, [])) <= 1, p["profile_id"]
     assert sum(p["events"]["count"] for p in profiles) == 1000
+
+
+def test_profiles_are_the_connected_components_of_the_identities(
+    luma_run: dict[str, Any],
+) -> None:
+    """Issue #3: the profile count equals the number of connected components of the non-null
+    identities (the Luma data has no conflicting links), computed offline from the files."""
+    config = yaml.safe_load(luma_run["config"].read_text())
+    for src in config["sources"]:
+        src["path"] = str((luma_run["config"].parent / src["path"]).resolve())
+    unique = {ns["name"] for ns in config["namespaces"] if ns.get("unique")}
+    expected, refused = offline_clusters(records(config, Path("/")), unique, 10**9)
+    assert refused == 0
+    engine = {
+        frozenset((ns, v) for ns, vs in p["identities"].items() for v in vs)
+        for p in luma_run["profiles"]
+    }
+    assert len(luma_run["profiles"]) == len(expected)
+    assert engine == expected
 
 
 def test_gold_buyers_match_an_independent_computation(

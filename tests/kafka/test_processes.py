@@ -9,9 +9,11 @@ independent offline union-find of tests/flow/test_identity_oracle.py.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import yaml
 from benchmarks.generator import generate, write_files
 from tests.flow.test_identity_oracle import offline_clusters, records
 from tests.helpers import ROOT, export, read_jsonl
-from tests.kafka_broker import create_topics, produce
+from tests.kafka_broker import consume_all, create_topics, produce
 
 pytestmark = pytest.mark.kafka
 
@@ -189,3 +191,96 @@ def test_two_processes_match_the_offline_union_find(topics: dict[str, Any], tmp_
         touched |= c
     assert len(touched) < 0.05 * sum(len(c) for c in expected)
     assert {c for c in engine if not c & touched} == {c for c in expected if not c & touched}
+
+
+LIVE_CONFIG = """\
+namespaces:
+  - {{name: Email, unique: true, normalize: email}}
+  - {{name: ECID}}
+identity: {{feedback_topic: {p}feedback}}
+sources:
+  - {{name: web, kind: event, topic: {p}web}}
+segments:
+  - id: browsers
+    rule: 'count(event.eventType == "web.webpagedetails.pageViews") >= 2'
+destinations:
+  - {{name: changes, kind: kafka, topic: {p}changes}}
+dead_letters: {{kind: kafka, topic: {p}dead}}
+kafka: {{bootstrap_servers: "{bootstrap}"}}
+recovery: {{epoch_interval_ms: 200}}
+"""
+
+
+def _view_event(i: int, ecid: str, email: str | None = None) -> bytes:
+    ids: dict[str, Any] = {"ECID": [{"id": ecid}]}
+    if email:
+        ids["Email"] = [{"id": email}]
+    kind = "userAccount.login" if email else "web.webpagedetails.pageViews"
+    return orjson.dumps(
+        {"_id": f"e{i}", "timestamp": 1_700_000_000_000 + i, "eventType": kind, "identityMap": ids}
+    )
+
+
+def test_two_live_workers_move_merged_profiles(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """Each person browses anonymously once, logs in (the device's profile merges into the
+    person's), and browses once more: `browsers` (2 page views) needs both halves, so it is
+    entered only where the anonymous profile reached the person's, also across processes."""
+    p = topic_prefix
+    create_topics(kafka_bootstrap, [f"{p}web", f"{p}changes", f"{p}dead"])
+    create_topics(kafka_bootstrap, [f"{p}web"], partitions=2)
+    config = tmp_path / "cdp.yaml"
+    config.write_text(LIVE_CONFIG.format(p=p, bootstrap=kafka_bootstrap))
+    people = 12
+    ports = [_free_port(), _free_port()]
+    addresses = [a for port in ports for a in ("-a", f"127.0.0.1:{port}")]
+
+    def start(i: int) -> subprocess.Popen[bytes]:
+        cmd = [
+            sys.executable, "-m", "flows.cli", "run", "--config", str(config),
+            "--state-dir", str(tmp_path / "state"), "-i", str(i), *addresses,
+        ]  # fmt: skip
+        return subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
+
+    workers = [start(0), start(1)]
+    try:
+        values = []
+        for n in range(people):
+            values.append(_view_event(3 * n, f"dev-{n}"))
+            values.append(_view_event(3 * n + 1, f"dev-{n}", email=f"P{n}@Example.com"))
+            values.append(_view_event(3 * n + 2, f"dev-{n}"))
+        produce(
+            kafka_bootstrap, f"{p}web", values, key_fn=lambda v: orjson.loads(v)["_id"].encode()
+        )
+        deadline = time.monotonic() + 90
+        entered: set[str] = set()
+        while time.monotonic() < deadline and len(entered) < people:
+            for worker in workers:
+                assert worker.poll() is None, (
+                    worker.stderr.read() if worker.stderr else b""
+                ).decode()
+            changes = [
+                orjson.loads(v) for v in consume_all(kafka_bootstrap, f"{p}changes", timeout_s=2)
+            ]
+            entered = {
+                c["identities"]["Email"][0]
+                for c in changes
+                if c["status"] == "entered" and "Email" in c["identities"]
+            }
+        assert entered == {f"p{n}@example.com" for n in range(people)}
+        moved = [
+            v for v in consume_all(kafka_bootstrap, f"{p}feedback", timeout_s=2) if b'"adopt"' in v
+        ]
+        assert moved, "some merged profiles moved between shards through the feedback topic"
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            _, err = worker.communicate(timeout=60)
+            assert worker.returncode == 0, err.decode()[-3000:]
+    profiles = export(config, tmp_path / "state", tmp_path)
+    persons = [pr for pr in profiles if "Email" in pr["identities"]]
+    assert len(persons) == people
+    assert all(pr["events"]["count"] == 3 and len(pr["identities"]["ECID"]) == 1 for pr in persons)
+    assert len(profiles) == people  # no anonymous profile was left behind
