@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -51,11 +52,15 @@ def bench_config(base: Path, out: Path, prefix: str, bootstrap: str, **extra: An
 
 
 class PeakRss:
-    """Polls a child process's resident memory (VmRSS) and keeps the peak, in MB."""
+    """Polls a child process's resident memory (VmRSS) and keeps the peak, in MB; and its CPU
+    time (user + system, last seen), in seconds."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
 
     def __init__(self, pid: int, every_s: float = 0.2) -> None:
         self.pid = pid
         self.peak_mb = 0.0
+        self.cpu_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
         self._thread.start()
@@ -67,6 +72,8 @@ class PeakRss:
                 for line in status.read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         self.peak_mb = max(self.peak_mb, int(line.split()[1]) / 1024)
+                fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                self.cpu_s = (int(fields[11]) + int(fields[12])) / self.TICK
             except (OSError, ValueError):
                 return
             self._stop.wait(every_s)
@@ -91,3 +98,37 @@ def run_timed(cmd: Sequence[str], timeout_s: float) -> tuple[float, float, str]:
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{text[-3000:]}")
     return seconds, peak, text[-500:]
+
+
+def run_cluster(
+    cmds: Sequence[Sequence[str]], timeout_s: float
+) -> tuple[float, list[float], list[float]]:
+    """Run the processes of one cluster together; (seconds until the last ends, peak RSS of
+    each in MB, CPU seconds of each). Raises if any fails."""
+    started = time.monotonic()
+    procs = [
+        subprocess.Popen(list(c), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for c in cmds
+    ]
+    watches = [PeakRss(proc.pid, every_s=0.05) for proc in procs]
+    errors: list[str] = []
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=timeout_s)
+            errors.append(err.decode(errors="replace"))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        peaks = [w.stop() for w in watches]
+    seconds = time.monotonic() - started
+    for cmd, proc, text in zip(cmds, procs, errors, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{text[-3000:]}")
+    return seconds, peaks, [round(w.cpu_s, 1) for w in watches]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -2,8 +2,13 @@
 ceiling, a bare loop that only consumes the same topics and parses each value with orjson.
 
     python -m benchmarks.throughput --profiles 100000 --events 500000 [--workers 1 2]
+        [--processes 2]
 
-Starts a local broker unless KAFKA_BOOTSTRAP_SERVERS is set. Prints one JSON object.
+Each run is a `cdp replay` over the same topics into a fresh state: one process per value of
+`--workers` (that many worker threads), then a cluster per value of `--processes` (that many
+processes of one worker each, `-i/-a`; they share the machine's cores with the broker). The
+top-level numbers are the first run's. Starts a local broker unless KAFKA_BOOTSTRAP_SERVERS is
+set. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -18,10 +23,17 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-from benchmarks.common import ROOT, bench_config, machine, run_id, run_timed
+from benchmarks.common import (
+    ROOT,
+    bench_config,
+    free_port,
+    machine,
+    run_cluster,
+    run_id,
+)
 from benchmarks.generator import generate
 from config.settings import load_settings
-from operators.store import open_store
+from operators.store import open_state
 from tests.kafka_broker import broker_from_env, consume_all, create_topics, produce
 
 PARTITIONS = {"crm": 1, "loyalty": 1, "web": 2, "voice": 1, "store": 1}
@@ -69,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=500_000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    parser.add_argument("--processes", type=int, nargs="*", default=[])
     args = parser.parse_args(argv)
 
     stream = generate(args.profiles, args.events, seed=args.seed)
@@ -109,36 +122,47 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         changes_before = 0
-        for workers in args.workers:
-            state = Path(tmp) / f"state-{workers}"
+        topologies = [(1, w) for w in args.workers] + [(p, 1) for p in args.processes]
+        for processes, workers in topologies:
+            name = f"{processes}x{workers}"
+            state = Path(tmp) / f"state-{name}"
             cmd = [
-                sys.executable,
-                "-m",
-                "flows.cli",
-                "replay",
-                "--config",
-                str(config),
-                "--state-dir",
-                str(state),
-                "--workers",
-                str(workers),
-                "--quiet",
-            ]
-            seconds, rss, _ = run_timed(cmd, timeout_s=3600)
+                sys.executable, "-m", "flows.cli", "replay", "--config", str(config),
+                "--state-dir", str(state), "--workers", str(workers), "--quiet",
+            ]  # fmt: skip
+            if processes == 1:
+                seconds, peaks, cpu = run_cluster([cmd], timeout_s=4 * 3600)
+            else:
+                own = bench_config(
+                    ROOT / "config" / "bench.yaml",
+                    Path(tmp) / f"bench-{name}.yaml",
+                    prefix,
+                    bootstrap,
+                    identity={"feedback_topic": f"{prefix}feedback-{name}"},
+                )
+                cmd[cmd.index(str(config))] = str(own)
+                addresses = [
+                    a for _ in range(processes) for a in ("-a", f"127.0.0.1:{free_port()}")
+                ]
+                cmds = [[*cmd, "-i", str(i), *addresses] for i in range(processes)]
+                seconds, peaks, cpu = run_cluster(cmds, timeout_s=4 * 3600)
             changes = len(consume_all(bootstrap, f"{prefix}cdp.audience-changes", timeout_s=30))
             produced = changes - changes_before
             changes_before = changes
-            store = open_store(state, read_only=True)
+            store = open_state(state)
             profiles = sum(1 for _ in store.scan(b"p/"))
             store.close()
             if profiles == 0 or produced == 0:
                 raise RuntimeError(f"broken run: {profiles} profiles, {produced} changes")
             run = {
+                "processes": processes,
                 "workers": workers,
                 "seconds": round(seconds, 2),
                 "events_per_s": round(records / seconds),
                 "ratio": round((records / seconds) / (records / ceiling_s), 3),
-                "rss_mb": rss,
+                "rss_mb": round(sum(peaks), 1),
+                "rss_mb_per_process": peaks,
+                "cpu_s_per_process": cpu,
                 "profiles": profiles,
                 "audience_changes": produced,
             }

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,8 @@ class _FeedbackPartition(StatefulSourcePartition[Adopt, int]):
     """Reads one partition of the feedback topic: commands of this run out, statuses into the
     termination detector (replay: the partition ends when the work is over; live: never)."""
 
+    IDLE = timedelta(milliseconds=5)
+
     def __init__(
         self,
         config: dict[str, str],
@@ -209,12 +212,16 @@ class _FeedbackPartition(StatefulSourcePartition[Adopt, int]):
         self._next = resume
         self._run = run
         self._termination = termination
+        self._awake: datetime | None = None
 
     def next_batch(self) -> list[Adopt]:
         if io.STOP.is_set() or (self._termination is not None and self._termination.finished):
             raise StopIteration
         out: list[Adopt] = []
-        for msg in self._consumer.consume(1000, 0.05):
+        messages = self._consumer.consume(1000, 0.001)  # never hold the worker up
+        # Nothing there: look again in a few ms, without spinning (the worker has other work).
+        self._awake = None if messages else datetime.now(tz=UTC) + self.IDLE
+        for msg in messages:
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -235,6 +242,9 @@ class _FeedbackPartition(StatefulSourcePartition[Adopt, int]):
                 raise RuntimeError(f"feedback topic: unexpected command {data.get('cmd')!r}")
             out.append(command)
         return out
+
+    def next_awake(self) -> datetime | None:
+        return self._awake
 
     def snapshot(self) -> int | None:  # type: ignore[override]
         return self._next

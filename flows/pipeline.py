@@ -112,16 +112,19 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
             self._key = -1
             self._resend_after = 0 if options.recovery else -1
         self._snapshots: list[int] = []
+        self._engine_ref: Engine | None = None
 
     def _engine(self) -> Engine:
-        options = self._options
-        return engine_for(
-            self._settings,
-            options.state_dir,
-            routing_name(options),
-            outbox=options.recovery,
-            role=self._role,
-        )
+        if self._engine_ref is None:  # opened on first use, on the worker
+            options = self._options
+            self._engine_ref = engine_for(
+                self._settings,
+                options.state_dir,
+                routing_name(options),
+                outbox=options.recovery,
+                role=self._role,
+            )
+        return self._engine_ref
 
     def _redeliver(self) -> list[Output]:
         if self._resend_after < 0 or self._key < 0:

@@ -350,12 +350,16 @@ class Engine:
         profile = prof.new_profile() if stored is None else stored
         if resolution.merges and resolution.cluster is not None:
             metrics.CLUSTER_SIZE.observe(len(resolution.cluster.members))
+        merged = False  # a profile merged in: every rule is evaluated again
         for merge in resolution.merges:
             self.stats.merges += 1
             metrics.LINKS.inc()
+            if losers[merge.loser] is None:
+                continue  # a new identity joined: no profile to merge, no rule reads identities
             loser_profile = txn.get_json(self.keys.profile(merge.loser))
             if loser_profile is None:
                 continue
+            merged = True
             loser_cluster = losers.get(merge.loser) or Cluster(members=(merge.loser,))
             self._exit_merged(
                 txn,
@@ -377,7 +381,7 @@ class Engine:
             cluster=resolution.cluster,
             profile=profile,
             fresh=fresh,
-            merged=bool(resolution.merges),
+            merged=merged,
             duplicate=duplicate,
             at_ms=at_ms,
             wall_ms=wall_ms,
@@ -525,13 +529,12 @@ class Engine:
         while self._timers and self._timers[0][0] <= upto_ms:
             ts, ident = heapq.heappop(self._timers)
             canonical = parse_identity(ident)
-            key = Keys.timer(ts, canonical)
-            if txn.get(key) is None:
-                continue  # superseded: the profile moved, merged away or rescheduled
-            txn.delete(key)
+            # The profile's own `timer` is the truth; the heap may hold superseded entries
+            # (the profile moved, merged away or was rescheduled).
             profile = txn.get_json(self.keys.profile(canonical))
             if profile is None or profile.get("timer") != ts:
                 continue
+            txn.delete(Keys.timer(ts, canonical))
             profile = {**profile, "timer": None}
             self.stats.timers_fired += 1
             metrics.TIMERS.inc()
@@ -745,6 +748,9 @@ class Engine:
             record.origin.position,
             record.ts_ms,
         )
+        graph = _Graph(txn, self.keys)
+        # A loser that was no cluster before (a new identity joining) has no profile to move.
+        moving = [m for m in resolution.merges if graph.cluster(m.loser) is not None]
         self._write_graph(txn, resolution)
         canonical = resolution.canonical
         # The members travel only when the cluster changed (the profile step keeps them).
@@ -752,9 +758,9 @@ class Engine:
         at_ms = record.ts_ms if record.ts_ms is not None else self.now_ms
         if resolution.merges:
             metrics.CLUSTER_SIZE.observe(len(members))
-        for merge in resolution.merges:
-            self.stats.merges += 1
-            metrics.LINKS.inc()
+        self.stats.merges += len(resolution.merges)
+        metrics.LINKS.inc(len(resolution.merges))
+        for merge in moving:
             # Every loser moves to the final survivor (an intermediate survivor lost too).
             out.append(
                 Move(

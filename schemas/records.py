@@ -40,6 +40,9 @@ class Origin:
     def position(self) -> str:
         return f"{self.source}:{self.partition}:{self.offset}"
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled between processes: faster than default
+        return (Origin, (self.source, self.partition, self.offset))
+
 
 @dataclass(frozen=True, slots=True)
 class Record:
@@ -70,6 +73,15 @@ class Record:
             self.read_ns,
             seq,
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            Record,
+            (
+                self.origin, self.source_index, self.kind, self.priority, self.identities,
+                self.body, self.ts_ms, self.event_id, self.event_type, self.read_ns, self.seq,
+            ),
+        )  # fmt: skip
 
     @property
     def order(self) -> tuple[int, int, int, int]:
@@ -150,6 +162,9 @@ class AudienceChange:
     def from_stored(cls, data: list[Any]) -> AudienceChange:
         return cls(*data)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AudienceChange.from_stored, (self.to_stored(),))
+
 
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds -> `2020-08-11T00:00:00Z` (milliseconds shown only when non-zero)."""
@@ -206,6 +221,9 @@ class Routed:
     members: tuple[Identity, ...]  # the cluster after this record
     event_ms: int | None  # the graph step's event time (watermark) at this record
     record: Record
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Routed, (self.seq, self.canonical, self.members, self.event_ms, self.record))
 
     def to_stored(self) -> dict[str, Any]:
         return {
