@@ -27,34 +27,37 @@ from __future__ import annotations
 
 import json
 import math
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping
 from fractions import Fraction
+from operator import itemgetter
 from typing import Any
 
 from operators.rules import Absent, Aggregate
 
 __all__ = [
     "absent_add",
+    "absent_add_known",
+    "absent_changes_at",
     "absent_init",
     "absent_merge",
     "absent_next_change",
     "absent_prune",
     "absent_value",
     "agg_add",
+    "agg_changes_at",
     "agg_init",
     "agg_merge",
     "agg_next_change",
     "agg_prune",
+    "agg_reader",
     "agg_value",
 ]
 
 _SPILL = 2**62  # an integer total this large moves into the float partials (orjson: 64 bits)
 
 
-def _ts(entry: list[Any]) -> int:
-    ts: int = entry[0]
-    return ts
+_ts: Callable[[list[Any]], int] = itemgetter(0)  # an entry's time (C-speed bisect key)
 
 
 def _order_key(value: Any) -> str:
@@ -139,7 +142,7 @@ def _combine_entries(func: str, a: list[Any], b: list[Any]) -> list[Any]:
 def _entry(agg: Aggregate, ts_ms: int, event: Mapping[str, Any]) -> list[Any] | None:
     """The windowed entry one event makes, or None when it brings no value."""
     func = agg.func
-    if func in ("exists", "count"):
+    if func in {"exists", "count"}:
         return [ts_ms, 1]
     values = agg.values(event) if agg.values is not None else []
     if not values:
@@ -151,7 +154,7 @@ def _entry(agg: Aggregate, ts_ms: int, event: Mapping[str, Any]) -> list[Any] | 
         return [ts_ms, min(values)]
     if func == "max":
         return [ts_ms, max(values)]
-    return [ts_ms, max(values, key=_order_key)]
+    return [ts_ms, values[0] if len(values) == 1 else max(values, key=_order_key)]
 
 
 # ------------------------------------------------------------------------- aggregates
@@ -171,6 +174,11 @@ def agg_init(agg: Aggregate) -> Any:
 
 def agg_add(state: Any, agg: Aggregate, ts_ms: int, event: Mapping[str, Any]) -> Any:
     """The state after one more matching event (the caller has checked ``agg.matches``)."""
+    func = agg.func
+    if func in {"exists", "count"}:
+        if agg.within_ms is not None:
+            return _insert(state, func, [ts_ms, 1])
+        return True if func == "exists" else state + 1
     entry = _entry(agg, ts_ms, event)
     if entry is None:
         return state
@@ -180,8 +188,11 @@ def agg_add(state: Any, agg: Aggregate, ts_ms: int, event: Mapping[str, Any]) ->
 
 
 def _insert(entries: list[list[Any]], func: str, entry: list[Any]) -> list[list[Any]]:
-    i = bisect_left(entries, entry[0], key=_ts)
-    if i < len(entries) and entries[i][0] == entry[0]:
+    ts = entry[0]
+    if not entries or entries[-1][0] < ts:  # the common case: in time order
+        return [*entries, entry]
+    i = bisect_left(entries, ts, key=_ts)
+    if entries[i][0] == ts:
         return [*entries[:i], _combine_entries(func, entries[i], entry), *entries[i + 1 :]]
     return [*entries[:i], entry, *entries[i:]]
 
@@ -222,15 +233,33 @@ def _merge_running(func: str, a: Any, b: Any) -> Any:
 
 def _window(entries: list[list[Any]], within_ms: int, now_ms: int) -> tuple[int, int]:
     """Indexes ``lo:hi`` of the entries with ``now - D < ts <= now``."""
-    return (
-        bisect_right(entries, now_ms - within_ms, key=_ts),
-        bisect_right(entries, now_ms, key=_ts),
-    )
+    if not entries:
+        return 0, 0
+    cut = now_ms - within_ms
+    lo = 0 if entries[0][0] > cut else bisect_right(entries, cut, key=_ts)
+    hi = len(entries) if entries[-1][0] <= now_ms else bisect_right(entries, now_ms, key=_ts)
+    return lo, hi
+
+
+def _windowed_sum(entries: list[list[Any]], lo: int, hi: int) -> int | float:
+    """The exact sum of ``entries[lo:hi]``, merged in order as ``_sum_merge`` does."""
+    total = 0
+    partials: list[float] = []
+    for k in range(lo, hi):
+        entry = entries[k]
+        total += entry[1]
+        for p in entry[2]:
+            partials = _fadd(partials, p)
+        if total >= _SPILL or total <= -_SPILL:
+            partials = _fadd(partials, float(total))
+            total = 0
+    return _sum_result(total, partials)
 
 
 def agg_value(state: Any, agg: Aggregate, now_ms: int) -> Any:
     func = agg.func
-    if agg.within_ms is None:
+    within = agg.within_ms
+    if within is None:
         if func == "exists":
             return bool(state)
         if func == "sum":
@@ -238,23 +267,104 @@ def agg_value(state: Any, agg: Aggregate, now_ms: int) -> Any:
         if func == "last":
             return None if state is None else state[1]
         return state
-    lo, hi = _window(state, agg.within_ms, now_ms)
+    lo, hi = _window(state, within, now_ms)
     if func == "exists":
         return hi > lo
     if func == "count":
-        return sum(entry[1] for entry in state[lo:hi])
+        n = 0
+        for k in range(lo, hi):
+            n += state[k][1]
+        return n
     if func == "last":
         return state[hi - 1][1] if hi > lo else None
     if func == "sum":
-        total = 0
-        partials: list[float] = []
-        for entry in state[lo:hi]:
-            total, partials = _sum_merge(total, partials, entry[1], entry[2])
-        return _sum_result(total, partials)
+        return _windowed_sum(state, lo, hi)
     if hi == lo:
         return None
     pick: Callable[..., Any] = min if func == "min" else max
     return pick(entry[1] for entry in state[lo:hi])
+
+
+def agg_reader(agg: Aggregate) -> Callable[[Any, int], Any]:
+    """``agg_value`` of one aggregate as a closure ``read(state, now_ms)``: the choices that
+    depend on the call alone (function, window) are made once, for the per-evaluation path."""
+    func = agg.func
+    within = agg.within_ms
+    if within is None:
+        if func == "exists":
+            return lambda state, now_ms: bool(state)
+        if func == "sum":
+            return lambda state, now_ms: _sum_result(state[0], state[1])
+        if func == "last":
+            return lambda state, now_ms: None if state is None else state[1]
+        return lambda state, now_ms: state
+    d = within
+
+    def bounds(state: list[list[Any]], now_ms: int) -> tuple[int, int]:
+        cut = now_ms - d
+        lo = 0 if state[0][0] > cut else bisect_right(state, cut, key=_ts)
+        hi = len(state) if state[-1][0] <= now_ms else bisect_right(state, now_ms, key=_ts)
+        return lo, hi
+
+    if func == "exists":
+
+        def read_exists(state: Any, now_ms: int) -> Any:
+            if not state:
+                return False
+            cut = now_ms - d
+            # Some entry with cut < ts <= now: the first one after cut is at most now.
+            if state[0][0] > cut:
+                return bool(state[0][0] <= now_ms)
+            i = bisect_right(state, cut, key=_ts)
+            return i < len(state) and state[i][0] <= now_ms
+
+        return read_exists
+    if func == "count":
+
+        def read_count(state: Any, now_ms: int) -> Any:
+            if not state:
+                return 0
+            lo, hi = bounds(state, now_ms)
+            n = 0
+            for k in range(lo, hi):
+                n += state[k][1]
+            return n
+
+        return read_count
+    if func == "last":
+
+        def read_last(state: Any, now_ms: int) -> Any:
+            if not state:
+                return None
+            lo, hi = bounds(state, now_ms)
+            return state[hi - 1][1] if hi > lo else None
+
+        return read_last
+    if func == "sum":
+
+        def read_sum(state: Any, now_ms: int) -> Any:
+            if not state:
+                return 0
+            lo, hi = bounds(state, now_ms)
+            return _windowed_sum(state, lo, hi)
+
+        return read_sum
+    smallest = func == "min"
+
+    def read_extreme(state: Any, now_ms: int) -> Any:
+        if not state:
+            return None
+        lo, hi = bounds(state, now_ms)
+        if hi == lo:
+            return None
+        best = state[lo][1]
+        for k in range(lo + 1, hi):
+            v = state[k][1]
+            if (v < best) if smallest else (v > best):
+                best = v
+        return best
+
+    return read_extreme
 
 
 def agg_merge(a: Any, b: Any, agg: Aggregate) -> Any:
@@ -281,24 +391,48 @@ def agg_merge(a: Any, b: Any, agg: Aggregate) -> Any:
 
 def agg_prune(state: Any, agg: Aggregate, now_ms: int) -> Any:
     """Drop the entries that can no longer count at ``now`` or later (``ts <= now - D``)."""
-    if agg.within_ms is None:
+    within = agg.within_ms
+    if within is None or not state:
         return state
-    lo = bisect_right(state, now_ms - agg.within_ms, key=_ts)
-    return state[lo:] if lo else state
+    cut = now_ms - within
+    if state[0][0] > cut:
+        return state
+    lo = bisect_right(state, cut, key=_ts)
+    return state[lo:]
 
 
 def agg_next_change(state: Any, agg: Aggregate, now_ms: int) -> int | None:
     """The earliest ``t > now`` when an entry leaves the window (``ts + D``) or a future
     entry enters it (``ts``); None when nothing can change without new events."""
-    if agg.within_ms is None:
+    within = agg.within_ms
+    if within is None or not state:
         return None
-    lo, hi = _window(state, agg.within_ms, now_ms)
-    candidates = []
+    lo, hi = _window(state, within, now_ms)
     if hi > lo:
-        candidates.append(state[lo][0] + agg.within_ms)
+        leaves: int = state[lo][0] + within
+        if hi < len(state):
+            enters: int = state[hi][0]
+            return enters if enters < leaves else leaves
+        return leaves
     if hi < len(state):
-        candidates.append(state[hi][0])
-    return min(candidates) if candidates else None
+        first: int = state[hi][0]
+        return first
+    return None
+
+
+def agg_changes_at(state: Any, agg: Aggregate, at_ms: int) -> bool:
+    """Whether an entry enters (``ts == at``) or leaves (``ts + D == at``) the window at
+    exactly ``at``: False means the value at ``at`` is the value just before it. Always
+    False without a window."""
+    within = agg.within_ms
+    if within is None or not state:
+        return False
+    return _has_time(state, at_ms) or _has_time(state, at_ms - within)
+
+
+def _has_time(entries: list[list[Any]], ts_ms: int) -> bool:
+    i = bisect_left(entries, ts_ms, key=_ts)
+    return i < len(entries) and entries[i][0] == ts_ms
 
 
 # ----------------------------------------------------------------------------- absent
@@ -312,20 +446,26 @@ def absent_init(a: Absent) -> Any:
 
 
 def _with_time(times: list[int], ts_ms: int) -> list[int]:
+    if not times or times[-1] < ts_ms:  # the common case: in time order
+        return [*times, ts_ms]
     i = bisect_left(times, ts_ms)
-    if i < len(times) and times[i] == ts_ms:
+    if times[i] == ts_ms:
         return times
-    out = list(times)
-    insort(out, ts_ms)
-    return out
+    return [*times[:i], ts_ms, *times[i:]]
 
 
 def absent_add(state: Any, a: Absent, ts_ms: int, event: Mapping[str, Any]) -> Any:
     """The state after an event that is an A, a B or both (each is checked here)."""
+    return absent_add_known(state, ts_ms, a.after(event), a.missing(event))
+
+
+def absent_add_known(state: Any, ts_ms: int, is_after: bool, is_missing: bool) -> Any:
+    """``absent_add`` when the caller has already tested the event: an A (``is_after``),
+    a B (``is_missing``), or both."""
     a_times, b_times = state
-    if a.after(event):
+    if is_after:
         a_times = _with_time(a_times, ts_ms)
-    if a.missing(event):
+    if is_missing:
         b_times = _with_time(b_times, ts_ms)
     if a_times is state[0] and b_times is state[1]:
         return state
@@ -339,11 +479,17 @@ def _latest_a(a_times: list[int], now_ms: int) -> tuple[int, int | None]:
 
 def absent_value(state: Any, a: Absent, now_ms: int) -> bool:
     a_times, b_times = state
-    _, t_a = _latest_a(a_times, now_ms)
-    if t_a is None or now_ms - t_a < a.within_ms:
+    i = bisect_right(a_times, now_ms)
+    if not i:
         return False
+    t_a = a_times[i - 1]
+    within = a.within_ms
+    if now_ms - t_a < within:
+        return False
+    if not b_times:
+        return True
     j = bisect_right(b_times, t_a)
-    return not (j < len(b_times) and b_times[j] <= t_a + a.within_ms)
+    return not (j < len(b_times) and b_times[j] <= t_a + within)
 
 
 def absent_merge(x: Any, y: Any, a: Absent) -> Any:
@@ -364,9 +510,14 @@ def absent_prune(state: Any, a: Absent, now_ms: int) -> Any:
     b2, so "some B in ``(t, t + D]``" keeps its answer for every t.
     """
     a_times, b_times = state
-    i, t_a = _latest_a(a_times, now_ms)
+    i = bisect_right(a_times, now_ms)
     kept_a = a_times[i - 1 :] if i > 1 else a_times
-    candidates = b_times if t_a is None else b_times[bisect_right(b_times, t_a) :]
+    if not b_times:
+        if len(kept_a) == len(a_times):
+            return state
+        return [kept_a, b_times]
+    j = bisect_right(b_times, a_times[i - 1]) if i else 0
+    candidates = b_times[j:] if j else b_times
     kept_b = _thin(candidates, a.within_ms)
     if len(kept_a) == len(a_times) and len(kept_b) == len(b_times):
         return state
@@ -383,6 +534,17 @@ def _thin(times: list[int], within_ms: int) -> list[int]:
             out.append(times[k])
     out.append(times[-1])
     return out
+
+
+def absent_changes_at(state: Any, a: Absent, at_ms: int) -> bool:
+    """Whether an A becomes the latest (``tA == at``) or D old (``tA + D == at``) at exactly
+    ``at``: False means the value at ``at`` is the value just before it."""
+    a_times = state[0]
+    for t in (at_ms, at_ms - a.within_ms):
+        i = bisect_left(a_times, t)
+        if i < len(a_times) and a_times[i] == t:
+            return True
+    return False
 
 
 def absent_next_change(state: Any, a: Absent, now_ms: int) -> int | None:

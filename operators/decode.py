@@ -133,15 +133,22 @@ class Decoder:
                         raise Rejected(f"identityMap.{_safe(namespace)} entries must be objects")
                     self._add(found, namespace, entry.get("id"), f"identityMap.{namespace}")
         for path, dotted, namespace in spec.descriptors:
-            self._add(found, namespace, _lookup(body, path), dotted)
+            raw = _lookup(body, path)
+            if raw is not None:
+                self._add(found, namespace, raw, dotted)
+        if len(found) == 1:
+            return tuple(found)
         return tuple(sorted(found, key=self.rules.sort_key))
 
     def _add(self, found: set[Identity], namespace: str, raw: Any, where: str) -> None:
         if raw is None:
             return
-        if isinstance(raw, bool) or not isinstance(raw, str | int):
+        if type(raw) is str:
+            text = raw
+        elif isinstance(raw, bool) or not isinstance(raw, str | int):
             raise Rejected(f"identity at {_safe(where)} must be a string or an integer")
-        text = str(raw)
+        else:
+            text = str(raw)
         if len(text) > self.rules.max_value_length:
             raise Rejected(
                 f"identity at {_safe(where)} is {len(text)} characters, "
@@ -157,7 +164,7 @@ class Decoder:
 def _lookup(body: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     node: Any = body
     for part in path:
-        if not isinstance(node, dict):
+        if type(node) is not dict and not isinstance(node, dict):
             return None
         node = node.get(part)
     return node

@@ -18,8 +18,6 @@ from typing import Any, Protocol
 from config.settings import Settings
 from schemas.records import Identity, identity_str
 
-_EMAIL_SPACE = re.compile(r"\s+")
-
 
 @dataclass(frozen=True, slots=True)
 class IdentityRules:
@@ -57,20 +55,28 @@ class IdentityRules:
     def normalize(self, namespace: str, raw: str) -> str | None:
         """The normalised value, or None when the value is no identity (empty or blocked)."""
         kind = self.normalizers.get(namespace, "none")
+        stripped = raw.strip()
         if kind == "email":
-            value = _EMAIL_SPACE.sub("", raw).lower()
+            # str.split() and the regex \s both split on Unicode whitespace (Py_UNICODE_ISSPACE).
+            value = "".join(raw.split()).lower()
         elif kind == "phone":
-            stripped = raw.strip()
             digits = "".join(c for c in stripped if c.isdigit())
             value = f"+{digits}" if stripped.startswith("+") and digits else digits
         elif kind == "lower":
-            value = raw.strip().lower()
+            value = stripped.lower()
         else:
-            value = raw.strip()
-        if value.lower() in self.blocked_exact or raw.strip().lower() in self.blocked_exact:
-            return None
-        if any(p.fullmatch(value) for p in self.blocked_patterns):
-            return None
+            value = stripped
+        blocked = self.blocked_exact
+        if blocked:
+            lowered = value.lower()
+            if lowered in blocked:
+                return None
+            raw_lowered = stripped.lower()
+            if raw_lowered != lowered and raw_lowered in blocked:
+                return None
+        for pattern in self.blocked_patterns:
+            if pattern.fullmatch(value):
+                return None
         return value
 
 
@@ -188,11 +194,18 @@ def resolve(
     ids = list(identities)
     pointers: dict[Identity, Identity] = {}
     clusters: dict[Identity, Cluster | None] = {}
+    stored: dict[Identity, Identity | None] = {}  # graph.canonical, read once per identity
+
+    def stored_canonical(identity: Identity) -> Identity | None:
+        if identity in stored:
+            return stored[identity]
+        found = stored[identity] = graph.canonical(identity)
+        return found
 
     def canonical_of(identity: Identity) -> Identity | None:
         if identity in pointers:
             return pointers[identity]
-        return graph.canonical(identity)
+        return stored_canonical(identity)
 
     def cluster_of(canonical: Identity) -> Cluster | None:
         if canonical in clusters:
@@ -242,7 +255,7 @@ def resolve(
     resolution.cluster = cluster
     # Only members whose pointer really changed need writing.
     if pointers:
-        resolution.pointers = {m: c for m, c in pointers.items() if graph.canonical(m) != c}
+        resolution.pointers = {m: c for m, c in pointers.items() if stored_canonical(m) != c}
     return resolution
 
 

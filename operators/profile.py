@@ -19,12 +19,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from operators.aggregates import (
-    absent_add,
+    absent_add_known,
+    absent_changes_at,
     absent_init,
     absent_merge,
     absent_next_change,
     absent_prune,
     agg_add,
+    agg_changes_at,
     agg_init,
     agg_merge,
     agg_next_change,
@@ -51,14 +53,20 @@ def new_profile() -> Profile:
 
 def flatten(body: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Leaf paths of nested objects; lists are leaves; nulls and empty objects are skipped."""
+    out: list[tuple[str, Any]] = []
+    _flatten_into(out, body, prefix)
+    return iter(out)
+
+
+def _flatten_into(out: list[tuple[str, Any]], body: Mapping[str, Any], prefix: str) -> None:
+    skip = SKIP_ATTRIBUTES if not prefix else ()
     for key, value in body.items():
-        if not prefix and key in SKIP_ATTRIBUTES:
+        if key in skip:
             continue
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from flatten(value, path + ".")
+        if type(value) is dict or isinstance(value, dict):
+            _flatten_into(out, value, f"{prefix}{key}.")
         elif value is not None:
-            yield path, value
+            out.append((f"{prefix}{key}", value))
 
 
 def apply_attributes(profile: Profile, record: Record) -> tuple[Profile, frozenset[str]]:
@@ -95,28 +103,35 @@ def apply_event(
     ts = record.ts_ms
     assert ts is not None, "events always have a time (decode guarantees it)"
     event = record.body
-    count, first, last = profile["events"] or (0, ts, ts)
-    out = {**profile, "events": [count + 1, min(first, ts), max(last, ts)]}
-    changed: set[str] = set()
+    held = profile["events"]
+    if held:
+        count, first, last = held
+        events = [count + 1, ts if ts < first else first, ts if ts > last else last]
+    else:
+        events = [1, ts, ts]
+    out = {**profile, "events": events}
+    changed: list[str] = []
     aggs: dict[str, Any] | None = None
     for agg in aggregates:
         if agg.matches(event):
             if aggs is None:
                 aggs = dict(profile["aggs"])
-            aggs[agg.key] = agg_add(
-                aggs[agg.key] if agg.key in aggs else agg_init(agg), agg, ts, event
-            )
-            changed.add(agg.key)
+            key = agg.key
+            aggs[key] = agg_add(aggs[key] if key in aggs else agg_init(agg), agg, ts, event)
+            changed.append(key)
     if aggs is not None:
         out["aggs"] = aggs
     abs_states: dict[str, Any] | None = None
     for absent in absents:
-        if absent.after(event) or absent.missing(event):
+        is_after = absent.after(event)
+        is_missing = absent.missing(event)
+        if is_after or is_missing:
             if abs_states is None:
                 abs_states = dict(profile["abs"])
-            state = abs_states[absent.key] if absent.key in abs_states else absent_init(absent)
-            abs_states[absent.key] = absent_add(state, absent, ts, event)
-            changed.add(absent.key)
+            key = absent.key
+            state = abs_states[key] if key in abs_states else absent_init(absent)
+            abs_states[key] = absent_add_known(state, ts, is_after, is_missing)
+            changed.append(key)
     if abs_states is not None:
         out["abs"] = abs_states
     return out, frozenset(changed)
@@ -178,17 +193,56 @@ def prune(
     now_ms: int,
 ) -> Profile:
     """Drop windowed entries no rule can need any more, and inputs of rules since removed."""
-    aggs = {
-        key: agg_prune(state, aggregates[key], now_ms)
-        for key, state in profile["aggs"].items()
-        if key in aggregates
+    return {
+        **profile,
+        "aggs": _pruned_aggs(profile["aggs"], aggregates, now_ms),
+        "abs": _pruned_absents(profile["abs"], absents, now_ms),
     }
-    abs_states = {
-        key: absent_prune(state, absents[key], now_ms)
-        for key, state in profile["abs"].items()
-        if key in absents
-    }
-    return {**profile, "aggs": aggs, "abs": abs_states}
+
+
+_DROP: Any = object()  # an input of a rule since removed
+
+
+def _pruned_aggs(
+    states: dict[str, Any], aggregates: Mapping[str, Aggregate], now_ms: int
+) -> dict[str, Any]:
+    """`states` itself when nothing is pruned (the common case), else a pruned copy."""
+    out: dict[str, Any] | None = None
+    for key, state in states.items():
+        agg = aggregates.get(key)
+        if agg is None:
+            new = _DROP
+        else:
+            within = agg.within_ms
+            # Only a window whose oldest entry has left can lose entries (agg_prune's test).
+            if within is None or not state or state[0][0] > now_ms - within:
+                continue
+            new = agg_prune(state, agg, now_ms)
+        if out is None:
+            out = dict(states)
+        if new is _DROP:
+            del out[key]
+        else:
+            out[key] = new
+    return states if out is None else out
+
+
+def _pruned_absents(
+    states: dict[str, Any], absents: Mapping[str, Absent], now_ms: int
+) -> dict[str, Any]:
+    out: dict[str, Any] | None = None
+    for key, state in states.items():
+        absent = absents.get(key)
+        new = _DROP if absent is None else absent_prune(state, absent, now_ms)
+        if new is state:
+            continue
+        if out is None:
+            out = dict(states)
+        if new is _DROP:
+            del out[key]
+        else:
+            out[key] = new
+    return states if out is None else out
 
 
 def next_change(
@@ -198,18 +252,53 @@ def next_change(
     now_ms: int,
 ) -> int | None:
     """The earliest event time after `now` at which a rule input changes with no new event."""
-    times = [
-        agg_next_change(state, aggregates[key], now_ms)
-        for key, state in profile["aggs"].items()
-        if key in aggregates and aggregates[key].within_ms is not None
-    ]
-    times.extend(
-        absent_next_change(state, absents[key], now_ms)
-        for key, state in profile["abs"].items()
-        if key in absents
-    )
-    due = [t for t in times if t is not None]
-    return min(due) if due else None
+    due: int | None = None
+    for key, state in profile["aggs"].items():
+        if not state:
+            continue
+        agg = aggregates.get(key)
+        if agg is None:
+            continue
+        within = agg.within_ms
+        if within is None:
+            continue
+        first: int = state[0][0]
+        if first > now_ms - within and state[-1][0] <= now_ms:
+            t: int | None = first + within  # all in the window: the oldest leaves first
+        else:
+            t = agg_next_change(state, agg, now_ms)
+        if t is not None and (due is None or t < due):
+            due = t
+    for key, state in profile["abs"].items():
+        absent = absents.get(key)
+        if absent is None:
+            continue
+        t = absent_next_change(state, absent, now_ms)
+        if t is not None and (due is None or t < due):
+            due = t
+    return due
+
+
+def changes_at(
+    profile: Profile,
+    aggregates: Mapping[str, Aggregate],
+    absents: Mapping[str, Absent],
+    at_ms: int,
+) -> set[str]:
+    """The keys of the windowed inputs whose value can change at exactly `at_ms` with no new
+    event (a window entry entering or leaving, an A becoming the latest or D old): every
+    other input has at `at_ms` the value it had just before. A superset of the inputs whose
+    value really changes (an entry can enter as another leaves)."""
+    out: set[str] = set()
+    for key, state in profile["aggs"].items():
+        agg = aggregates.get(key)
+        if agg is not None and agg_changes_at(state, agg, at_ms):
+            out.add(key)
+    for key, state in profile["abs"].items():
+        absent = absents.get(key)
+        if absent is not None and absent_changes_at(state, absent, at_ms):
+            out.add(key)
+    return out
 
 
 def attribute_values(profile: Profile, path: str) -> list[Any]:

@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import math
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -122,7 +123,8 @@ def _flatten_into(out: list[Any], items: Iterable[Any]) -> None:
     for item in items:
         if item is None:
             continue
-        if isinstance(item, (list, tuple)):
+        kind = type(item)
+        if kind is list or kind is tuple or isinstance(item, (list, tuple)):
             _flatten_into(out, item)
         else:
             out.append(item)
@@ -133,11 +135,12 @@ def _walk(obj: Any, parts: tuple[str, ...]) -> list[Any]:
     for part in parts:
         found: list[Any] = []
         for item in current:
-            if isinstance(item, Mapping):
+            if type(item) is dict or isinstance(item, Mapping):
                 value = item.get(part)
                 if value is None:
                     continue
-                if isinstance(value, (list, tuple)):
+                kind = type(value)
+                if kind is list or kind is tuple or isinstance(value, (list, tuple)):
                     _flatten_into(found, value)
                 else:
                     found.append(value)
@@ -170,6 +173,9 @@ def _event_getter(parts: tuple[str, ...]) -> Getter:
             value = event.get(key)
             if value is None:
                 return []
+            kind = type(value)
+            if kind is str or kind is int or kind is float:
+                return [value]
             if isinstance(value, (list, tuple)):
                 out: list[Any] = []
                 _flatten_into(out, value)
@@ -722,7 +728,50 @@ def _any_pair(pair: Callable[[Any, Any], bool], lget: Getter, rget: Getter) -> P
 
 def _any_const(pair: Callable[[Any, Any], bool], lget: Getter, const: Any) -> Predicate:
     def test(x: Any) -> bool:
-        return any(pair(left, const) for left in lget(x))
+        for left in lget(x):  # noqa: SIM110 - a loop costs less than any() over a generator
+            if pair(left, const):
+                return True
+        return False
+
+    return test
+
+
+_NUMBER_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+def _aggregate_test(op: str, agg: Aggregate, const: Any) -> Predicate:
+    """``<aggregate call> <op> <literal>``: what ``_make_test`` builds for it, without the
+    one-element list of the call's value (an aggregate has one value, or None)."""
+    pair = _PAIR[op]
+    if op == "==" and type(const) is str:
+
+        def test_string(ctx: Any) -> bool:
+            value = ctx.aggregate(agg)
+            return type(value) is str and value == const
+
+        return test_string
+    number_op = _NUMBER_OPS.get(op)
+    if number_op is not None and type(const) in (int, float):
+        # Both sides numbers: the operator alone decides (_kind(int|float) is "n").
+        def test_number(ctx: Any) -> bool:
+            value = ctx.aggregate(agg)
+            kind = type(value)
+            if kind is int or kind is float:
+                return bool(number_op(value, const))
+            return value is not None and pair(value, const)
+
+        return test_number
+
+    def test(ctx: Any) -> bool:
+        value = ctx.aggregate(agg)
+        return value is not None and pair(value, const)
 
     return test
 
@@ -752,7 +801,14 @@ def _make_test(
                     return any(type(v) is str and v in members for v in slow(event))
 
                 return test_key
-            return lambda x: any(type(v) is str and v in members for v in lget(x))
+
+            def test_strings(x: Any) -> bool:
+                for v in lget(x):  # noqa: SIM110 - as in _any_const
+                    if type(v) is str and v in members:
+                        return True
+                return False
+
+            return test_strings
         if op == "in":
             return _any_pair(_eq, lget, rget)
         return _any_const(_PAIR[op], lget, const)
@@ -847,6 +903,7 @@ class _RuleCompiler:
         self.profile_paths: set[str] = set()
         self.refs: dict[str, int] = {}  # referenced segment id -> position of the reference
         self.fields: set[str] = set()  # event paths of the filter being compiled
+        self.aggregate_of: dict[Getter, Aggregate] = {}  # an aggregate call's getter -> call
 
     def error(self, pos: int, message: str) -> None:
         self.errors.append(RuleError(self.segment_id, pos + 1, message))
@@ -978,6 +1035,15 @@ class _RuleCompiler:
                 left.start,
                 f"'contains' needs a string or a path on the left, not {_describe(ltypes)}",
             )
+        agg = self.aggregate_of.get(lget)
+        if (
+            agg is not None
+            and isinstance(right, _Lit)
+            and right.value is not None
+            and not isinstance(right.value, list)
+            and op != "in"
+        ):
+            return check(_aggregate_test(op, agg, right.value))
         single_key = None
         if mode == "filter" and isinstance(left, _Path) and len(left.parts) == 1:
             single_key = left.parts[0]
@@ -1150,6 +1216,8 @@ class _RuleCompiler:
             value = ctx.aggregate(shared)
             return [] if value is None else [value]
 
+        self.aggregate_of[get_value] = shared
+
         if func == "exists":
             return get_value, types, lambda ctx: bool(ctx.aggregate(shared))
         return get_value, types, None
@@ -1240,8 +1308,16 @@ def _profile_getter(path: str) -> Getter:
 
 
 def _numbers_of(get: Getter) -> Callable[[Mapping[str, Any]], list[Any]]:
+    low_int, high_int, limit = -_MAX_INT, _MAX_INT, _MAX_FLOAT
+
     def numbers(event: Mapping[str, Any]) -> list[Any]:
-        return [v for v in get(event) if _is_number(v)]
+        # _is_number inlined: `-limit < v < limit` is false for nan and the infinities too.
+        return [
+            v
+            for v in get(event)
+            if (type(v) is int and low_int <= v < high_int)
+            or (type(v) is float and -limit < v < limit)
+        ]
 
     return numbers
 

@@ -4,13 +4,15 @@ and the entered/exited transitions, as pure functions."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from operators.aggregates import absent_init, absent_value, agg_init, agg_value
-from operators.profile import Profile, attribute_values
+from operators.aggregates import absent_init, absent_value, agg_init, agg_reader, agg_value
+from operators.profile import Profile, attribute_values, changes_at
 from operators.rules import Absent, Aggregate, CompiledRule
+
+_MEMO_LIMIT = 4096  # entries per memo table before it starts afresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,11 @@ class SegmentIndex:
                 (*typed_abs.get(et, ()), *untyped_abs),
             )
         self.profile_paths = {r.segment_id: r.profile_paths for r in self.rules}
+        self.value_readers = {k: agg_reader(a) for k, a in self.aggregates.items()}
+        # Memo tables of the per-record lookups; their keys repeat (the same sets of segments,
+        # the same sets of changed attribute paths), so each is worked out once.
+        self._plans: dict[frozenset[str], tuple[tuple[str, Callable[[Any], bool]], ...]] = {}
+        self._by_paths: dict[frozenset[str], frozenset[str]] = {}
 
     def candidates(self, event_type: str) -> tuple[tuple[Aggregate, ...], tuple[Absent, ...]]:
         return self._by_type.get(event_type, self._untyped)
@@ -76,6 +83,18 @@ class SegmentIndex:
         return out
 
     def affected_by_attributes(self, paths: Iterable[str]) -> set[str]:
+        key = paths if isinstance(paths, frozenset) else frozenset(paths)
+        if not key:
+            return set()
+        hit = self._by_paths.get(key)
+        if hit is None:
+            hit = frozenset(self._affected_by_attributes(key))
+            if len(self._by_paths) >= _MEMO_LIMIT:
+                self._by_paths.clear()
+            self._by_paths[key] = hit
+        return set(hit)
+
+    def _affected_by_attributes(self, paths: Iterable[str]) -> set[str]:
         changed = list(paths)
         out: set[str] = set()
         for seg_id, reads in self.profile_paths.items():
@@ -88,35 +107,64 @@ class SegmentIndex:
     def all_ids(self) -> set[str]:
         return set(self.order)
 
+    def plan(self, which: Iterable[str]) -> tuple[tuple[str, Callable[[Any], bool]], ...]:
+        """``(segment_id, evaluate)`` of the named segments and, transitively, those built on
+        them (``in_segment``), dependencies first; unknown ids are ignored."""
+        key = which if isinstance(which, frozenset) else frozenset(which)
+        plan = self._plans.get(key)
+        if plan is None:
+            todo = set(key)
+            frontier = list(key)
+            while frontier:
+                for dep in self.dependants.get(frontier.pop(), ()):
+                    if dep not in todo:
+                        todo.add(dep)
+                        frontier.append(dep)
+            plan = tuple((r.segment_id, r.evaluate) for r in self.rules if r.segment_id in todo)
+            if len(self._plans) >= _MEMO_LIMIT:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
 
 class _Context:
     """The rules' view of one profile at one `now` (operators.rules.EvalContext)."""
 
-    __slots__ = ("computed", "index", "now_ms", "profile")
+    __slots__ = ("_abs", "_aggs", "_readers", "_segs", "computed", "index", "now_ms", "profile")
 
     def __init__(self, profile: Profile, index: SegmentIndex, now_ms: int) -> None:
         self.profile = profile
         self.index = index
         self.now_ms = now_ms
         self.computed: dict[str, bool] = {}
+        self._aggs: dict[str, Any] = profile["aggs"]
+        self._abs: dict[str, Any] = profile["abs"]
+        self._segs: dict[str, list[Any]] = profile["segs"]
+        self._readers = index.value_readers
 
     def profile_values(self, path: str) -> list[Any]:
         return attribute_values(self.profile, path)
 
     def aggregate(self, agg: Aggregate) -> Any:
-        aggs = self.profile["aggs"]
-        state = aggs[agg.key] if agg.key in aggs else agg_init(agg)
-        return agg_value(state, agg, self.now_ms)
+        key = agg.key
+        aggs = self._aggs
+        state = aggs[key] if key in aggs else agg_init(agg)
+        read = self._readers.get(key)
+        if read is None:  # a call from outside the index (explain of another rule set)
+            return agg_value(state, agg, self.now_ms)
+        return read(state, self.now_ms)
 
     def absent(self, a: Absent) -> bool:
-        states = self.profile["abs"]
-        state = states[a.key] if a.key in states else absent_init(a)
+        states = self._abs
+        key = a.key
+        state = states[key] if key in states else absent_init(a)
         return absent_value(state, a, self.now_ms)
 
     def in_segment(self, segment_id: str) -> bool:
-        if segment_id in self.computed:
-            return self.computed[segment_id]
-        held = self.profile["segs"].get(segment_id)
+        computed = self.computed
+        if segment_id in computed:
+            return computed[segment_id]
+        held = self._segs.get(segment_id)
         return bool(held and held[0])
 
 
@@ -128,18 +176,24 @@ def evaluate(
     profile: Profile, index: SegmentIndex, which: set[str], now_ms: int
 ) -> dict[str, bool]:
     """Evaluate the named segments and, transitively, those built on them (`in_segment`)."""
-    todo = set(which)
-    frontier = list(which)
-    while frontier:
-        for dep in index.dependants.get(frontier.pop(), ()):
-            if dep not in todo:
-                todo.add(dep)
-                frontier.append(dep)
     ctx = _Context(profile, index, now_ms)
-    for rule in index.rules:
-        if rule.segment_id in todo:
-            ctx.computed[rule.segment_id] = bool(rule.evaluate(ctx))
-    return ctx.computed
+    computed = ctx.computed
+    for segment_id, fn in index.plan(which):
+        computed[segment_id] = bool(fn(ctx))
+    return computed
+
+
+def due_at(profile: Profile, index: SegmentIndex, at_ms: int) -> set[str]:
+    """The segments a timer firing at `at_ms` needs to evaluate: those reading a windowed
+    input that can change value at exactly `at_ms` (``evaluate`` adds their ``in_segment``
+    dependants). Every other segment keeps the value it had when last evaluated, as long as
+    each evaluation of a windowed input change reschedules the timer (the engine's `retime`):
+    between two change points of its inputs a segment's value does not move.
+
+    For the engine: at a timer firing at ``ts`` with the profile as stored,
+    ``which = due_at(profile, index, ts)`` gives the same transitions as every timed segment.
+    """
+    return index.affected_by_inputs(changes_at(profile, index.aggregates, index.absents, at_ms))
 
 
 def transitions(
@@ -147,17 +201,24 @@ def transitions(
 ) -> tuple[dict[str, list[Any]], list[Transition]]:
     """New memberships and the changes: entered/exited alternate per segment by construction."""
     updated = dict(memberships)
-    changes: list[Transition] = []
-    for seg_id in sorted(results):
-        now_in = results[seg_id]
+    changed: list[tuple[str, bool, list[Any] | None]] = []
+    for seg_id, now_in in results.items():
         held = memberships.get(seg_id)
-        was_in = bool(held and held[0])
-        if now_in == was_in:
+        if now_in == bool(held and held[0]):
             continue
+        changed.append((seg_id, now_in, held))
+    if len(changed) > 1:
+        changed.sort(key=_first)
+    changes: list[Transition] = []
+    for seg_id, now_in, held in changed:
         sequence = (held[2] if held else 0) + 1
         updated[seg_id] = [now_in, at_ms, sequence]
         changes.append(Transition(seg_id, now_in, sequence))
     return updated, changes
+
+
+def _first(item: tuple[str, bool, list[Any] | None]) -> str:
+    return item[0]
 
 
 def exit_all(

@@ -20,16 +20,20 @@ from hypothesis import strategies as st
 
 from operators.aggregates import (
     absent_add,
+    absent_add_known,
+    absent_changes_at,
     absent_init,
     absent_merge,
     absent_next_change,
     absent_prune,
     absent_value,
     agg_add,
+    agg_changes_at,
     agg_init,
     agg_merge,
     agg_next_change,
     agg_prune,
+    agg_reader,
     agg_value,
 )
 from operators.rules import Absent, Aggregate, compile_rules
@@ -234,6 +238,33 @@ def test_next_change_is_exact(func: str, within: int | None, events: list[Event]
     assert nxt == min(leaving | entering)
 
 
+@given(funcs, windows, events_st, st.data())
+def test_reader_is_agg_value(
+    func: str, within: int | None, events: list[Event], data: st.DataObject
+) -> None:
+    agg = aggregate(func, within)
+    read = agg_reader(agg)
+    state = roundtrip(fold(agg, data.draw(st.permutations(events))))
+    for now in [*data.draw(st.lists(nows, min_size=1, max_size=6)), 0, 100]:
+        expected = brute(func, within, events, now)
+        assert same(read(state, now), expected), (now, state)
+        assert same(read(state, now), agg_value(state, agg, now))
+    assert same(read(agg_init(agg), 0), agg_value(agg_init(agg), agg, 0))
+
+
+@given(funcs, windows, events_st)
+def test_changes_at_names_every_time_the_value_moves(
+    func: str, within: int | None, events: list[Event]
+) -> None:
+    agg = aggregate(func, within)
+    state = fold(agg, events)
+    for t in range(-5, 100 + (within or 0) + 3):
+        if not agg_changes_at(state, agg, t):
+            assert same(agg_value(state, agg, t), agg_value(state, agg, t - 1)), t
+    if within is None:
+        assert not any(agg_changes_at(state, agg, t) for t in range(0, 101))
+
+
 def contributes(func: str, v: Any) -> bool:
     """Whether an event brings anything to the aggregate (a value where one is needed)."""
     if func in ("exists", "count"):
@@ -358,3 +389,28 @@ def test_absent_next_change_is_exact(within: int, events: list[AbsentEvent], now
     if latest is not None and latest + within > now:
         boundaries.add(latest + within)
     assert nxt == min(boundaries)
+
+
+@given(absent_windows, absent_events)
+def test_absent_changes_at_names_every_time_the_value_moves(
+    within: int, events: list[AbsentEvent]
+) -> None:
+    a = absent_call(within)
+    state = fold_absent(a, events)
+    for t in range(-5, 100 + within + 3):
+        if not absent_changes_at(state, a, t):
+            assert absent_value(state, a, t) is absent_value(state, a, t - 1), t
+
+
+@given(absent_windows, absent_events, times, st.booleans(), st.booleans())
+def test_absent_add_known_is_absent_add(
+    within: int, events: list[AbsentEvent], ts: int, is_a: bool, is_b: bool
+) -> None:
+    a = absent_call(within)
+    state = fold_absent(a, events)
+    before = json_order(state)
+    added = absent_add_known(state, ts, is_a, is_b)
+    assert added == absent_add(state, a, ts, {"a": is_a, "b": is_b})
+    assert json_order(state) == before  # arguments untouched
+    if not (is_a or is_b):
+        assert added is state

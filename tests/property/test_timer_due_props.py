@@ -1,0 +1,156 @@
+"""A timer that evaluates only `segments.due_at` (the segments whose windowed inputs change at
+the timer's time) emits exactly the transitions of one that evaluates every windowed segment.
+
+The loop below drives the pure functions the way the engine does: event time is the latest
+event less the lateness, due timers fire first (each evaluated at its own time), an event is
+applied and its affected segments evaluated, and whenever a windowed input changed the profile
+is pruned and its timer rescheduled (`next_change`). The two runs differ only in the `which`
+of a timer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from operators import profile as prof
+from operators.rules import compile_rules
+from operators.segments import SegmentIndex, due_at, evaluate, transitions
+from schemas.records import Origin, Record
+
+INDEX = SegmentIndex(
+    compile_rules(
+        [
+            ("buyers-5", 'exists(event.eventType == "buy", within="5ms")'),
+            ("viewers", 'count(event.eventType == "view", within="8ms") >= 2'),
+            ("spend", 'sum(event.amount, event.eventType == "buy", within="12ms") > 20'),
+            ("pricey", 'max(event.amount, event.eventType == "view", within="6ms") > 15'),
+            ("last-b", 'last(event.page, event.eventType == "view", within="9ms") == "b"'),
+            (
+                "cart",
+                'absent(event.eventType == "buy", after=event.eventType == "add", within="4ms")',
+            ),
+            (
+                "idle",
+                'absent(event.eventType == "view", after=event.eventType == "add", within="7ms")',
+            ),
+            ("buyers", 'exists(event.eventType == "buy")'),
+            ("gold", 'profile.level == "gold"'),
+            ("combo", 'in_segment("cart") and not in_segment("viewers")'),
+            ("gold-cart", 'in_segment("gold") and in_segment("combo")'),
+            ("quiet", 'not in_segment("buyers-5") and not in_segment("idle")'),
+        ]
+    )
+)
+TIMED = frozenset(
+    r.segment_id
+    for r in INDEX.rules
+    if r.absents or any(a.within_ms is not None for a in r.aggregates)
+)
+TRUE_WHEN_EMPTY = frozenset(
+    s for s, v in evaluate(prof.new_profile(), INDEX, INDEX.all_ids(), 0).items() if v
+)
+
+event = st.tuples(
+    st.sampled_from(["view", "buy", "add", "other"]),
+    st.integers(0, 40),  # ts
+    st.integers(0, 30),  # amount
+    st.sampled_from(["a", "b"]),
+)
+attribute = st.tuples(st.sampled_from(["gold", "silver"]), st.integers(0, 40), st.integers(0, 3))
+items = st.lists(st.one_of(event, attribute, event), min_size=1, max_size=20)
+
+
+def record(i: int, item: tuple[Any, ...]) -> Record:
+    if len(item) == 4:
+        kind, ts, amount, page = item
+        body = {"eventType": kind, "amount": amount, "page": page}
+        return Record(Origin("web", 0, i), 0, "event", 0, (), body, ts, f"e{i}", kind)
+    level, ts, priority = item
+    return Record(Origin("crm", 0, i), 1, "profile", priority, (), {"level": level}, ts, None, None)
+
+
+Emitted = tuple[str, bool, int, int]  # segment, entered, sequence, at
+
+
+class Run:
+    def __init__(self, due_only: bool) -> None:
+        self.due_only = due_only
+        self.profile: prof.Profile = prof.new_profile()
+        self.out: list[Emitted] = []
+        self.timers_fired = 0
+
+    def evaluate(self, which: set[str], now: int, at: int, retime: bool) -> None:
+        profile = self.profile
+        if which:
+            results = evaluate(profile, INDEX, which, now)
+            segs, changes = transitions(profile["segs"], results, at)
+            profile = {**profile, "segs": segs}
+            self.out.extend((c.segment_id, c.entered, c.sequence, at) for c in changes)
+        if retime:
+            profile = prof.prune(profile, INDEX.aggregates, INDEX.absents, now)
+            profile = {
+                **profile,
+                "timer": prof.next_change(profile, INDEX.aggregates, INDEX.absents, now),
+            }
+        self.profile = profile
+
+    def fire(self, upto: int) -> None:
+        while self.profile["timer"] is not None and self.profile["timer"] <= upto:
+            ts = self.profile["timer"]
+            self.profile = {**self.profile, "timer": None}
+            self.timers_fired += 1
+            which = due_at(self.profile, INDEX, ts) if self.due_only else set(TIMED)
+            self.evaluate(which, ts, ts, retime=True)
+
+    def apply(self, r: Record, now: int, fresh: bool) -> None:
+        which = set(TRUE_WHEN_EMPTY) if fresh else set()
+        retime = fresh
+        if r.kind == "event":
+            aggs, absents = INDEX.candidates(r.event_type or "")
+            self.profile, changed = prof.apply_event(self.profile, r, aggs, absents)
+            which |= INDEX.affected_by_inputs(changed)
+            retime = retime or not changed.isdisjoint(INDEX.windowed)
+        else:
+            self.profile, paths = prof.apply_attributes(self.profile, r)
+            which |= INDEX.affected_by_attributes(paths)
+        self.evaluate(which, now, r.ts_ms or 0, retime)
+
+
+def drive(records: list[Record], lateness: int, due_only: bool) -> Run:
+    run = Run(due_only)
+    watermark: int | None = None
+    for i, r in enumerate(records):
+        if r.kind == "event" and r.ts_ms is not None:
+            watermark = r.ts_ms if watermark is None else max(watermark, r.ts_ms)
+        now = 0 if watermark is None else watermark - lateness
+        run.fire(now)
+        run.apply(r, now, fresh=i == 0)
+    run.fire(10**6)  # the end of a replay: every timer fires
+    return run
+
+
+@settings(max_examples=300)
+@given(items, st.integers(0, 6))
+def test_due_timers_emit_what_evaluating_every_timed_segment_emits(
+    raw: list[tuple[Any, ...]], lateness: int
+) -> None:
+    records = [record(i, item) for i, item in enumerate(raw)]
+    every = drive(records, lateness, due_only=False)
+    due = drive(records, lateness, due_only=True)
+    assert due.out == every.out
+    assert due.profile == every.profile
+    assert due.timers_fired == every.timers_fired
+
+
+def test_due_at_names_only_segments_whose_inputs_change() -> None:
+    r = record(0, ("add", 10, 0, "a"))
+    aggs, absents = INDEX.candidates("add")
+    profile, _ = prof.apply_event(prof.new_profile(), r, aggs, absents)
+    # the add becomes the latest A at 10, and 4ms / 7ms old at 14 / 17
+    assert due_at(profile, INDEX, 10) == {"cart", "idle"}
+    assert due_at(profile, INDEX, 14) == {"cart"}
+    assert due_at(profile, INDEX, 17) == {"idle"}
+    assert due_at(profile, INDEX, 12) == set()
