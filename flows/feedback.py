@@ -66,6 +66,7 @@ def ensure_topic(config: dict[str, str], topic: str) -> None:
 @dataclass(frozen=True)
 class Status:
     process: int
+    started_ns: int  # when this process started: a restarted process's statuses are newer
     n: int  # this process's status number: increases with every status it sends
     parts_ended: int
     read: int
@@ -88,12 +89,12 @@ class Termination:
         self.processes = processes
         self.input_parts = input_parts
         self.latest: dict[int, Status] = {}
-        self._balanced: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self._balanced: tuple[tuple[int, ...], tuple[tuple[int, int], ...]] | None = None
         self.finished = False
 
     def observe(self, status: Status) -> bool:
         held = self.latest.get(status.process)
-        if held is not None and status.n <= held.n:
+        if held is not None and (status.started_ns, status.n) <= (held.started_ns, held.n):
             return self.finished
         self.latest[status.process] = status
         if len(self.latest) < self.processes:
@@ -108,7 +109,7 @@ class Termination:
             self._balanced = None
             return False
         totals = (read, graph[0], fb[0])
-        numbers = tuple(self.latest[p].n for p in sorted(self.latest))
+        numbers = tuple((self.latest[p].started_ns, self.latest[p].n) for p in sorted(self.latest))
         if self._balanced is not None and self._balanced[0] == totals:
             if all(now > then for now, then in zip(numbers, self._balanced[1], strict=True)):
                 self.finished = True
@@ -118,10 +119,14 @@ class Termination:
         return False
 
 
+STARTED_NS = time.time_ns()
+
+
 def local_status(process: int, n: int, counts: list[FlowCounts]) -> Status:
     raw = io.RAW
     return Status(
         process=process,
+        started_ns=STARTED_NS,
         n=n,
         parts_ended=raw.parts_ended,
         read=raw.read,

@@ -130,29 +130,43 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
         if self._resend_after < 0 or self._key < 0:
             return []
         seq, self._resend_after = self._resend_after, -1
-        return self._engine().outbox_after(self._key, seq)
+        again = self._engine().outbox_after(self._key, seq)
+        if self._role == "graph":  # sent again: the profile steps count them again
+            self._engine().counts.graph_out += len(again)
+        return again
 
-    def on_batch(self, values: list[Any]) -> tuple[Iterable[Output], bool]:
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         if self._key < 0:
             self._key = GRAPH_KEY if self._role == "graph" else int(self._route(values[0]))
         out = self._redeliver()
         engine, wall = self._engine(), self._options.clock()
         if self._role == "graph":
-            out.extend(engine.route(values, wall))
+            out.extend(engine.route(_flat(values), wall))
         elif self._role == "profile":
-            out.extend(engine.process_commands(self._key, values, wall))
+            out.extend(engine.process_commands(self._key, _flat(values), wall))
         else:
             out.extend(engine.process(self._key, values, wall))
-        return out, self.RETAIN
+        return self._packed(out), self.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[Output], bool]:
+    def _packed(self, out: list[Output]) -> list[Any]:
+        """The graph step's outputs travel in lists, one per shard key and call: between
+        processes Bytewax pickles each item, and one pickle of many items costs far less."""
+        if self._role != "graph" or not out:
+            return out
+        shards = self._settings.shards
+        groups: dict[str, list[Output]] = {}
+        for item in out:
+            groups.setdefault(command_key(shards, item), []).append(item)  # type: ignore[arg-type]
+        return list(groups.values())
+
+    def on_notify(self) -> tuple[Iterable[Any], bool]:
         out = self._redeliver()
         if self._options.mode == "live" and self._key >= 0 and self._role != "graph":
             wall = self._options.clock()
             out.extend(self._engine().advance(self._key, wall, wall))
-        return out, self.RETAIN
+        return self._packed(out), self.RETAIN
 
-    def on_eof(self) -> tuple[Iterable[Output], bool]:
+    def on_eof(self) -> tuple[Iterable[Any], bool]:
         out = self._redeliver()
         # End of a replay: event time reaches the last event. A live run that stops keeps
         # its event time (the wall clock moves it on when it starts again).
@@ -161,7 +175,7 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
                 out.extend(self._engine().finish_route(self._options.clock()))
             elif self._role == "all":
                 out.extend(self._engine().finish(self._key, self._options.clock()))
-        return out, self.RETAIN
+        return self._packed(out), self.RETAIN
 
     def notify_at(self) -> datetime | None:
         now = datetime.now(tz=UTC)
@@ -222,8 +236,16 @@ def routing_name(options: RunOptions) -> str:
     return "single" if options.workers <= 1 else "shards"
 
 
-def command_key(shards: int, item: Command) -> str:
-    """The shard key of what the profile step applies: the cluster a command is about."""
+def _flat(values: list[Any]) -> list[Any]:
+    """Items that came packed in lists (see `_ApplyRecords._packed`), unpacked in order."""
+    return [x for v in values for x in (v if isinstance(v, list) else (v,))]
+
+
+def command_key(shards: int, item: Command | list[Command]) -> str:
+    """The shard key of what the profile step applies: the cluster a command is about (a
+    packed list goes where its items go)."""
+    if isinstance(item, list):
+        item = item[0]
     if isinstance(item, Routed | Drop):
         target = item.canonical
     elif isinstance(item, Move):
@@ -295,7 +317,9 @@ def _apply_on_processes(
     raw_parts: Callable[[], int],
 ) -> Stream[AudienceChange]:
     """Identity on one key, profiles on shard keys, moves through the feedback topic."""
-    to_graph = op.key_on("to_graph", records, lambda _r: "graph")
+    # Every record goes to the graph key, a list per input batch (see `_packed`).
+    packed = op.flat_map_batch("pack_for_graph", records, lambda batch: [batch])
+    to_graph = op.key_on("to_graph", packed, lambda _r: "graph")
     graph = op.stateful_batch(
         "resolve_identities",
         to_graph,

@@ -22,7 +22,15 @@ from operators import metrics
 from operators import profile as prof
 from operators.identity import Cluster, IdentityRules, Resolution, profile_id, resolve
 from operators.rules import compile_rules
-from operators.segments import SegmentIndex, Transition, change_id, evaluate, exit_all, transitions
+from operators.segments import (
+    SegmentIndex,
+    Transition,
+    change_id,
+    due_at,
+    evaluate,
+    exit_all,
+    transitions,
+)
 from operators.store import (
     GRAPH_PARTITIONS_KEY,
     GRAPH_WATERMARK_KEY,
@@ -57,6 +65,7 @@ from schemas.records import (
 GRAPH_KEY = 9999
 FEEDBACK_SOURCE = "$feedback"
 GRAPH_SOURCE = "$graph"  # the graph step's output sequence, as a profile step's input offset
+FEEDBACK_COUNTS_KEY = b"meta/feedback-counts"
 Output = AudienceChange | Command
 
 
@@ -156,13 +165,13 @@ class Engine:
         self.rules = IdentityRules.from_settings(settings)
         self.index = index or build_index(settings)
         self.lateness_ms = settings.time.allowed_lateness_ms
-        self.timed = {
-            r.segment_id
-            for r in self.index.rules
-            if r.absents or any(a.within_ms is not None for a in r.aggregates)
-        }
         self.stats = EngineStats()
         self.counts = FlowCounts()
+        # Feedback commands made and applied are counted with the state (each counted once,
+        # however often a crash makes it travel), so the totals balance across restarts.
+        held = store.get(FEEDBACK_COUNTS_KEY) if role == "profile" else None
+        if held is not None:
+            self.counts.fb_out, self.counts.fb_done = decode(held)
         # With no record applied every input has its initial value whatever the time, so
         # which rules hold for an empty profile is known once.
         empty = prof.new_profile()
@@ -282,6 +291,8 @@ class Engine:
                     txn.put(Keys.outbox(key, seq), encode(item.to_stored()))
             txn.put(Keys.outbox_seq(key), str(seq).encode())
             self._seqs[key] = seq
+        if self.role == "profile":
+            txn.put_json(FEEDBACK_COUNTS_KEY, [self.counts.fb_out, self.counts.fb_done])
         if self.max_event_ms is not None:
             if self.role != "graph":
                 metrics.WATERMARK.set(self.max_event_ms / 1000)
@@ -543,7 +554,8 @@ class Engine:
                 canonical,
                 cluster=None,
                 profile=profile,
-                which=set(self.timed),
+                # Only the segments whose windowed inputs change at this very moment.
+                which=due_at(profile, self.index, ts),
                 at_ms=ts,
                 wall_ms=wall_ms,
                 reason="timer",
@@ -882,7 +894,6 @@ class Engine:
 
     def _adopt(self, txn: Txn, key: int, adopt: Adopt, wall_ms: int, out: list[Output]) -> None:
         """The survivor's side: merge the moved profile in once, re-evaluate every segment."""
-        self.counts.fb_done += 1
         origin = adopt.origin
         if origin is not None:
             offset_key = Keys.offset(key, origin.source, origin.partition)
@@ -892,16 +903,17 @@ class Engine:
                 return
             txn.put_json(offset_key, origin.offset)
         self._read_ns = 0
+        merged_key = Keys.merged(adopt.merge_id, adopt.survivor)
+        if txn.get(merged_key) is not None:
+            return  # a copy already merged (or passed on) here
+        txn.put(merged_key, b"")
+        self.counts.fb_done += 1
         onward = txn.get_json(Keys.forward(adopt.survivor))
         if onward is not None:  # the survivor merged away meanwhile: follow it
             self.counts.fb_out += 1
             target = parse_identity(onward)
             out.append(Adopt(target, adopt.members, adopt.merge_id, adopt.profile, adopt.at_ms))
             return
-        merged_key = Keys.merged(adopt.merge_id)
-        if txn.get(merged_key) is not None:
-            return
-        txn.put(merged_key, b"")
         stored = txn.get_json(self.keys.profile(adopt.survivor))
         profile = prof.merge_profiles(
             prof.new_profile() if stored is None else stored,

@@ -269,9 +269,10 @@ class Keys:
         return f"f/{identity_str(canonical)}".encode()
 
     @staticmethod
-    def merged(merge_id: str) -> bytes:
-        """A moved profile already merged in (several processes: moves are idempotent)."""
-        return f"m/{merge_id}".encode()
+    def merged(merge_id: str, into: Identity) -> bytes:
+        """A moved profile already merged into (or passed on from) `into`: several processes
+        apply each move once, however often it is delivered."""
+        return f"m/{identity_str(into)}/{merge_id}".encode()
 
     @staticmethod
     def timer(ts_ms: int, canonical: Identity) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 import orjson
@@ -166,6 +167,7 @@ class AudienceChange:
         return (AudienceChange.from_stored, (self.to_stored(),))
 
 
+@lru_cache(maxsize=1 << 16)  # event and emit times repeat across a batch's changes
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds -> `2020-08-11T00:00:00Z` (milliseconds shown only when non-zero)."""
     dt = datetime.fromtimestamp(ms / 1000, tz=UTC)

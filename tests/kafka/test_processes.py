@@ -9,6 +9,7 @@ independent offline union-find of tests/flow/test_identity_oracle.py.
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -82,8 +83,13 @@ def _replay(config: Path, state: Path, out: Path, *cluster: str) -> subprocess.P
     return subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
 
 
-def _finish(proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    _, err = proc.communicate(timeout=timeout)
+def _finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"no end within {timeout}s: {err.decode()[-3000:]}") from None
     assert proc.returncode == 0, err.decode()[-3000:]
 
 
@@ -97,6 +103,35 @@ def _view(p: dict[str, Any]) -> tuple[Any, ...]:
     memberships held are compared."""
     segments = {s for s, v in p["segments"].items() if v["status"] == "entered"}
     return (orjson.dumps(p["attributes"], option=orjson.OPT_SORT_KEYS), segments, p["events"])
+
+
+def _assert_equal_where_calm(
+    base: dict[str, Any], one: list[dict[str, Any]], two: list[dict[str, Any]]
+) -> None:
+    """No cluster breaks a unique namespace; clusters touched by a refused link may differ
+    (which link wins depends on arrival order); every other cluster and its profile is equal."""
+    unique = {ns["name"] for ns in base["namespaces"] if ns.get("unique")}
+    for cluster in _clusters(two):
+        for u in unique:
+            assert sum(1 for ns, _ in cluster if ns == u) <= 1
+
+    # Clusters touched by a refused link may differ (which link wins depends on arrival
+    # order); everything else is equal, clusters and profiles alike.
+    c1, c2 = _clusters(one), _clusters(two)
+    touched: set[tuple[str, str]] = set()
+    for c in c1 ^ c2:
+        touched |= c
+    members = sum(len(c) for c in c1)
+    assert len(touched) < 0.05 * members
+    calm_one = {c for c in c1 if not c & touched}
+    calm_two = {c for c in c2 if not c & touched}
+    assert calm_one == calm_two
+    merged = [c for c in calm_one if len(c) > 1]
+    assert len(merged) > 500, "the data links many identities"
+    view_one = {_clusters([p]).pop(): _view(p) for p in one}
+    view_two = {_clusters([p]).pop(): _view(p) for p in two}
+    differ = [c for c in calm_one if view_one[c] != view_two[c]]
+    assert differ == [], f"{len(differ)} of {len(calm_one)} profiles differ"
 
 
 def test_two_processes_equal_one(topics: dict[str, Any], tmp_path: Path) -> None:
@@ -124,31 +159,15 @@ def test_two_processes_equal_one(topics: dict[str, Any], tmp_path: Path) -> None
     ]
     assert len(per_process) == 2 and min(per_process) > 0.2 * len(two), per_process
 
-    unique = {ns["name"] for ns in base["namespaces"] if ns.get("unique")}
-    for cluster in _clusters(two):
-        for u in unique:
-            assert sum(1 for ns, _ in cluster if ns == u) <= 1
-
-    # Clusters touched by a refused link may differ (which link wins depends on arrival
-    # order); everything else is equal, clusters and profiles alike.
-    c1, c2 = _clusters(one), _clusters(two)
-    touched: set[tuple[str, str]] = set()
-    for c in c1 ^ c2:
-        touched |= c
-    members = sum(len(c) for c in c1)
-    assert len(touched) < 0.05 * members
-    calm_one = {c for c in c1 if not c & touched}
-    calm_two = {c for c in c2 if not c & touched}
-    assert calm_one == calm_two
-    merged = [c for c in calm_one if len(c) > 1]
-    assert len(merged) > 500, "the data links many identities"
-    view_one = {_clusters([p]).pop(): _view(p) for p in one}
-    view_two = {_clusters([p]).pop(): _view(p) for p in two}
-    differ = [c for c in calm_one if view_one[c] != view_two[c]]
-    assert differ == [], f"{len(differ)} of {len(calm_one)} profiles differ"
+    _assert_equal_where_calm(base, one, two)
 
     # The change streams of both processes fold to the exported memberships.
     changes = read_jsonl(tmp_path / "two-0.jsonl") + read_jsonl(tmp_path / "two-1.jsonl")
+    _assert_folds_to(changes, two)
+
+
+def _assert_folds_to(changes: list[dict[str, Any]], profiles: list[dict[str, Any]]) -> None:
+    """The latest change of each (profile, segment), by `sequence`, is its exported state."""
     state: dict[tuple[str, str], tuple[int, str]] = {}
     for c in changes:
         key = (c["profile_id"], c["segment_id"])
@@ -157,7 +176,7 @@ def test_two_processes_equal_one(topics: dict[str, Any], tmp_path: Path) -> None
     folded = {k for k, (_, status) in state.items() if status == "entered"}
     exported = {
         (p["profile_id"], s)
-        for p in two
+        for p in profiles
         for s, v in p["segments"].items()
         if v["status"] == "entered"
     }
@@ -284,3 +303,43 @@ def test_two_live_workers_move_merged_profiles(
     assert len(persons) == people
     assert all(pr["events"]["count"] == 3 and len(pr["identities"]["ECID"]) == 1 for pr in persons)
     assert len(profiles) == people  # no anonymous profile was left behind
+
+
+def test_two_processes_survive_kill_9(topics: dict[str, Any], tmp_path: Path) -> None:
+    """DESIGN §3 on several processes: SIGKILL both processes at random moments (a cluster
+    stops as a whole when one process dies), start them again with the same commands; the
+    result equals a one-process run wherever no link conflicted, and the change stream after
+    dedup by id folds to the exported memberships."""
+    rng = random.Random(11)
+    base = topics["config"]
+    prefix = topics["prefix"]
+    one_cfg = _config(tmp_path, base, prefix + "feedback-kill-one")
+    _finish(_replay(one_cfg, tmp_path / "one", tmp_path / "one.jsonl"))
+    cfg = _config(tmp_path, base, prefix + "feedback-kill")
+    ports = [_free_port(), _free_port()]
+    addresses = [a for port in ports for a in ("-a", f"127.0.0.1:{port}")]
+    kills = 0
+    for attempt in range(3):
+        procs = [
+            _replay(
+                cfg, tmp_path / "s", tmp_path / f"c{i}-{attempt}.jsonl", "-i", str(i), *addresses
+            )
+            for i in range(2)
+        ]
+        if attempt < 2:
+            time.sleep(rng.uniform(1.5, 4.0))
+            if all(p.poll() is None for p in procs):
+                kills += 1
+            for proc in procs:
+                proc.kill()
+            for proc in procs:
+                proc.communicate(timeout=60)
+            continue
+        for proc in procs:
+            _finish(proc)
+    assert kills >= 1, "the run was killed at least once"
+    two = export(cfg, tmp_path / "s", tmp_path, "killed.jsonl")
+    _assert_equal_where_calm(base, export(one_cfg, tmp_path / "one", tmp_path), two)
+    changes = [c for f in sorted(tmp_path.glob("c*-*.jsonl")) for c in read_jsonl(f)]
+    unique = {c["id"]: c for c in changes}
+    _assert_folds_to(list(unique.values()), two)

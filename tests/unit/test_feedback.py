@@ -21,7 +21,7 @@ def status(process: int, n: int, **counts: int) -> Status:
         ),
         0,
     )
-    return Status(process=process, n=n, **{**base, **counts})
+    return Status(process=process, started_ns=1, n=n, **{**base, **counts})
 
 
 BALANCED = {"parts_ended": 1, "read": 10, "raw_out": 10, "graph_out": 12, "graph_done": 12}
@@ -68,3 +68,16 @@ def test_old_or_repeated_statuses_are_ignored() -> None:
     assert not t.observe(first)  # the same status twice is not a second round
     assert not t.observe(replace(first, n=4))
     assert t.observe(replace(first, n=6))
+
+
+def test_a_restarted_process_replaces_its_earlier_statuses() -> None:
+    """After a crash the topic still holds the dead process's statuses, with higher numbers
+    than the new process's first ones: the start time orders them."""
+    t = Termination(processes=1, input_parts=1)
+    stale = replace(status(0, 40, **{**BALANCED, "read": 3, "raw_out": 2}), started_ns=1)
+    assert not t.observe(stale)
+    fresh = replace(status(0, 1, **BALANCED), started_ns=2)
+    assert not t.observe(fresh)
+    assert not t.observe(stale)  # read again: older than what is held
+    assert t.latest[0] == fresh
+    assert t.observe(replace(fresh, n=2))
