@@ -411,19 +411,36 @@ class Engine:
         out: list[Output],
     ) -> None:
         """The loser of a merge: its memberships exit (reason `merge`), its profile goes."""
+        self._remove_profile(
+            txn, loser, cluster, profile, reason="merge", at_ms=at_ms, wall_ms=wall_ms, out=out
+        )
+
+    def _remove_profile(
+        self,
+        txn: Txn,
+        canonical: Identity,
+        cluster: Cluster,
+        profile: prof.Profile,
+        *,
+        reason: str,
+        at_ms: int,
+        wall_ms: int,
+        out: list[Output],
+    ) -> None:
+        """Every membership exits with `reason`; the profile and its timer go."""
         _, exits = exit_all(profile["segs"], at_ms)
         self._emit(
             out,
-            loser,
+            canonical,
             cluster=cluster,
             profile=profile,
             changes=exits,
             at_ms=at_ms,
             wall_ms=wall_ms,
-            reason="merge",
+            reason=reason,
         )
-        self._set_timer(txn, loser, profile.get("timer"), None)
-        txn.delete(self.keys.profile(loser))
+        self._set_timer(txn, canonical, profile.get("timer"), None)
+        txn.delete(self.keys.profile(canonical))
 
     def _duplicate(self, txn: Txn, record: Record) -> bool:
         """An event whose `_id` was applied before (marks it applied otherwise)."""
@@ -664,19 +681,16 @@ class Engine:
         `delete`), and earlier outputs naming the person still waiting in an outbox too."""
         stored = txn.get_json(self.keys.profile(canonical))
         if stored is not None:
-            _, exits = exit_all(stored["segs"], at_ms)
-            self._emit(
-                out,
+            self._remove_profile(
+                txn,
                 canonical,
-                cluster=cluster,
-                profile=stored,
-                changes=exits,
+                cluster,
+                stored,
+                reason="delete",
                 at_ms=at_ms,
                 wall_ms=wall_ms,
-                reason="delete",
+                out=out,
             )
-            self._set_timer(txn, canonical, stored.get("timer"), None)
-            txn.delete(self.keys.profile(canonical))
         members = {f"{ns}:{v}" for ns, v in cluster.members}
         for key, raw in self.store.scan(b"q/"):
             if key.endswith(b"/seq"):
