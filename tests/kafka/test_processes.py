@@ -24,7 +24,7 @@ import yaml
 
 from benchmarks.generator import generate, write_files
 from tests.flow.test_identity_oracle import offline_clusters, records
-from tests.helpers import ROOT, export, read_jsonl
+from tests.helpers import ROOT, export, read_jsonl, run_cli
 from tests.kafka_broker import consume_all, create_topics, produce
 
 pytestmark = pytest.mark.kafka
@@ -134,7 +134,9 @@ def _assert_equal_where_calm(
     assert differ == [], f"{len(differ)} of {len(calm_one)} profiles differ"
 
 
-def test_two_processes_equal_one(topics: dict[str, Any], tmp_path: Path) -> None:
+def test_two_processes_equal_one(
+    topics: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     base = topics["config"]
     prefix = topics["prefix"]
     one_cfg = _config(tmp_path, base, prefix + "feedback-one")
@@ -164,6 +166,24 @@ def test_two_processes_equal_one(topics: dict[str, Any], tmp_path: Path) -> None
     # The change streams of both processes fold to the exported memberships.
     changes = read_jsonl(tmp_path / "two-0.jsonl") + read_jsonl(tmp_path / "two-1.jsonl")
     _assert_folds_to(changes, two)
+
+    # `cdp identity` explains a cluster of the two-process state as of one process.
+    person = max(two, key=lambda p: len(_clusters([p]).pop()))
+    ns, values = next(iter(sorted(person["identities"].items())))
+    reports = []
+    for state, cfg in ((tmp_path / "one", one_cfg), (tmp_path / "two", two_cfg)):
+        capsys.readouterr()
+        identity = f"{ns}:{values[0]}"
+        assert (
+            run_cli("identity", "--config", cfg, "--state-dir", state, "--identity", identity) == 0
+        )
+        reports.append(orjson.loads(capsys.readouterr().out))
+    first, second = reports
+    assert second["members"] == person["identities"]
+    assert {k: v for k, v in first.items() if k != "links"} == {
+        k: v for k, v in second.items() if k != "links"
+    }
+    assert len(second["links"]) == len(_clusters([person]).pop()) - 1
 
 
 def _assert_folds_to(changes: list[dict[str, Any]], profiles: list[dict[str, Any]]) -> None:
