@@ -140,7 +140,7 @@ def offline_clusters(
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     directory = tmp_path_factory.mktemp("identity")
-    stream = generate(1500, 20000, seed=9)
+    stream = generate(3000, 30000, seed=9)
     assert stream.truth["shared_devices"], "the generator makes shared tablets"
     write_files(stream, directory, junk=True)  # junk includes an ECID of "null"
     shutil.copyfile(ROOT / "config" / "demo.yaml", directory / "cdp.yaml")

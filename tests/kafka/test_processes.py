@@ -49,7 +49,7 @@ def topics(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> di
     """The demo stream in five topics (web in two partitions, keyed by device) and the
     records as the one-process run reads them, for the oracle."""
     prefix = f"procs{tmp_path_factory.mktemp('p').name[-6:]}."
-    stream = generate(1500, 20000, seed=9)
+    stream = generate(3000, 30000, seed=9)
     assert stream.truth["shared_devices"]
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     for src in config["sources"]:
