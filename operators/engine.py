@@ -329,16 +329,12 @@ class Engine:
         part, at_record, after = self._observe(record)  # skipped records count too
         if self._advance(part, at_record):
             self._fire_timers(txn, self.now_ms, wall_ms, out)
-        offset_key = Keys.offset(key, origin.source, origin.partition)
-        applied = txn.get_json(offset_key)
-        if applied is not None and origin.offset <= applied:
-            self.stats.replayed += 1
-            metrics.REPLAYED.inc()
-        else:
-            txn.put_json(offset_key, origin.offset)
+        if self._first_time(txn, key, origin.source, origin.partition, origin.offset):
             self.stats.records += 1
             metrics.APPLIED.inc()
             self._apply(txn, record, wall_ms, out)
+        else:
+            metrics.REPLAYED.inc()
         self.positions[part] = max(self.positions.get(part, -1), origin.offset)
         if after != at_record and self._advance(part, after):
             self._fire_timers(txn, self.now_ms, wall_ms, out)
@@ -441,6 +437,18 @@ class Engine:
         )
         self._set_timer(txn, canonical, profile.get("timer"), None)
         txn.delete(self.keys.profile(canonical))
+
+    def _first_time(self, txn: Txn, key: int, source: str, partition: int, offset: int) -> bool:
+        """Whether this key applies input `offset` of (source, partition) for the first time
+        (and records it, in the same WriteBatch as what it changes). Inputs reach a key in
+        offset order, so the highest applied offset is enough."""
+        offset_key = Keys.offset(key, source, partition)
+        applied = txn.get_json(offset_key)
+        if applied is not None and offset <= applied:
+            self.stats.replayed += 1
+            return False
+        txn.put_json(offset_key, offset)
+        return True
 
     def _duplicate(self, txn: Txn, record: Record) -> bool:
         """An event whose `_id` was applied before (marks it applied otherwise)."""
@@ -622,12 +630,8 @@ class Engine:
         self, txn: Txn, key: int, command: Forget, wall_ms: int, out: list[Output]
     ) -> None:
         origin = command.origin
-        offset_key = Keys.offset(key, origin.source, origin.partition)
-        applied = txn.get_json(offset_key)
-        if applied is not None and origin.offset <= applied:
-            return
-        txn.put_json(offset_key, origin.offset)
-        self._forget(txn, command.identity, wall_ms, out)
+        if self._first_time(txn, key, origin.source, origin.partition, origin.offset):
+            self._forget(txn, command.identity, wall_ms, out)
 
     def _forget(self, txn: Txn, identity: Identity, wall_ms: int, out: list[Output]) -> bool:
         found = self._forget_graph(txn, identity, wall_ms)
@@ -748,16 +752,12 @@ class Engine:
         origin = record.origin
         part, at_record, after = self._observe(record)
         self._advance(part, at_record)
-        offset_key = Keys.offset(GRAPH_KEY, origin.source, origin.partition)
-        applied = txn.get_json(offset_key)
-        if applied is not None and origin.offset <= applied:
-            self.stats.replayed += 1
-            metrics.REPLAYED.inc()
-        else:
-            txn.put_json(offset_key, origin.offset)
+        if self._first_time(txn, GRAPH_KEY, origin.source, origin.partition, origin.offset):
             self.stats.records += 1
             metrics.APPLIED.inc()
             self._route_record(txn, record, out)
+        else:
+            metrics.REPLAYED.inc()
         self.positions[part] = max(self.positions.get(part, -1), origin.offset)
         if after != at_record:
             self._advance(part, after)
@@ -807,11 +807,8 @@ class Engine:
 
     def _route_forget(self, txn: Txn, command: Forget, wall_ms: int, out: list[Output]) -> None:
         origin = command.origin
-        offset_key = Keys.offset(GRAPH_KEY, origin.source, origin.partition)
-        applied = txn.get_json(offset_key)
-        if applied is not None and origin.offset <= applied:
+        if not self._first_time(txn, GRAPH_KEY, origin.source, origin.partition, origin.offset):
             return
-        txn.put_json(offset_key, origin.offset)
         found = self._forget_graph(txn, command.identity, wall_ms)
         if found is not None:
             canonical, cluster = found
@@ -841,12 +838,8 @@ class Engine:
     ) -> None:
         self.counts.graph_done += 1
         # The graph step's outputs reach a key in their order: one sequence is the offset.
-        offset_key = Keys.offset(key, GRAPH_SOURCE, 0)
-        applied = txn.get_json(offset_key)
-        if applied is not None and item.seq <= applied:
-            self.stats.replayed += 1
+        if not self._first_time(txn, key, GRAPH_SOURCE, 0, item.seq):
             return
-        txn.put_json(offset_key, item.seq)
         if isinstance(item, Drop):
             cluster = Cluster(members=item.members)
             self._forget_profile(
@@ -909,13 +902,10 @@ class Engine:
     def _adopt(self, txn: Txn, key: int, adopt: Adopt, wall_ms: int, out: list[Output]) -> None:
         """The survivor's side: merge the moved profile in once, re-evaluate every segment."""
         origin = adopt.origin
-        if origin is not None:
-            offset_key = Keys.offset(key, origin.source, origin.partition)
-            applied = txn.get_json(offset_key)
-            if applied is not None and origin.offset <= applied:
-                self.stats.replayed += 1
-                return
-            txn.put_json(offset_key, origin.offset)
+        if origin is not None and not self._first_time(
+            txn, key, origin.source, origin.partition, origin.offset
+        ):
+            return
         self._read_ns = 0
         merged_key = Keys.merged(adopt.merge_id, adopt.survivor)
         if txn.get(merged_key) is not None:
