@@ -256,16 +256,23 @@ class Engine:
     def finish(self, key: int, wall_ms: int) -> list[Output]:
         """End of input: event time reaches the last event of every partition; timers fire."""
         with self.lock:
-            if not self._partition_max:
+            last = self._to_last_event()
+            if last is None:
                 return []
-            last = max(self._partition_max.values())
-            if self.max_event_ms is None or last > self.max_event_ms:
-                self.max_event_ms = last
             txn = Txn(self.store)
             out: list[Output] = []
             self._fire_timers(txn, last, wall_ms, out)
             self._commit(txn, key, out)
             return out
+
+    def _to_last_event(self) -> int | None:
+        """End of input: event time jumps to the last event of any partition (None: none)."""
+        if not self._partition_max:
+            return None
+        last = max(self._partition_max.values())
+        if self.max_event_ms is None or last > self.max_event_ms:
+            self.max_event_ms = last
+        return last
 
     def advance(self, key: int, event_ms: int, wall_ms: int) -> list[Output]:
         """Move event time forward with no record (live mode: the wall clock)."""
@@ -731,11 +738,9 @@ class Engine:
     def finish_route(self, wall_ms: int) -> list[Output]:
         """End of a replay: every shard's event time reaches the last event (timers fire)."""
         with self.lock:
-            if not self._partition_max:
+            last = self._to_last_event()
+            if last is None:
                 return []
-            last = max(self._partition_max.values())
-            if self.max_event_ms is None or last > self.max_event_ms:
-                self.max_event_ms = last
             txn = Txn(self.store)
             out: list[Output] = []
             for shard in range(self.settings.shards):

@@ -218,13 +218,21 @@ def _pruned_aggs(
             if within is None or not state or state[0][0] > now_ms - within:
                 continue
             new = agg_prune(state, agg, now_ms)
-        if out is None:
-            out = dict(states)
-        if new is _DROP:
-            del out[key]
-        else:
-            out[key] = new
+        out = _replaced(states, out, key, new)
     return states if out is None else out
+
+
+def _replaced(
+    states: dict[str, Any], out: dict[str, Any] | None, key: str, new: Any
+) -> dict[str, Any]:
+    """A copy of `states` (made on the first change) with `key` set to `new` or dropped."""
+    if out is None:
+        out = dict(states)
+    if new is _DROP:
+        del out[key]
+    else:
+        out[key] = new
+    return out
 
 
 def _pruned_absents(
@@ -236,12 +244,7 @@ def _pruned_absents(
         new = _DROP if absent is None else absent_prune(state, absent, now_ms)
         if new is state:
             continue
-        if out is None:
-            out = dict(states)
-        if new is _DROP:
-            del out[key]
-        else:
-            out[key] = new
+        out = _replaced(states, out, key, new)
     return states if out is None else out
 
 
