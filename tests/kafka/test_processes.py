@@ -38,6 +38,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _addresses(processes: int) -> list[str]:
+    """`-a host:port` for each process of a cluster on loopback."""
+    return [a for _ in range(processes) for a in ("-a", f"127.0.0.1:{_free_port()}")]
+
+
 def _ecid_key(value: bytes) -> bytes | None:
     ids = orjson.loads(value).get("identityMap", {}).get("ECID") or [{}]
     ecid = ids[0].get("id")
@@ -143,8 +148,7 @@ def test_two_processes_equal_one(
     _finish(_replay(one_cfg, tmp_path / "one", tmp_path / "one.jsonl"))
 
     two_cfg = _config(tmp_path, base, prefix + "feedback-two")
-    ports = [_free_port(), _free_port()]
-    addresses = [a for port in ports for a in ("-a", f"127.0.0.1:{port}")]
+    addresses = _addresses(2)
     procs = [
         _replay(two_cfg, tmp_path / "two", tmp_path / f"two-{i}.jsonl", "-i", str(i), *addresses)
         for i in range(2)
@@ -207,8 +211,7 @@ def test_two_processes_match_the_offline_union_find(topics: dict[str, Any], tmp_
     """The identity oracle over the records as both runs read them: calm clusters equal."""
     base = topics["config"]
     cfg = _config(tmp_path, base, topics["prefix"] + "feedback-oracle")
-    ports = [_free_port(), _free_port()]
-    addresses = [a for port in ports for a in ("-a", f"127.0.0.1:{port}")]
+    addresses = _addresses(2)
     procs = [
         _replay(cfg, tmp_path / "s", tmp_path / f"c{i}.jsonl", "-i", str(i), *addresses)
         for i in range(2)
@@ -272,8 +275,7 @@ def test_two_live_workers_move_merged_profiles(
     config = tmp_path / "cdp.yaml"
     config.write_text(LIVE_CONFIG.format(p=p, bootstrap=kafka_bootstrap))
     people = 12
-    ports = [_free_port(), _free_port()]
-    addresses = [a for port in ports for a in ("-a", f"127.0.0.1:{port}")]
+    addresses = _addresses(2)
 
     def start(i: int) -> subprocess.Popen[bytes]:
         cmd = [
@@ -336,8 +338,7 @@ def test_two_processes_survive_kill_9(topics: dict[str, Any], tmp_path: Path) ->
     one_cfg = _config(tmp_path, base, prefix + "feedback-kill-one")
     _finish(_replay(one_cfg, tmp_path / "one", tmp_path / "one.jsonl"))
     cfg = _config(tmp_path, base, prefix + "feedback-kill")
-    ports = [_free_port(), _free_port()]
-    addresses = [a for port in ports for a in ("-a", f"127.0.0.1:{port}")]
+    addresses = _addresses(2)
     kills = 0
     for attempt in range(3):
         procs = [
