@@ -20,7 +20,7 @@ from typing import Any, Literal
 from config.settings import Settings
 from operators import metrics
 from operators import profile as prof
-from operators.identity import Cluster, IdentityRules, Resolution, profile_id, resolve
+from operators.identity import Cluster, IdentityRules, Merge, Resolution, profile_id, resolve
 from operators.rules import compile_rules
 from operators.segments import (
     SegmentIndex,
@@ -346,35 +346,44 @@ class Engine:
         if after != at_record and self._advance(part, after):
             self._fire_timers(txn, self.now_ms, wall_ms, out)
 
-    def _apply(self, txn: Txn, record: Record, wall_ms: int, out: list[Output]) -> None:
-        origin = record.origin
+    def _link(
+        self, txn: Txn, record: Record
+    ) -> tuple[Resolution, list[tuple[Merge, Cluster]]] | None:
+        """Apply a record's identities to the graph. Returns the resolution and the merges whose
+        loser was a cluster before, with that cluster (a new identity joining has no profile
+        to merge); None when the record belongs to a deleted person."""
         if self._forgotten(txn, record):
             self.stats.forgotten += 1
             metrics.FORGOTTEN.inc()
-            return
-
+            return None
         graph = _Graph(txn, self.keys)
-        resolution = resolve(graph, self.rules, record.identities, origin.position, record.ts_ms)
-        at_ms = record.ts_ms if record.ts_ms is not None else self.now_ms
-        losers = {m.loser: graph.cluster(m.loser) for m in resolution.merges}
+        position = record.origin.position
+        resolution = resolve(graph, self.rules, record.identities, position, record.ts_ms)
+        losers = [(m, graph.cluster(m.loser)) for m in resolution.merges]
         self._write_graph(txn, resolution)
+        if resolution.merges:
+            self.stats.merges += len(resolution.merges)
+            metrics.LINKS.inc(len(resolution.merges))
+            if resolution.cluster is not None:
+                metrics.CLUSTER_SIZE.observe(len(resolution.cluster.members))
+        return resolution, [(m, c) for m, c in losers if c is not None]
+
+    def _apply(self, txn: Txn, record: Record, wall_ms: int, out: list[Output]) -> None:
+        linked = self._link(txn, record)
+        if linked is None:
+            return
+        resolution, losers = linked
+        at_ms = record.ts_ms if record.ts_ms is not None else self.now_ms
         canonical = resolution.canonical
         stored = txn.get_json(self.keys.profile(canonical))
         fresh = stored is None
         profile = prof.new_profile() if stored is None else stored
-        if resolution.merges and resolution.cluster is not None:
-            metrics.CLUSTER_SIZE.observe(len(resolution.cluster.members))
         merged = False  # a profile merged in: every rule is evaluated again
-        for merge in resolution.merges:
-            self.stats.merges += 1
-            metrics.LINKS.inc()
-            if losers[merge.loser] is None:
-                continue  # a new identity joined: no profile to merge, no rule reads identities
+        for merge, loser_cluster in losers:
             loser_profile = txn.get_json(self.keys.profile(merge.loser))
             if loser_profile is None:
                 continue
             merged = True
-            loser_cluster = losers.get(merge.loser) or Cluster(members=(merge.loser,))
             self._exit_merged(
                 txn,
                 merge.loser,
@@ -768,30 +777,15 @@ class Engine:
             self._advance(part, after)
 
     def _route_record(self, txn: Txn, record: Record, out: list[Output]) -> None:
-        if self._forgotten(txn, record):
-            self.stats.forgotten += 1
-            metrics.FORGOTTEN.inc()
+        linked = self._link(txn, record)
+        if linked is None:
             return
-        resolution = resolve(
-            _Graph(txn, self.keys),
-            self.rules,
-            record.identities,
-            record.origin.position,
-            record.ts_ms,
-        )
-        graph = _Graph(txn, self.keys)
-        # A loser that was no cluster before (a new identity joining) has no profile to move.
-        moving = [m for m in resolution.merges if graph.cluster(m.loser) is not None]
-        self._write_graph(txn, resolution)
+        resolution, losers = linked
         canonical = resolution.canonical
         # The members travel only when the cluster changed (the profile step keeps them).
         members = resolution.cluster.members if resolution.cluster is not None else ()
         at_ms = record.ts_ms if record.ts_ms is not None else self.now_ms
-        if resolution.merges:
-            metrics.CLUSTER_SIZE.observe(len(members))
-        self.stats.merges += len(resolution.merges)
-        metrics.LINKS.inc(len(resolution.merges))
-        for merge in moving:
+        for merge, _ in losers:
             # Every loser moves to the final survivor (an intermediate survivor lost too).
             out.append(
                 Move(
