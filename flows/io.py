@@ -235,7 +235,13 @@ def close_files() -> None:
     _SharedFile.close_all()
 
 
-class _ProducerPartition(StatefulSinkPartition[KafkaSinkMessage[bytes, bytes], None]):
+# What the pipeline's Kafka sinks take: key, value, and the wall-clock time the causing record
+# was read (None: no latency headers). A plain tuple: messages cross workers, and Bytewax
+# pickles what crosses.
+Message = tuple[bytes, bytes, int | None]
+
+
+class _ProducerPartition(StatefulSinkPartition[Message, None]):
     """Produces without waiting; waits for every delivery in `snapshot`, which Bytewax calls
     at the end of each epoch before the epoch's snapshot can become durable. So nothing is
     acknowledged to the recovery store before the broker has it (at-least-once), and the
@@ -250,18 +256,13 @@ class _ProducerPartition(StatefulSinkPartition[KafkaSinkMessage[bytes, bytes], N
         if err is not None:
             self._errors.append(str(err))
 
-    def write_batch(self, items: list[KafkaSinkMessage[bytes, bytes]]) -> None:
+    def write_batch(self, items: list[Message]) -> None:
         produce = self._producer.produce
-        for msg in items:
+        for key, value, read_ns in items:
+            headers = None if read_ns is None else _latency_headers(read_ns)
             while True:
                 try:
-                    produce(
-                        self._topic,
-                        msg.value,
-                        msg.key,
-                        headers=msg.headers,  # type: ignore[arg-type]
-                        on_delivery=self._delivered,
-                    )
+                    produce(self._topic, value, key, headers=headers, on_delivery=self._delivered)
                     break
                 except BufferError:  # the local queue is full: let the broker catch up
                     self._producer.poll(0.05)
@@ -281,7 +282,7 @@ class _ProducerPartition(StatefulSinkPartition[KafkaSinkMessage[bytes, bytes], N
         self.flush()
 
 
-class KafkaTopicSink(FixedPartitionedSink[KafkaSinkMessage[bytes, bytes], None]):
+class KafkaTopicSink(FixedPartitionedSink[Message, None]):
     """One topic; a single sink partition, flushed once per epoch."""
 
     def __init__(self, config: dict[str, str], topic: str) -> None:
@@ -293,6 +294,11 @@ class KafkaTopicSink(FixedPartitionedSink[KafkaSinkMessage[bytes, bytes], None])
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ProducerPartition:
         return _ProducerPartition(self._config, self._topic)
+
+
+def dead_letter_message(value: bytes) -> KafkaSinkMessage[bytes, bytes]:
+    """For `kafka_sink`, which writes from every worker (nothing crosses)."""
+    return KafkaSinkMessage(key=b"dead", value=value)
 
 
 def kafka_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaSink:
@@ -310,15 +316,18 @@ def kafka_topic_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaT
     return KafkaTopicSink(producer, topic)
 
 
-def keyed_message(key: str, value: bytes) -> KafkaSinkMessage[bytes, bytes]:
-    return KafkaSinkMessage(key=key.encode(), value=value)
+def keyed_message(key: str, value: bytes) -> Message:
+    return (key.encode(), value, None)
 
 
-def timed_message(key: str, value: bytes, read_ns: int) -> KafkaSinkMessage[bytes, bytes]:
+def timed_message(key: str, value: bytes, read_ns: int) -> Message:
+    return (key.encode(), value, read_ns)
+
+
+def _latency_headers(read_ns: int) -> list[tuple[str, str | bytes | None]]:
     """Headers `cdp-read-ns` (the causing record was read) and `cdp-out-ns` (handed to the
     producer), wall-clock nanoseconds: the pipeline's own share of the latency."""
-    headers = [("cdp-read-ns", str(read_ns).encode()), ("cdp-out-ns", str(time.time_ns()).encode())]
-    return KafkaSinkMessage(key=key.encode(), value=value, headers=headers)
+    return [("cdp-read-ns", str(read_ns).encode()), ("cdp-out-ns", str(time.time_ns()).encode())]
 
 
 def append_lines(path: Path) -> Callable[[list[bytes]], None]:

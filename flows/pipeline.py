@@ -444,5 +444,5 @@ def _write_dead_letters(dead: Stream[DeadLetter], settings: Settings) -> None:
     else:
         config = settings.kafka.client_config()
         brokers = config.pop("bootstrap.servers")
-        keyed = op.map("key_dead_letters", encoded, lambda b: io.keyed_message("dead", b))
+        keyed = op.map("key_dead_letters", encoded, io.dead_letter_message)
         op.output("write_dead_letters", keyed, io.kafka_sink(brokers, target.topic, config))

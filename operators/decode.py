@@ -112,11 +112,12 @@ class Decoder:
             kind=src.kind,
             priority=src.priority,
             identities=identities,
-            body=body,
+            parsed=body,
             ts_ms=ts_ms,
             event_id=event_id,
             event_type=event_type,
             read_ns=read_ns,
+            raw=raw,
         )
 
     def _identities(self, spec: SourceSpec, body: dict[str, Any]) -> tuple[Identity, ...]:

@@ -1,3 +1,4 @@
+import pickle
 from pathlib import Path
 
 import orjson
@@ -5,7 +6,7 @@ import pytest
 
 from config.settings import parse_settings
 from operators.decode import Decoder
-from schemas.records import DeadLetter, Origin, Record
+from schemas.records import DeadLetter, Origin, Record, record_from_stored, record_to_stored
 
 CONFIG = """\
 namespaces:
@@ -183,3 +184,31 @@ def test_oversized_record(decoder: Decoder) -> None:
     raw = orjson.dumps({"eventType": "x", "timestamp": 1, "pad": "x" * 2_000_000})
     out = decoder.decode(Origin("web", 0, 0), raw)
     assert isinstance(out, DeadLetter) and "over the limit" in out.reason
+
+
+@pytest.mark.parametrize(
+    ("source", "raw"),
+    [
+        ("purchases", b'{"sys": {"loyaltyId": 7}, "timestamp": "2026-01-01T00:00:00Z", "x": [1]}'),
+        ("crm", b'{"sys": {"crmId": "C1"}, "personalEmail": {"address": "A@B.co"}}'),
+    ],
+)
+def test_records_cross_processes_as_raw_json(decoder: Decoder, source: str, raw: bytes) -> None:
+    """Between processes a record travels as its raw JSON and is parsed again on first use;
+    what arrives equals what was decoded, in pickles and in the stored (outbox) form."""
+    record = decoder.decode(Origin(source, 3, 41), raw, 99)
+    assert isinstance(record, Record)
+    record = record.with_seq(5)
+    for copy in (
+        pickle.loads(pickle.dumps(record)),
+        record_from_stored(orjson.loads(orjson.dumps(record_to_stored(record)))),
+    ):
+        assert copy.parsed is None  # not parsed until someone needs the body
+        assert copy.body == record.body
+        assert copy == record  # every field, the parsed body included
+    # A record made without raw JSON (tests, replays of old outboxes) carries its body.
+    bare = Record(
+        Origin("web", 0, 1), 2, "event", 0, (("ECID", "e"),), {"eventType": "t"}, 5, "i", "t"
+    )
+    assert pickle.loads(pickle.dumps(bare)) == bare
+    assert record_from_stored(orjson.loads(orjson.dumps(record_to_stored(bare)))) == bare
