@@ -29,6 +29,7 @@ from operators.segments import (
     due_at,
     evaluate,
     exit_all,
+    next_flip,
     transitions,
 )
 from operators.store import (
@@ -562,7 +563,7 @@ class Engine:
                 )
         if retime:
             profile = prof.prune(profile, self.index.aggregates, self.index.absents, now)
-            due = prof.next_change(profile, self.index.aggregates, self.index.absents, now)
+            due = next_flip(profile, self.index, now)
             if due != profile.get("timer"):
                 self._set_timer(txn, canonical, profile.get("timer"), due)
                 profile = {**profile, "timer": due}

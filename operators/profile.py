@@ -255,7 +255,19 @@ def next_change(
     now_ms: int,
 ) -> int | None:
     """The earliest event time after `now` at which a rule input changes with no new event."""
+    return next_changes(profile, aggregates, absents, now_ms)[0]
+
+
+def next_changes(
+    profile: Profile,
+    aggregates: Mapping[str, Aggregate],
+    absents: Mapping[str, Absent],
+    now_ms: int,
+) -> tuple[int | None, list[str]]:
+    """`next_change`, and the keys of the inputs that can change then: every other input
+    changes only later, so at that moment it has the value it has now."""
     due: int | None = None
+    keys: list[str] = []
     for key, state in profile["aggs"].items():
         if not state:
             continue
@@ -270,16 +282,24 @@ def next_change(
             t: int | None = first + within  # all in the window: the oldest leaves first
         else:
             t = agg_next_change(state, agg, now_ms)
-        if t is not None and (due is None or t < due):
-            due = t
+        if t is None:
+            continue
+        if due is None or t < due:
+            due, keys = t, [key]
+        elif t == due:
+            keys.append(key)
     for key, state in profile["abs"].items():
         absent = absents.get(key)
         if absent is None:
             continue
         t = absent_next_change(state, absent, now_ms)
-        if t is not None and (due is None or t < due):
-            due = t
-    return due
+        if t is None:
+            continue
+        if due is None or t < due:
+            due, keys = t, [key]
+        elif t == due:
+            keys.append(key)
+    return due, keys
 
 
 def changes_at(

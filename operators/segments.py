@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators.aggregates import absent_init, absent_value, agg_init, agg_reader, agg_value
-from operators.profile import Profile, attribute_values, changes_at
+from operators.profile import Profile, attribute_values, changes_at, next_changes
 from operators.rules import Absent, Aggregate, CompiledRule
 
 _MEMO_LIMIT = 4096  # entries per memo table before it starts afresh
@@ -194,6 +194,41 @@ def due_at(profile: Profile, index: SegmentIndex, at_ms: int) -> set[str]:
     ``which = due_at(profile, index, ts)`` gives the same transitions as every timed segment.
     """
     return index.affected_by_inputs(changes_at(profile, index.aggregates, index.absents, at_ms))
+
+
+# How many change points of a profile's windowed inputs `next_flip` looks at before it settles
+# for a timer that only looks further (measured on the bench rules: see benchmarks/RESULTS.md).
+LOOKAHEAD = 8
+
+
+def next_flip(
+    profile: Profile, index: SegmentIndex, now_ms: int, lookahead: int = LOOKAHEAD
+) -> int | None:
+    """When the profile's timer should fire: the first moment after `now_ms` at which a
+    segment's value changes with no new event, or None if none ever does.
+
+    A windowed input changes value at many moments that change no segment (the second of five
+    views leaving a `count(...) >= 3` window), so the timer is not set at the next input change
+    but at the first one where `evaluate` of the segments whose inputs change there disagrees with
+    the memberships held. At most `lookahead` change points are tried; if none flips a
+    segment, the timer is set at the last one tried, and looks further when it fires. Between
+    the points tried no input changes, so no segment can change either: firing only at the
+    flip emits exactly the transitions, at exactly the times, of firing at every change.
+    `profile["segs"]` must hold the memberships as of `now_ms`."""
+    aggregates, absents = index.aggregates, index.absents
+    held = profile["segs"]
+    at, inputs = next_changes(profile, aggregates, absents, now_ms)
+    for _ in range(lookahead - 1):
+        if at is None:
+            return None
+        which = index.affected_by_inputs(inputs)
+        if which:
+            for segment_id, value in evaluate(profile, index, which, at).items():
+                membership = held.get(segment_id)
+                if value != bool(membership and membership[0]):
+                    return at
+        at, inputs = next_changes(profile, aggregates, absents, at)
+    return at
 
 
 def transitions(

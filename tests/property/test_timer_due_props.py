@@ -1,11 +1,13 @@
 """A timer that evaluates only `segments.due_at` (the segments whose windowed inputs change at
-the timer's time) emits exactly the transitions of one that evaluates every windowed segment.
+the timer's time) emits exactly the transitions of one that evaluates every windowed segment;
+and a timer set by `segments.next_flip` (only where a segment's value changes) emits exactly
+the transitions, at the same times, of one set at every change of a windowed input.
 
 The loop below drives the pure functions the way the engine does: event time is the latest
 event less the lateness, due timers fire first (each evaluated at its own time), an event is
 applied and its affected segments evaluated, and whenever a windowed input changed the profile
-is pruned and its timer rescheduled (`next_change`). The two runs differ only in the `which`
-of a timer.
+is pruned and its timer rescheduled (`next_change`, or `next_flip`). The runs differ only in
+the `which` of a timer, or in when it is set.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 
 from operators import profile as prof
 from operators.rules import compile_rules
-from operators.segments import SegmentIndex, due_at, evaluate, transitions
+from operators.segments import SegmentIndex, due_at, evaluate, next_flip, transitions
 from schemas.records import Origin, Record
 
 INDEX = SegmentIndex(
@@ -76,8 +78,9 @@ Emitted = tuple[str, bool, int, int]  # segment, entered, sequence, at
 
 
 class Run:
-    def __init__(self, due_only: bool) -> None:
+    def __init__(self, due_only: bool, lookahead: int = 0) -> None:
         self.due_only = due_only
+        self.lookahead = lookahead  # 0: a timer at every input change; else `next_flip`
         self.profile: prof.Profile = prof.new_profile()
         self.out: list[Emitted] = []
         self.timers_fired = 0
@@ -91,10 +94,11 @@ class Run:
             self.out.extend((c.segment_id, c.entered, c.sequence, at) for c in changes)
         if retime:
             profile = prof.prune(profile, INDEX.aggregates, INDEX.absents, now)
-            profile = {
-                **profile,
-                "timer": prof.next_change(profile, INDEX.aggregates, INDEX.absents, now),
-            }
+            if self.lookahead:
+                timer = next_flip(profile, INDEX, now, self.lookahead)
+            else:
+                timer = prof.next_change(profile, INDEX.aggregates, INDEX.absents, now)
+            profile = {**profile, "timer": timer}
         self.profile = profile
 
     def fire(self, upto: int) -> None:
@@ -119,8 +123,8 @@ class Run:
         self.evaluate(which, now, r.ts_ms or 0, retime)
 
 
-def drive(records: list[Record], lateness: int, due_only: bool) -> Run:
-    run = Run(due_only)
+def drive(records: list[Record], lateness: int, due_only: bool, lookahead: int = 0) -> Run:
+    run = Run(due_only, lookahead)
     watermark: int | None = None
     for i, r in enumerate(records):
         if r.kind == "event" and r.ts_ms is not None:
@@ -143,6 +147,36 @@ def test_due_timers_emit_what_evaluating_every_timed_segment_emits(
     assert due.out == every.out
     assert due.profile == every.profile
     assert due.timers_fired == every.timers_fired
+
+
+@settings(max_examples=300)
+@given(items, st.integers(0, 6), st.sampled_from([1, 2, 3, 8]))
+def test_timers_set_where_a_segment_flips_emit_what_timers_at_every_change_emit(
+    raw: list[tuple[Any, ...]], lateness: int, lookahead: int
+) -> None:
+    records = [record(i, item) for i, item in enumerate(raw)]
+    every = drive(records, lateness, due_only=True)
+    flips = drive(records, lateness, due_only=True, lookahead=lookahead)
+    assert flips.out == every.out
+    assert flips.profile["segs"] == every.profile["segs"]
+    assert flips.timers_fired <= every.timers_fired
+
+
+def test_next_flip_skips_changes_that_flip_nothing() -> None:
+    run = Run(due_only=True, lookahead=8)
+    for i, ts in enumerate((10, 11, 12)):  # three views: `viewers` (>= 2 in 8ms) holds
+        run.apply(record(i, ("view", ts, 0, "a")), ts, fresh=i == 0)
+    assert run.profile["segs"]["viewers"][0]
+    # Views leave `pricey`'s 6ms window at 16, 17, 18 and `viewers`' 8ms window at 18, 19, 20;
+    # `pricey` and `last-b` hold false throughout, and `viewers` first flips at 19.
+    assert prof.next_change(run.profile, INDEX.aggregates, INDEX.absents, 12) == 16
+    assert run.profile["timer"] == 19
+    # Looking one change point ahead, the timer stops at 16 and looks further from there.
+    assert next_flip(run.profile, INDEX, 12, lookahead=1) == 16
+    assert next_flip(run.profile, INDEX, 12, lookahead=3) == 18
+    run.fire(100)
+    assert run.timers_fired == 1
+    assert run.out[-1] == ("viewers", False, 2, 19)
 
 
 def test_due_at_names_only_segments_whose_inputs_change() -> None:
