@@ -21,7 +21,7 @@ the worker when the first record arrives.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -35,6 +35,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from config.settings import Settings
 from flows import feedback, io
+from flows.placement import shard_keys, shard_of_key
 from flows.runtime import engine_for
 from flows.webhook import WebhookSink
 from operators import metrics
@@ -137,7 +138,7 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         if self._key < 0:
-            self._key = GRAPH_KEY if self._role == "graph" else int(self._route(values[0]))
+            self._key = GRAPH_KEY if self._role == "graph" else shard_of_key(self._route(values[0]))
         out = self._redeliver()
         engine, wall = self._engine(), self._options.clock()
         if self._role == "graph":
@@ -153,10 +154,10 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
         processes Bytewax pickles each item, and one pickle of many items costs far less."""
         if self._role != "graph" or not out:
             return out
-        shards = self._settings.shards
+        keys = _shard_keys(self._options, self._settings)
         groups: dict[str, list[Output]] = {}
         for item in out:
-            groups.setdefault(command_key(shards, item), []).append(item)  # type: ignore[arg-type]
+            groups.setdefault(command_key(keys, item), []).append(item)  # type: ignore[arg-type]
         return list(groups.values())
 
     def on_notify(self) -> tuple[Iterable[Any], bool]:
@@ -231,8 +232,8 @@ class _ReadOrder:
 
 
 def routing_name(options: RunOptions) -> str:
-    if options.clustered:
-        return f"processes:{options.processes}x{options.workers}"
+    if options.clustered:  # "placed": shards on planned workers (flows.placement)
+        return f"processes:{options.processes}x{options.workers}:placed"
     return "single" if options.workers <= 1 else "shards"
 
 
@@ -241,9 +242,13 @@ def _flat(values: list[Any]) -> list[Any]:
     return [x for v in values for x in (v if isinstance(v, list) else (v,))]
 
 
-def command_key(shards: int, item: Command | list[Command]) -> str:
-    """The shard key of what the profile step applies: the cluster a command is about (a
-    packed list goes where its items go)."""
+def _shard_keys(options: RunOptions, settings: Settings) -> tuple[str, ...]:
+    return shard_keys(settings.shards, options.processes * options.workers)[1]
+
+
+def command_key(keys: Sequence[str], item: Command | list[Command]) -> str:
+    """The Bytewax key of the shard a command is about (a packed list goes where its items
+    go); `keys` names each shard (`flows.placement.shard_keys`)."""
     if isinstance(item, list):
         item = item[0]
     if isinstance(item, Routed | Drop):
@@ -254,8 +259,8 @@ def command_key(shards: int, item: Command | list[Command]) -> str:
         target = item.survivor
     else:
         assert isinstance(item, Tick)
-        return f"{item.shard:04d}"
-    return f"{shard_of(target, shards):04d}"
+        return keys[item.shard]
+    return keys[shard_of(target, len(keys))]
 
 
 def router(settings: Settings, workers: int) -> Callable[[Record | Forget], str]:
@@ -319,11 +324,12 @@ def _apply_on_processes(
     """Identity on one key, profiles on shard keys, moves through the feedback topic."""
     # Every record goes to the graph key, a list per input batch (see `_packed`).
     packed = op.flat_map_batch("pack_for_graph", records, lambda batch: [batch])
-    to_graph = op.key_on("to_graph", packed, lambda _r: "graph")
+    graph_key, keys = shard_keys(settings.shards, options.processes * options.workers)
+    to_graph = op.key_on("to_graph", packed, lambda _r: graph_key)
     graph = op.stateful_batch(
         "resolve_identities",
         to_graph,
-        lambda resume: _ApplyRecords(settings, options, lambda _r: "graph", resume, "graph"),
+        lambda resume: _ApplyRecords(settings, options, lambda _r: graph_key, resume, "graph"),
     )
     graph_out: Stream[Command] = op.key_rm("unkey_graph", graph)  # type: ignore[arg-type]
     config = settings.kafka.client_config()
@@ -336,7 +342,7 @@ def _apply_on_processes(
         "read_feedback", flow, feedback.FeedbackSource(dict(config), topic, options.run, ends)
     )
     commands = op.merge("commands", graph_out, moved)
-    key = partial(command_key, settings.shards)
+    key = partial(command_key, keys)
     keyed = op.key_on("to_shard", commands, key)
     applied = op.stateful_batch(
         "apply_records",
