@@ -223,7 +223,8 @@ class _FeedbackPartition(StatefulSourcePartition[Adopt, int]):
         if io.STOP.is_set() or (self._termination is not None and self._termination.finished):
             raise StopIteration
         out: list[Adopt] = []
-        messages = self._consumer.consume(1000, 0.001)  # never hold the worker up
+        # Only what librdkafka has already fetched: a timeout would block the worker each poll.
+        messages = self._consumer.consume(1000, 0)
         # Nothing there: look again in a few ms, without spinning (the worker has other work).
         self._awake = None if messages else datetime.now(tz=UTC) + self.IDLE
         for msg in messages:

@@ -101,12 +101,14 @@ class RocksStore:
         if read_only:
             if not path.exists():
                 raise StoreError(f"no state at {path}: run a replay or a worker first")
-            self._db = Rdict(str(path), options, access_type=AccessType.read_only())
+            self._db = Rdict(
+                str(path), options, column_families=_cf(options), access_type=AccessType.read_only()
+            )
         else:
             path.mkdir(parents=True, exist_ok=True)
             options.create_if_missing(True)
             try:
-                self._db = Rdict(str(path), options)
+                self._db = Rdict(str(path), options, column_families=_cf(options))
             except Exception as exc:  # rocksdict raises a bare Exception for a held lock
                 if "lock" in str(exc).lower():
                     raise StoreError(
@@ -158,6 +160,12 @@ class RocksStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _cf(options: Options) -> dict[str, Options]:
+    """The options again for the default column family: on reopening a database, rocksdict
+    opens its column families with default options otherwise (the bloom filter is lost)."""
+    return {"default": options}
 
 
 def process_dirs(state_dir: Path) -> list[Path]:

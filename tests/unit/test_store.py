@@ -51,3 +51,14 @@ def test_format_version_is_written_and_checked(tmp_path: Path) -> None:
 def test_read_only_open_of_missing_state_is_clear(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no state"):
         RocksStore(tmp_path / "absent", read_only=True)
+
+
+def test_rocks_store_keeps_its_table_options_when_reopened(tmp_path: Path) -> None:
+    """rocksdict reopens column families with default options unless told: the bloom filter,
+    which spares the many missing-key reads of the hot path, must survive a restart."""
+    for _ in range(2):
+        store = RocksStore(tmp_path / "db")
+        store.write({b"k": b"v"})
+        store.close()
+    newest = max((tmp_path / "db").glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert "filter_policy=bloomfilter" in newest.read_text()
