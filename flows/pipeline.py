@@ -197,7 +197,7 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
 
 def _decode(decoder: Decoder, item: io.Raw) -> Record | Forget | DeadLetter:
     origin, raw = item
-    metrics.RECORDS_IN.labels(origin.source).inc()
+    metrics.records_in(origin.source).inc()
     if origin.source == io.PRIVACY_SOURCE:
         out: Record | Forget | DeadLetter = decoder.decode_forget(origin, raw)
     else:

@@ -989,7 +989,7 @@ class Engine:
         for change in changes:
             status: Literal["entered", "exited"] = "entered" if change.entered else "exited"
             self.stats.changes[f"{change.segment_id}:{status}"] += 1
-            metrics.CHANGES.labels(change.segment_id, status).inc()
+            metrics.changes(change.segment_id, status).inc()
             out.append(
                 AudienceChange(
                     id=change_id(pid, change.segment_id, change.sequence),

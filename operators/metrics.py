@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -61,6 +63,17 @@ def reason_kind(reason: str) -> str:
         if needle in reason:
             return kind
     return "other"
+
+
+# `labels()` takes a lock and builds a key on every call; the hot path keeps the children.
+@lru_cache(maxsize=1024)
+def records_in(source: str) -> Any:
+    return RECORDS_IN.labels(source)
+
+
+@lru_cache(maxsize=4096)
+def changes(segment: str, status: str) -> Any:
+    return CHANGES.labels(segment, status)
 
 
 def watch_state_size(size: Callable[[], float]) -> None:
