@@ -42,7 +42,7 @@ def engine_for(
     path = state_dir.resolve()
     with _lock:
         if path not in _stores:
-            store = open_store(path)
+            store = open_store(path, cache_mb=settings.state.cache_mb)
             if routing is not None:
                 try:
                     _check_routing(store, path, routing)
