@@ -268,6 +268,22 @@ def next_changes(
     changes only later, so at that moment it has the value it has now."""
     due: int | None = None
     keys: list[str] = []
+    for key, t in _input_changes(profile, aggregates, absents, now_ms):
+        if due is None or t < due:
+            due, keys = t, [key]
+        elif t == due:
+            keys.append(key)
+    return due, keys
+
+
+def _input_changes(
+    profile: Profile,
+    aggregates: Mapping[str, Aggregate],
+    absents: Mapping[str, Absent],
+    now_ms: int,
+) -> Iterator[tuple[str, int]]:
+    """Each windowed input of the profile that changes after `now` with no new event, and the
+    first moment it does."""
     for key, state in profile["aggs"].items():
         if not state:
             continue
@@ -282,24 +298,14 @@ def next_changes(
             t: int | None = first + within  # all in the window: the oldest leaves first
         else:
             t = agg_next_change(state, agg, now_ms)
-        if t is None:
-            continue
-        if due is None or t < due:
-            due, keys = t, [key]
-        elif t == due:
-            keys.append(key)
+        if t is not None:
+            yield key, t
     for key, state in profile["abs"].items():
         absent = absents.get(key)
-        if absent is None:
-            continue
-        t = absent_next_change(state, absent, now_ms)
-        if t is None:
-            continue
-        if due is None or t < due:
-            due, keys = t, [key]
-        elif t == due:
-            keys.append(key)
-    return due, keys
+        if absent is not None:
+            t = absent_next_change(state, absent, now_ms)
+            if t is not None:
+                yield key, t
 
 
 def changes_at(
