@@ -74,8 +74,9 @@ def _check_routing(store: RocksStore, state_dir: Path, routing: str) -> None:
     elif held.decode() != routing:
         raise StoreError(
             f"state in {state_dir} was built with routing {held.decode()!r} and this run uses "
-            f"{routing!r}: keep the same --workers for a state directory (1 worker applies "
-            "records in input order; more shard them)"
+            f"{routing!r}: keep the same --workers and number of processes for a state "
+            "directory (1 worker applies records in input order; more shard them); a state "
+            "whose layout an earlier version made must be replayed into a new directory"
         )
 
 

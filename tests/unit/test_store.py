@@ -62,3 +62,14 @@ def test_rocks_store_keeps_its_table_options_when_reopened(tmp_path: Path) -> No
         store.close()
     newest = max((tmp_path / "db").glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
     assert "filter_policy=bloomfilter" in newest.read_text()
+
+
+def test_a_state_refuses_another_keying(tmp_path: Path) -> None:
+    """Offsets and outboxes are per Bytewax key: a state keeps the keying it was built with,
+    including the shard layout of several processes (`processes:2x1:placed`)."""
+    from flows.runtime import check_routing
+
+    check_routing(tmp_path, "processes:2x1")  # as session 2's layout wrote it
+    check_routing(tmp_path, "processes:2x1")
+    with pytest.raises(StoreError, match=r"'processes:2x1'.*'processes:2x1:placed'.*earlier"):
+        check_routing(tmp_path, "processes:2x1:placed")
