@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from flows.runtime import check_routing
 from operators.store import FORMAT_KEY, MemoryStore, RocksStore, Store, StoreError, Txn
 
 
@@ -67,8 +68,6 @@ def test_rocks_store_keeps_its_table_options_when_reopened(tmp_path: Path) -> No
 def test_a_state_refuses_another_keying(tmp_path: Path) -> None:
     """Offsets and outboxes are per Bytewax key: a state keeps the keying it was built with,
     including the shard layout of several processes (`processes:2x1:placed`)."""
-    from flows.runtime import check_routing
-
     check_routing(tmp_path, "processes:2x1")  # as session 2's layout wrote it
     check_routing(tmp_path, "processes:2x1")
     with pytest.raises(StoreError, match=r"'processes:2x1'.*'processes:2x1:placed'.*earlier"):
