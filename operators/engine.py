@@ -546,6 +546,8 @@ class Engine:
         now = self.now_ms if now_ms is None else now_ms
         if which:
             results = evaluate(profile, self.index, which, now)
+            # A segment reading a window was evaluated: when it next flips may have moved.
+            retime = retime or not self.index.timed.isdisjoint(results)
             segs, changes = transitions(profile["segs"], results, at_ms)
             if changes:
                 profile = {**profile, "segs": segs}

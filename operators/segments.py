@@ -43,6 +43,9 @@ class SegmentIndex:
         self.windowed = frozenset(
             [k for k, a in self.aggregates.items() if a.within_ms is not None] + list(self.absents)
         )
+        # Segments reading a windowed input: when one of them flips depends on its other
+        # inputs too, so evaluating it reschedules the timer (`next_flip`).
+        self.timed = frozenset(s for k in self.windowed for s in self.readers.get(k, ()))
         dependants: dict[str, set[str]] = {}
         for rule in self.rules:
             for ref in rule.segment_refs:
@@ -214,7 +217,10 @@ def next_flip(
     segment, the timer is set at the last one tried, and looks further when it fires. Between
     the points tried no input changes, so no segment can change either: firing only at the
     flip emits exactly the transitions, at exactly the times, of firing at every change.
-    `profile["segs"]` must hold the memberships as of `now_ms`."""
+    `profile["segs"]` must hold the memberships as of `now_ms`, and the timer must be set
+    again whenever one of `index.timed` is evaluated: a segment's flip can move when any of
+    its inputs changes (`profile.level == "gold" and count(…, within=…) >= 2` flips as a view
+    leaves the window only once the profile is gold)."""
     aggregates, absents = index.aggregates, index.absents
     held = profile["segs"]
     at, inputs = next_changes(profile, aggregates, absents, now_ms)

@@ -43,6 +43,16 @@ INDEX = SegmentIndex(
             ("combo", 'in_segment("cart") and not in_segment("viewers")'),
             ("gold-cart", 'in_segment("gold") and in_segment("combo")'),
             ("quiet", 'not in_segment("buyers-5") and not in_segment("idle")'),
+            # Windows no other segment reads, next to an attribute or an input that time does
+            # not move: when these flip depends on more than their windows.
+            (
+                "gold-viewers",
+                'profile.level == "gold" and count(event.eventType == "view", within="10ms") >= 2',
+            ),
+            (
+                "busy",
+                'count(event.eventType == "other") >= 2 and exists(event.eventType == "buy", within="6ms")',
+            ),
         ]
     )
 )
@@ -89,6 +99,7 @@ class Run:
         profile = self.profile
         if which:
             results = evaluate(profile, INDEX, which, now)
+            retime = retime or not INDEX.timed.isdisjoint(results)  # as the engine does
             segs, changes = transitions(profile["segs"], results, at)
             profile = {**profile, "segs": segs}
             self.out.extend((c.segment_id, c.entered, c.sequence, at) for c in changes)
@@ -177,6 +188,18 @@ def test_next_flip_skips_changes_that_flip_nothing() -> None:
     run.fire(100)
     assert run.timers_fired == 1
     assert run.out[-1] == ("viewers", False, 2, 19)
+
+
+def test_a_flip_that_an_attribute_makes_possible_is_timed() -> None:
+    """Two views 9 ms apart: `gold-viewers` (gold and two views in 10 ms) cannot flip as the
+    first leaves at 11, so no timer is set there; the profile turns gold at 10 and enters.
+    Evaluating it must set the timer again: it exits at 11, as with a timer at every change."""
+    items = [("view", 1, 0, "a"), ("view", 10, 0, "a"), ("gold", 10, 0)]
+    records = [record(i, item) for i, item in enumerate(items)]
+    for lookahead in (0, 8):
+        run = drive(records, 0, due_only=True, lookahead=lookahead)
+        ours = [o for o in run.out if o[0] == "gold-viewers"]
+        assert ours == [("gold-viewers", True, 1, 10), ("gold-viewers", False, 2, 11)]
 
 
 def test_due_at_names_only_segments_whose_inputs_change() -> None:

@@ -28,6 +28,7 @@ segments:
   - {id: vip, rule: 'profile.tier == "vip"'}
   - {id: busy, rule: 'count(event.eventType == "view", within="1h") >= 2'}
   - {id: no-tier, rule: 'profile.tier == null'}
+  - {id: vip-looks, rule: 'profile.tier == "vip" and count(event.eventType == "look", within="1h") >= 2'}
 """
 H = 3_600_000
 
@@ -119,6 +120,20 @@ def test_window_exit_by_timer_at_the_exact_time(settings: Settings) -> None:
     )
     out = engine.process(0, [feed("web", ev("o1", "view", 3 * H, "other"))], 0)
     exits = [c for c in out if c.segment_id == "busy"]
+    assert [(c.status, c.reason, c.event_time_ms) for c in exits] == [("exited", "timer", H)]
+
+
+def test_window_exit_that_an_attribute_made_possible(settings: Settings) -> None:
+    """Two looks 50 minutes apart; the first leaving the window at 1h flips nothing while the
+    profile is not vip, so no timer is set there. The profile turns vip and enters: the timer
+    must be set again, and it exits at exactly 1h."""
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    looks = [ev("l1", "look", 0, "d1", "a@x.com"), ev("l2", "look", 50 * 60_000, "d1")]
+    engine.process(0, [feed("web", body) for body in looks], 0)
+    out = engine.process(0, [feed("crm", {"email": "a@x.com", "tier": "vip"})], 0)
+    assert ("vip-looks", "entered") in [(c.segment_id, c.status) for c in out]
+    out = engine.process(0, [feed("web", ev("o1", "view", 3 * H, "other"))], 0)
+    exits = [c for c in out if c.segment_id == "vip-looks"]
     assert [(c.status, c.reason, c.event_time_ms) for c in exits] == [("exited", "timer", H)]
 
 
