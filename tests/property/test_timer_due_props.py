@@ -73,6 +73,17 @@ event = st.tuples(
 )
 attribute = st.tuples(st.sampled_from(["gold", "silver"]), st.integers(0, 40), st.integers(0, 3))
 items = st.lists(st.one_of(event, attribute, event), min_size=1, max_size=20)
+# Views and buys among tier changes: flips that an attribute or another input makes possible.
+mixed = st.lists(
+    st.one_of(
+        st.tuples(
+            st.sampled_from(["view", "other", "buy"]), st.integers(0, 30), st.just(0), st.just("a")
+        ),
+        attribute,
+    ),
+    min_size=1,
+    max_size=12,
+)
 
 
 def record(i: int, item: tuple[Any, ...]) -> Record:
@@ -160,8 +171,8 @@ def test_due_timers_emit_what_evaluating_every_timed_segment_emits(
     assert due.timers_fired == every.timers_fired
 
 
-@settings(max_examples=300)
-@given(items, st.integers(0, 6), st.sampled_from([1, 2, 3, 8]))
+@settings(max_examples=1200)
+@given(st.one_of(items, mixed), st.integers(0, 2), st.sampled_from([1, 2, 3, 8]))
 def test_timers_set_where_a_segment_flips_emit_what_timers_at_every_change_emit(
     raw: list[tuple[Any, ...]], lateness: int, lookahead: int
 ) -> None:
