@@ -22,6 +22,7 @@ class Explanation:
     lines: tuple[tuple[int, str, Any, str], ...]  # depth, text, value, detail
     next_changes: tuple[tuple[str, int], ...]  # windowed part, event time it can change
     facts: tuple[str, ...] = ()  # what the absent(...) parts saw
+    timer_ms: int | None = None  # the profile's timer: the next moment one of its segments flips
 
     def render(self) -> str:
         status = "IN" if self.member else "NOT IN"
@@ -37,6 +38,11 @@ class Explanation:
             out.append(f"note: the rule gives {self.holds_now} now; a pending timer will apply it")
         for text, at in self.next_changes:
             out.append(f"next change: {text} at {iso_ms(at)}")
+        if self.timer_ms is not None:
+            out.append(
+                f"profile timer: {iso_ms(self.timer_ms)} (the next moment one of this profile's "
+                "segments can change with no new event; changes in between alter none)"
+            )
         return "\n".join(out)
 
 
@@ -71,6 +77,7 @@ def explain(profile: Profile, index: SegmentIndex, segment_id: str, now_ms: int)
         lines=lines,
         next_changes=tuple(sorted(upcoming, key=lambda item: item[1])),
         facts=tuple(facts),
+        timer_ms=profile.get("timer"),
     )
 
 

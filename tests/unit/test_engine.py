@@ -149,7 +149,9 @@ def test_explain_shows_values_and_next_change(settings: Settings) -> None:
     assert report.member and report.holds_now
     assert report.lines[0][3] == "2 >= 2"
     assert report.next_changes[0][1] == H
+    assert report.timer_ms == H  # the first view leaving the hour makes `busy` exit
     assert "IN segment 'busy'" in report.render()
+    assert "profile timer: 1970-01-01T01:00:00Z" in report.render()
     with pytest.raises(KeyError):
         explain(orjson.loads(raw), engine.index, "nope", 0)
 
