@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
 from operator import itemgetter
 from typing import Any
@@ -67,6 +67,25 @@ def _order_key(value: Any) -> str:
 
 def _better(candidate: Any, current: Any) -> bool:
     return _order_key(candidate) > _order_key(current)
+
+
+def _replaces(candidate: Any, current: Any, smallest: bool) -> bool:
+    """Whether `candidate` is the new minimum (`smallest`) or maximum: strictly beyond
+    `current`, or equal to it and an integer where `current` is a float. Equal numbers of both
+    kinds (0 and 0.0) then give the same result in whatever order they arrive."""
+    if candidate == current:
+        return type(current) is float and type(candidate) is not float
+    return bool(candidate < current) if smallest else bool(candidate > current)
+
+
+def _extreme(values: Iterable[Any], smallest: bool) -> Any:
+    """`min` or `max` of non-empty `values`, ties broken as `_replaces` does."""
+    it = iter(values)
+    best = next(it)
+    for v in it:
+        if _replaces(v, best, smallest):
+            best = v
+    return best
 
 
 # ------------------------------------------------------------------------- exact sums
@@ -132,10 +151,8 @@ def _combine_entries(func: str, a: list[Any], b: list[Any]) -> list[Any]:
     if func == "sum":
         total, partials = _sum_merge(a[1], a[2], b[1], b[2])
         return [ts, total, partials]
-    if func == "min":
-        return [ts, b[1] if b[1] < a[1] else a[1]]
-    if func == "max":
-        return [ts, b[1] if b[1] > a[1] else a[1]]
+    if func in ("min", "max"):
+        return [ts, b[1] if _replaces(b[1], a[1], func == "min") else a[1]]
     return [ts, b[1] if _better(b[1], a[1]) else a[1]]
 
 
@@ -150,10 +167,8 @@ def _entry(agg: Aggregate, ts_ms: int, event: Mapping[str, Any]) -> list[Any] | 
     if func == "sum":
         total, partials = _sum_add(0, [], values)
         return [ts_ms, total, partials]
-    if func == "min":
-        return [ts_ms, min(values)]
-    if func == "max":
-        return [ts_ms, max(values)]
+    if func in ("min", "max"):
+        return [ts_ms, _extreme(values, func == "min")]
     return [ts_ms, values[0] if len(values) == 1 else max(values, key=_order_key)]
 
 
@@ -222,10 +237,8 @@ def _merge_running(func: str, a: Any, b: Any) -> Any:
         return b
     if b is None:
         return a
-    if func == "min":
-        return b if b < a else a
-    if func == "max":
-        return b if b > a else a
+    if func in ("min", "max"):
+        return b if _replaces(b, a, func == "min") else a
     if b[0] > a[0] or (b[0] == a[0] and _better(b[1], a[1])):
         return b
     return a
@@ -281,8 +294,7 @@ def agg_value(state: Any, agg: Aggregate, now_ms: int) -> Any:
         return _windowed_sum(state, lo, hi)
     if hi == lo:
         return None
-    pick: Callable[..., Any] = min if func == "min" else max
-    return pick(entry[1] for entry in state[lo:hi])
+    return _extreme((entry[1] for entry in state[lo:hi]), func == "min")
 
 
 def agg_reader(agg: Aggregate) -> Callable[[Any, int], Any]:
@@ -362,6 +374,8 @@ def agg_reader(agg: Aggregate) -> Callable[[Any, int], Any]:
             v = state[k][1]
             if (v < best) if smallest else (v > best):
                 best = v
+            elif v == best and type(best) is float and type(v) is not float:
+                best = v  # as `_replaces`: ints before floats among equal values
         return best
 
     return read_extreme
