@@ -333,6 +333,8 @@ class Engine:
     def _process_one(
         self, txn: Txn, key: int, record: Record, wall_ms: int, out: list[Output]
     ) -> None:
+        """One record in read order: event time, the offset check, then the record applied
+        (the graph step routes it instead; it holds no timers, so none fire there)."""
         origin = record.origin
         part, at_record, after = self._observe(record)  # skipped records count too
         if self._advance(part, at_record):
@@ -340,7 +342,10 @@ class Engine:
         if self._first_time(txn, key, origin.source, origin.partition, origin.offset):
             self.stats.records += 1
             metrics.APPLIED.inc()
-            self._apply(txn, record, wall_ms, out)
+            if self.role == "graph":
+                self._route_record(txn, record, out)
+            else:
+                self._apply(txn, record, wall_ms, out)
         else:
             metrics.REPLAYED.inc()
         self.positions[part] = max(self.positions.get(part, -1), origin.offset)
@@ -376,9 +381,7 @@ class Engine:
         resolution, losers = linked
         at_ms = record.ts_ms if record.ts_ms is not None else self.now_ms
         canonical = resolution.canonical
-        stored = txn.get_json(self.keys.profile(canonical))
-        fresh = stored is None
-        profile = prof.new_profile() if stored is None else stored
+        profile, fresh = self._profile(txn, canonical)
         merged = False  # a profile merged in: every rule is evaluated again
         for merge, loser_cluster in losers:
             loser_profile = txn.get_json(self.keys.profile(merge.loser))
@@ -500,14 +503,12 @@ class Engine:
             which = set(self._true_when_empty)
         else:
             which = set()
-        retime = fresh or merged
         reason = "merge" if merged else ""
         if record.kind == "event":
             if not duplicate:
                 aggs, absents = self.index.candidates(record.event_type or "")
                 profile, changed = prof.apply_event(profile, record, aggs, absents)
                 which |= self.index.affected_by_inputs(changed)
-                retime = retime or not changed.isdisjoint(self.index.windowed)
                 reason = reason or f"event:{record.event_id}"
         else:
             profile, paths = prof.apply_attributes(profile, record)
@@ -523,7 +524,7 @@ class Engine:
             wall_ms=wall_ms,
             reason=reason,
             out=out,
-            retime=retime,
+            retime=False,  # only if a segment reading a window is evaluated (see `_evaluate`)
         )
 
     def _evaluate(
@@ -541,12 +542,13 @@ class Engine:
         now_ms: int | None = None,
         retime: bool = True,
     ) -> None:
-        """Evaluate `which` segments, emit the transitions, and (with `retime`: windowed inputs
-        changed) prune the windows and reschedule the profile's timer."""
+        """Evaluate `which` segments, emit the transitions, and prune the windows and
+        reschedule the profile's timer when a segment reading a window was evaluated (a
+        windowed input or another input of it changed: when it next flips may have moved), or
+        always with `retime` (a timer fired: the profile's timer is spent)."""
         now = self.now_ms if now_ms is None else now_ms
         if which:
             results = evaluate(profile, self.index, which, now)
-            # A segment reading a window was evaluated: when it next flips may have moved.
             retime = retime or not self.index.timed.isdisjoint(results)
             segs, changes = transitions(profile["segs"], results, at_ms)
             if changes:
@@ -742,7 +744,7 @@ class Engine:
                 if isinstance(record, Forget):
                     self._route_forget(txn, record, wall_ms, out)
                 else:
-                    self._route_one(txn, record, out)
+                    self._process_one(txn, GRAPH_KEY, record, wall_ms, out)
             self.counts.graph_out += len(out)
             self._commit(txn, GRAPH_KEY, out)
             return out
@@ -764,20 +766,6 @@ class Engine:
     def _next_seq(self, key: int, out: Sequence[Output]) -> int:
         """The outbox sequence the next output of this call will get (see `_commit`)."""
         return self.outbox_seq(key) + len(out) + 1
-
-    def _route_one(self, txn: Txn, record: Record, out: list[Output]) -> None:
-        origin = record.origin
-        part, at_record, after = self._observe(record)
-        self._advance(part, at_record)
-        if self._first_time(txn, GRAPH_KEY, origin.source, origin.partition, origin.offset):
-            self.stats.records += 1
-            metrics.APPLIED.inc()
-            self._route_record(txn, record, out)
-        else:
-            metrics.REPLAYED.inc()
-        self.positions[part] = max(self.positions.get(part, -1), origin.offset)
-        if after != at_record:
-            self._advance(part, after)
 
     def _route_record(self, txn: Txn, record: Record, out: list[Output]) -> None:
         linked = self._link(txn, record)
@@ -865,9 +853,7 @@ class Engine:
         record = item.record
         self._read_ns = record.read_ns
         self.stats.records += 1
-        stored = txn.get_json(self.keys.profile(item.canonical))
-        fresh = stored is None
-        profile = prof.new_profile() if stored is None else stored
+        profile, fresh = self._profile(txn, item.canonical)
         if item.members:
             profile = self._with_members(profile, item.members)
         at_ms = record.ts_ms if record.ts_ms is not None else self.now_ms
@@ -920,9 +906,8 @@ class Engine:
             target = parse_identity(onward)
             out.append(Adopt(target, adopt.members, adopt.merge_id, adopt.profile, adopt.at_ms))
             return
-        stored = txn.get_json(self.keys.profile(adopt.survivor))
         profile = prof.merge_profiles(
-            prof.new_profile() if stored is None else stored,
+            self._profile(txn, adopt.survivor)[0],
             adopt.profile,
             self.index.aggregates,
             self.index.absents,
@@ -939,6 +924,11 @@ class Engine:
             reason="merge",
             out=out,
         )
+
+    def _profile(self, txn: Txn, canonical: Identity) -> tuple[prof.Profile, bool]:
+        """The stored profile of a cluster, or a new one, and whether it is new."""
+        stored = txn.get_json(self.keys.profile(canonical))
+        return (prof.new_profile(), True) if stored is None else (stored, False)
 
     def _with_members(self, profile: prof.Profile, members: Sequence[Identity]) -> prof.Profile:
         """The profile step's copy of its cluster's members (they only grow)."""

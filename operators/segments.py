@@ -190,7 +190,7 @@ def due_at(profile: Profile, index: SegmentIndex, at_ms: int) -> set[str]:
     """The segments a timer firing at `at_ms` needs to evaluate: those reading a windowed
     input that can change value at exactly `at_ms` (``evaluate`` adds their ``in_segment``
     dependants). Every other segment keeps the value it had when last evaluated, as long as
-    each evaluation of a windowed input change reschedules the timer (the engine's `retime`):
+    the timer is set again whenever a segment reading a window is evaluated (`index.timed`):
     between two change points of its inputs a segment's value does not move.
 
     For the engine: at a timer firing at ``ts`` with the profile as stored,

@@ -139,21 +139,30 @@ def _assert_equal_where_calm(
     assert differ == [], f"{len(differ)} of {len(calm_one)} profiles differ"
 
 
+def _one_process(topics: dict[str, Any], tmp_path: Path, feedback: str) -> Path:
+    """The reference: a replay on one process into `tmp_path/one`; returns its config."""
+    config = _config(tmp_path, topics["config"], topics["prefix"] + feedback)
+    _finish(_replay(config, tmp_path / "one", tmp_path / "one.jsonl"))
+    return config
+
+
+def _two_processes(config: Path, state: Path, changes: str) -> list[subprocess.Popen[bytes]]:
+    """Both processes of a cluster, started; process i writes its changes to `changes`
+    with `{i}` filled in."""
+    addresses = _addresses(2)
+    return [
+        _replay(config, state, state.parent / changes.format(i=i), "-i", str(i), *addresses)
+        for i in range(2)
+    ]
+
+
 def test_two_processes_equal_one(
     topics: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     base = topics["config"]
-    prefix = topics["prefix"]
-    one_cfg = _config(tmp_path, base, prefix + "feedback-one")
-    _finish(_replay(one_cfg, tmp_path / "one", tmp_path / "one.jsonl"))
-
-    two_cfg = _config(tmp_path, base, prefix + "feedback-two")
-    addresses = _addresses(2)
-    procs = [
-        _replay(two_cfg, tmp_path / "two", tmp_path / f"two-{i}.jsonl", "-i", str(i), *addresses)
-        for i in range(2)
-    ]
-    for proc in procs:
+    one_cfg = _one_process(topics, tmp_path, "feedback-one")
+    two_cfg = _config(tmp_path, base, topics["prefix"] + "feedback-two")
+    for proc in _two_processes(two_cfg, tmp_path / "two", "two-{i}.jsonl"):
         _finish(proc)
 
     one = export(one_cfg, tmp_path / "one", tmp_path, "one-export.jsonl")
@@ -334,19 +343,11 @@ def test_two_processes_survive_kill_9(topics: dict[str, Any], tmp_path: Path) ->
     dedup by id folds to the exported memberships."""
     rng = random.Random(11)
     base = topics["config"]
-    prefix = topics["prefix"]
-    one_cfg = _config(tmp_path, base, prefix + "feedback-kill-one")
-    _finish(_replay(one_cfg, tmp_path / "one", tmp_path / "one.jsonl"))
-    cfg = _config(tmp_path, base, prefix + "feedback-kill")
-    addresses = _addresses(2)
+    one_cfg = _one_process(topics, tmp_path, "feedback-kill-one")
+    cfg = _config(tmp_path, base, topics["prefix"] + "feedback-kill")
     kills = 0
     for attempt in range(3):
-        procs = [
-            _replay(
-                cfg, tmp_path / "s", tmp_path / f"c{i}-{attempt}.jsonl", "-i", str(i), *addresses
-            )
-            for i in range(2)
-        ]
+        procs = _two_processes(cfg, tmp_path / "s", f"c{{i}}-{attempt}.jsonl")
         if attempt < 2:
             time.sleep(rng.uniform(1.5, 4.0))
             if all(p.poll() is None for p in procs):

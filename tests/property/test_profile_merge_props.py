@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from operators import profile as prof
 from operators.rules import compile_rules
 from operators.segments import SegmentIndex, evaluate
-from schemas.records import Origin, Record
+from schemas.records import Record
+from tests.property.streams import attribute, events, record
 
 INDEX = SegmentIndex(
     compile_rules(
@@ -33,24 +34,8 @@ INDEX = SegmentIndex(
     )
 )
 
-event = st.tuples(
-    st.sampled_from(["view", "buy", "add"]),
-    st.integers(0, 40),  # ts
-    st.integers(0, 30),  # amount
-    st.sampled_from(["a", "b"]),
-)
-attribute = st.tuples(st.sampled_from(["gold", "silver"]), st.integers(0, 40), st.integers(0, 3))
+event = events("view", "buy", "add")
 items = st.lists(st.one_of(event, attribute), min_size=1, max_size=14)
-
-
-def record(i: int, item: tuple[Any, ...]) -> Record:
-    if len(item) == 4:
-        kind, ts, amount, page = item
-        body = {"eventType": kind, "amount": amount, "page": page}
-        return Record(Origin("web", 0, i), 0, "event", 0, (), body, ts, f"e{i}", kind)
-    level, ts, priority = item
-    body = {"level": level}
-    return Record(Origin("crm", 0, i), 1, "profile", priority, (), body, ts, None, None)
 
 
 def apply(profile: prof.Profile, r: Record) -> prof.Profile:
