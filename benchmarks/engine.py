@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, raw in raws:
         offset = offsets.get(name, 0)
         offsets[name] = offset + 1
-        record = decoder.decode(Origin(name, 0, offset), raw)
+        record = decoder.decode(Origin(name, 0, offset), raw, seq=offset + 1)
         if isinstance(record, Record):
-            records.append(record.with_seq(offset + 1))
+            records.append(record)
     decode_s, decode_cpu = time.perf_counter() - started, time.process_time() - cpu
 
     with tempfile.TemporaryDirectory() as tmp:

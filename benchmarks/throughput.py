@@ -7,7 +7,9 @@ ceiling, a bare loop that only consumes the same topics and parses each value wi
 Each run is a `cdp replay` over the same topics into a fresh state: one process per value of
 `--workers` (that many worker threads), then a cluster per value of `--processes` (that many
 processes of one worker each, `-i/-a`; they share the machine's cores with the broker). The
-top-level numbers are the first run's. Starts a local broker unless KAFKA_BOOTSTRAP_SERVERS is
+top-level numbers are the first run's. Before them the floor runs (`benchmarks.floor`, off with
+`--no-floor`): the same pipeline with the engine taken out, one change out per record in, as
+`floor_events_per_s`. Starts a local broker unless KAFKA_BOOTSTRAP_SERVERS is
 set. Prints one JSON object.
 """
 
@@ -82,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
     parser.add_argument("--processes", type=int, nargs="*", default=[])
+    parser.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the pipeline with the engine taken out (benchmarks.floor)",
+    )
     args = parser.parse_args(argv)
 
     stream = generate(args.profiles, args.events, seed=args.seed)
@@ -121,6 +129,25 @@ def main(argv: list[str] | None = None) -> int:
                 "ceiling_events_per_s": round(records / ceiling_s),
             }
         )
+        if args.floor:
+            floor_config = bench_config(
+                ROOT / "config" / "bench.yaml",
+                Path(tmp) / "floor.yaml",
+                prefix,
+                bootstrap,
+                destinations=[{"name": "floor", "kind": "kafka", "topic": f"{prefix}floor"}],
+            )
+            create_topics(bootstrap, [f"{prefix}floor"])
+            cmd = [sys.executable, "-m", "benchmarks.floor", "--config", str(floor_config)]
+            floor_s, floor_rss, floor_cpu = run_cluster([cmd], timeout_s=3600)
+            result.update(
+                {
+                    "floor_s": round(floor_s, 2),
+                    "floor_events_per_s": round(records / floor_s),
+                    "floor_rss_mb": floor_rss[0],
+                    "floor_cpu_s": floor_cpu[0],
+                }
+            )
         changes_before = 0
         topologies = [(1, w) for w in args.workers] + [(p, 1) for p in args.processes]
         for processes, workers in topologies:

@@ -53,9 +53,12 @@ class Decoder:
         }
         return cls(IdentityRules.from_settings(settings), sources, settings.max_record_bytes)
 
-    def decode(self, origin: Origin, raw: bytes, read_ns: int = 0) -> Record | DeadLetter:
+    def decode(
+        self, origin: Origin, raw: bytes, read_ns: int = 0, seq: int = 0
+    ) -> Record | DeadLetter:
+        """`seq`: the record's number in its partition's read order, when known."""
         try:
-            return self._decode(origin, raw, read_ns)
+            return self._decode(origin, raw, read_ns, seq)
         except Rejected as exc:
             return DeadLetter(origin, raw, str(exc))
 
@@ -76,7 +79,7 @@ class Decoder:
             return DeadLetter(origin, raw, "the identity to forget is empty or blocked")
         return Forget(origin, (namespace, normal))
 
-    def _decode(self, origin: Origin, raw: bytes, read_ns: int) -> Record:
+    def _decode(self, origin: Origin, raw: bytes, read_ns: int, seq: int) -> Record:
         spec = self.sources.get(origin.source)
         if spec is None:
             raise Rejected(f"unknown source {origin.source!r}")
@@ -117,6 +120,7 @@ class Decoder:
             event_id=event_id,
             event_type=event_type,
             read_ns=read_ns,
+            seq=seq,
             raw=raw,
         )
 

@@ -25,7 +25,6 @@ def render(change: AudienceChange, destination: DestinationSettings) -> bytes | 
     doc: dict[str, Any] = change.to_dict()
     wanted = destination.identities
     if wanted is None and not destination.hash_identities:  # the common case: all, in clear
-        doc["identities"] = {ns: list(values) for ns, values in change.identities.items()}
         return orjson.dumps(doc)
     hashed = set(destination.hash_identities)
     identities: dict[str, list[str]] = {}

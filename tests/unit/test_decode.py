@@ -196,9 +196,8 @@ def test_oversized_record(decoder: Decoder) -> None:
 def test_records_cross_processes_as_raw_json(decoder: Decoder, source: str, raw: bytes) -> None:
     """Between processes a record travels as its raw JSON and is parsed again on first use;
     what arrives equals what was decoded, in pickles and in the stored (outbox) form."""
-    record = decoder.decode(Origin(source, 3, 41), raw, 99)
+    record = decoder.decode(Origin(source, 3, 41), raw, 99, seq=5)
     assert isinstance(record, Record)
-    record = record.with_seq(5)
     for copy in (
         pickle.loads(pickle.dumps(record)),
         record_from_stored(orjson.loads(orjson.dumps(record_to_stored(record)))),
