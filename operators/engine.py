@@ -15,7 +15,8 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from functools import lru_cache
+from typing import Any, ClassVar, Literal
 
 from config.settings import Settings
 from operators import metrics
@@ -82,6 +83,46 @@ class EngineStats:
     deleted: int = 0  # clusters deleted (GDPR)
     changes: Counter[str] = field(default_factory=Counter)
 
+    # The Prometheus counter of each count. The profile step of several processes publishes
+    # neither `records` nor `replayed`: the identity step counts each record read once.
+    METRICS: ClassVar[dict[str, Any]] = {
+        "records": metrics.APPLIED,
+        "replayed": metrics.REPLAYED,
+        "duplicates": metrics.DUPLICATES,
+        "merges": metrics.LINKS,
+        "timers_fired": metrics.TIMERS,
+        "forgotten": metrics.FORGOTTEN,
+        "deleted": metrics.DELETES,
+    }
+
+
+class _Published:
+    """Moves the engine's counts to Prometheus once a call, not one `inc` (and lock) a record
+    or an audience change."""
+
+    def __init__(self, stats: EngineStats, *, records: bool) -> None:
+        self._stats = stats
+        self._counters = {
+            name: counter
+            for name, counter in EngineStats.METRICS.items()
+            if records or name not in ("records", "replayed")
+        }
+        self._seen = {name: 0 for name in self._counters}
+        self.changes: dict[tuple[str, str], int] = {}  # (segment, status) -> count, this call
+
+    def publish(self) -> None:
+        stats = self._stats
+        for name, counter in self._counters.items():
+            now = getattr(stats, name)
+            if now != self._seen[name]:
+                counter.inc(now - self._seen[name])
+                self._seen[name] = now
+        if self.changes:
+            for (segment, status), n in self.changes.items():
+                stats.changes[f"{segment}:{status}"] += n
+                metrics.changes(segment, status).inc(n)
+            self.changes.clear()
+
 
 @dataclass
 class FlowCounts:
@@ -121,6 +162,11 @@ class _PartitionRun:
         return at_record, self.safe_ms
 
 
+@lru_cache(maxsize=1 << 12)
+def _partition_name(source: str, partition: int) -> str:
+    return f"{source}/{partition}"
+
+
 class _Graph:
     """The identity graph as `resolve` reads it, through the transaction."""
 
@@ -135,6 +181,11 @@ class _Graph:
     def cluster(self, canonical: Identity) -> Cluster | None:
         raw = self.txn.get_json(self.keys.cluster(canonical))
         return None if raw is None else Cluster.from_json(raw)
+
+    def members(self, canonical: Identity) -> Cluster | None:
+        """The cluster with its members only (what outputs name), not its links."""
+        raw = self.txn.get_json(self.keys.cluster(canonical))
+        return None if raw is None else Cluster(tuple((m[0], m[1]) for m in raw["members"]))
 
 
 def build_index(settings: Settings) -> SegmentIndex:
@@ -167,6 +218,7 @@ class Engine:
         self.index = index or build_index(settings)
         self.lateness_ms = settings.time.allowed_lateness_ms
         self.stats = EngineStats()
+        self._published = _Published(self.stats, records=role != "profile")
         self.counts = FlowCounts()
         # Feedback commands made and applied are counted with the state (each counted once,
         # however often a crash makes it travel), so the totals balance across restarts.
@@ -194,8 +246,8 @@ class Engine:
         self.positions: dict[str, int] = {}  # last offset applied per partition (progress)
         self._tombstones = next(iter(store.scan(b"d/")), None) is not None
         self._seqs: dict[int, int] = {}
-        self._timers: list[tuple[int, str]] = [
-            (ts, identity_str(canon))
+        self._timers: list[tuple[int, str, str]] = [  # (time, namespace, value)
+            (ts, *canon)
             for ts, canon in (parse_timer_key(k) for k, _ in store.scan(b"t/"))
             if not graph
         ]
@@ -218,7 +270,7 @@ class Engine:
         time up to and including this record (what it is evaluated at), `after` includes the
         records read after it that were already applied.
         """
-        part = f"{record.origin.source}/{record.origin.partition}"
+        part = _partition_name(record.origin.source, record.origin.partition)
         if not record.seq:
             return part, record.ts_ms, record.ts_ms
         run = self._runs.setdefault(part, _PartitionRun())
@@ -299,6 +351,7 @@ class Engine:
                     txn.put(Keys.outbox(key, seq), encode(item.to_stored()))
             txn.put(Keys.outbox_seq(key), str(seq).encode())
             self._seqs[key] = seq
+        self._published.publish()
         if self.role == "profile":
             txn.put_json(FEEDBACK_COUNTS_KEY, [self.counts.fb_out, self.counts.fb_done])
         if self.max_event_ms is not None:
@@ -341,13 +394,10 @@ class Engine:
             self._fire_timers(txn, self.now_ms, wall_ms, out)
         if self._first_time(txn, key, origin.source, origin.partition, origin.offset):
             self.stats.records += 1
-            metrics.APPLIED.inc()
             if self.role == "graph":
                 self._route_record(txn, record, out)
             else:
                 self._apply(txn, record, wall_ms, out)
-        else:
-            metrics.REPLAYED.inc()
         self.positions[part] = max(self.positions.get(part, -1), origin.offset)
         if after != at_record and self._advance(part, after):
             self._fire_timers(txn, self.now_ms, wall_ms, out)
@@ -360,7 +410,6 @@ class Engine:
         to merge); None when the record belongs to a deleted person."""
         if self._forgotten(txn, record):
             self.stats.forgotten += 1
-            metrics.FORGOTTEN.inc()
             return None
         graph = _Graph(txn, self.keys)
         position = record.origin.position
@@ -369,7 +418,6 @@ class Engine:
         self._write_graph(txn, resolution)
         if resolution.merges:
             self.stats.merges += len(resolution.merges)
-            metrics.LINKS.inc(len(resolution.merges))
             if resolution.cluster is not None:
                 metrics.CLUSTER_SIZE.observe(len(resolution.cluster.members))
         return resolution, [(m, c) for m, c in losers if c is not None]
@@ -475,7 +523,6 @@ class Engine:
         seen_key = Keys.seen(record.event_id or "")
         if txn.get(seen_key) is not None:
             self.stats.duplicates += 1
-            metrics.DUPLICATES.inc()
             return True
         txn.put(seen_key, b"")
         return False
@@ -580,12 +627,12 @@ class Engine:
             txn.delete(Keys.timer(old, canonical))
         if new is not None:
             txn.put(Keys.timer(new, canonical), b"")
-            heapq.heappush(self._timers, (new, identity_str(canonical)))
+            heapq.heappush(self._timers, (new, *canonical))
 
     def _fire_timers(self, txn: Txn, upto_ms: int, wall_ms: int, out: list[Output]) -> None:
         while self._timers and self._timers[0][0] <= upto_ms:
-            ts, ident = heapq.heappop(self._timers)
-            canonical = parse_identity(ident)
+            ts, namespace, value = heapq.heappop(self._timers)
+            canonical = (namespace, value)
             # The profile's own `timer` is the truth; the heap may hold superseded entries
             # (the profile moved, merged away or was rescheduled).
             profile = txn.get_json(self.keys.profile(canonical))
@@ -594,7 +641,6 @@ class Engine:
             txn.delete(Keys.timer(ts, canonical))
             profile = {**profile, "timer": None}
             self.stats.timers_fired += 1
-            metrics.TIMERS.inc()
             self._evaluate(
                 txn,
                 canonical,
@@ -689,7 +735,6 @@ class Engine:
                     txn.delete(Keys.conflict((side[0], side[1]), entry["position"]))
             txn.put_json(Keys.tombstone(member), {"deleted_at_ms": wall_ms})
         self.stats.deleted += 1
-        metrics.DELETES.inc()
         return canonical, cluster
 
     def _forget_profile(
@@ -944,7 +989,7 @@ class Engine:
         ids = profile.get("ids")
         if ids:
             return Cluster(members=tuple((m[0], m[1]) for m in ids))
-        return _Graph(txn, self.keys).cluster(canonical) or Cluster(members=(canonical,))
+        return _Graph(txn, self.keys).members(canonical) or Cluster(members=(canonical,))
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -978,10 +1023,10 @@ class Engine:
         pid = profile_id(canonical)
         identities = cluster.by_namespace()
         denied = self._consent_denied(profile)
+        counts = self._published.changes
         for change in changes:
             status: Literal["entered", "exited"] = "entered" if change.entered else "exited"
-            self.stats.changes[f"{change.segment_id}:{status}"] += 1
-            metrics.changes(change.segment_id, status).inc()
+            counts[change.segment_id, status] = counts.get((change.segment_id, status), 0) + 1
             out.append(
                 AudienceChange(
                     id=change_id(pid, change.segment_id, change.sequence),

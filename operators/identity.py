@@ -13,6 +13,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 from config.settings import Settings
@@ -80,6 +81,7 @@ class IdentityRules:
         return value
 
 
+@lru_cache(maxsize=1 << 16)  # named by every output of a profile
 def profile_id(canonical: Identity) -> str:
     """A stable, opaque profile id derived from the cluster's canonical identity."""
     return "p_" + hashlib.sha256(identity_str(canonical).encode()).hexdigest()[:20]

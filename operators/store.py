@@ -247,6 +247,7 @@ class Keys:
         return _identity_key("p", canonical[0], canonical[1], self.shards)
 
     @staticmethod
+    @lru_cache(maxsize=1 << 12)  # one per Bytewax key and input partition, built every record
     def offset(shard: int, source: str, partition: int) -> bytes:
         return f"o/{shard:04d}/{source}/{partition}".encode()
 
