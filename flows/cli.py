@@ -25,7 +25,6 @@ from flows.progress import Progress
 from flows.runtime import (
     check_routing,
     close_engines,
-    current_engine,
     engine_for,
     engines_of,
     run_flow,
@@ -196,8 +195,14 @@ def _run_flow(
     # Several processes share the recovery snapshots (Bytewax resumes them together).
     root = options.state_dir.parent if options.clustered else options.state_dir
     recovery = root / "recovery" if settings.recovery.enabled else None
+    label = "replay"
+    if options.clustered:
+        label = f"replay, process {options.process_id} of {options.processes}"
     report = Progress(
-        settings, partial(current_engine, options.state_dir), kafka=options.mode == "replay"
+        settings,
+        partial(engines_of, options.state_dir),
+        kafka=options.mode == "replay",
+        label=label,
     )
     cluster: dict[str, Any] = {}
     if options.clustered:
@@ -206,7 +211,7 @@ def _run_flow(
         with contextlib.ExitStack() as stack:
             if options.clustered:
                 stack.enter_context(_feedback_status(settings, options))
-            if progress and not options.clustered:
+            if progress:
                 stack.enter_context(report)
             run_flow(
                 flow,

@@ -15,19 +15,24 @@ from operators.engine import Engine
 
 
 class Progress:
-    """Polls the engine every `interval_s` and prints one status line (redrawn on a TTY)."""
+    """Polls this process's engines every `interval_s` and prints one status line (redrawn on
+    a TTY). On several processes each prints its own: the process holding the identity step
+    (every record passes through it) the records applied and the lag of each input partition,
+    every process the audience changes its profiles made; `label` names the process."""
 
     def __init__(
         self,
         settings: Settings,
-        engine: Callable[[], Engine | None],
+        engines: Callable[[], list[Engine]],
         *,
         kafka: bool,
         interval_s: float = 1.0,
         out: TextIO | None = None,
+        label: str = "replay",
     ) -> None:
         self._settings = settings
-        self._engine = engine
+        self._engines = engines
+        self._label = label
         self._kafka = kafka
         self._interval = interval_s
         self._out = sys.stderr if out is None else out
@@ -73,20 +78,33 @@ class Progress:
             consumer.close()
 
     def line(self) -> str:
-        engine = self._engine()
+        engines = self._engines()
         elapsed = time.monotonic() - self._started
-        if engine is None:
-            return f"replay: starting ({elapsed:.0f}s)"
-        stats = engine.stats
-        rate = stats.records / elapsed if elapsed > 0 else 0.0
+        if not engines:
+            return f"{self._label}: starting ({elapsed:.0f}s)"
+        records = merges = changes = 0
+        positions: dict[str, int] = {}
+        reads = False  # an engine here applies the records (not only profiles)
+        for engine in engines:
+            with engine.lock:  # between two calls: the counts of whole batches
+                changes += sum(engine.stats.changes.values())
+                if engine.role == "profile":
+                    continue
+                reads = True
+                records += engine.stats.records
+                merges += engine.stats.merges
+                positions.update(engine.positions)
+        if not reads:
+            return f"{self._label}: {changes:,} changes"
+        rate = records / elapsed if elapsed > 0 else 0.0
         parts = []
         for part, end in sorted(self._ends.items()):
-            done = engine.positions.get(part, -1) + 1
+            done = positions.get(part, -1) + 1
             parts.append(f"{part} lag {max(end - done, 0)}")
         lag = ("; " + ", ".join(parts)) if parts else ""
         return (
-            f"replay: {stats.records:,} records applied ({rate:,.0f}/s), "
-            f"{stats.merges:,} identity links, {sum(stats.changes.values()):,} changes{lag}"
+            f"{self._label}: {records:,} records applied ({rate:,.0f}/s), "
+            f"{merges:,} identity links, {changes:,} changes{lag}"
         )
 
     def _print(self, *, final: bool) -> None:

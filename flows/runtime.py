@@ -80,13 +80,6 @@ def _check_routing(store: RocksStore, state_dir: Path, routing: str) -> None:
         )
 
 
-def current_engine(state_dir: Path) -> Engine | None:
-    """The engine of a state directory if a worker has opened it (for progress reports)."""
-    path = state_dir.resolve()
-    with _lock:
-        return _engines.get((path, "all")) or _engines.get((path, "graph"))
-
-
 def engines_of(state_dir: Path) -> list[Engine]:
     path = state_dir.resolve()
     with _lock:

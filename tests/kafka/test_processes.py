@@ -83,12 +83,13 @@ def _config(tmp: Path, base: dict[str, Any], feedback: str) -> Path:
 def _replay(config: Path, state: Path, out: Path, *cluster: str) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable, "-m", "flows.cli", "replay", "--config", str(config),
-        "--state-dir", str(state), "--audience-out", str(out), "--quiet", *cluster,
+        "--state-dir", str(state), "--audience-out", str(out), *cluster,
     ]  # fmt: skip
     return subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE)
 
 
-def _finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+def _finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> str:
+    """Waits for a replay to end well; returns what it printed on stderr."""
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -96,6 +97,7 @@ def _finish(proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
         _, err = proc.communicate()
         raise AssertionError(f"no end within {timeout}s: {err.decode()[-3000:]}") from None
     assert proc.returncode == 0, err.decode()[-3000:]
+    return err.decode()
 
 
 def _clusters(profiles: list[dict[str, Any]]) -> set[frozenset[tuple[str, str]]]:
@@ -162,8 +164,18 @@ def test_two_processes_equal_one(
     base = topics["config"]
     one_cfg = _one_process(topics, tmp_path, "feedback-one")
     two_cfg = _config(tmp_path, base, topics["prefix"] + "feedback-two")
-    for proc in _two_processes(two_cfg, tmp_path / "two", "two-{i}.jsonl"):
-        _finish(proc)
+    printed = [_finish(p) for p in _two_processes(two_cfg, tmp_path / "two", "two-{i}.jsonl")]
+    # Each process prints its progress; the one holding the identity step, which every record
+    # passes, the records applied.
+    finals = [
+        [line for line in err.splitlines() if line.startswith("replay, ")][-1] for err in printed
+    ]
+    assert [line.split(":")[0] for line in finals] == [
+        "replay, process 0 of 2",
+        "replay, process 1 of 2",
+    ]
+    assert sum("records applied" in line for line in finals) == 1, finals
+    assert all(" changes" in line for line in finals), finals
 
     one = export(one_cfg, tmp_path / "one", tmp_path, "one-export.jsonl")
     two = export(two_cfg, tmp_path / "two", tmp_path, "two-export.jsonl")
