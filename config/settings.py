@@ -115,6 +115,9 @@ class DestinationSettings(_Frozen):
     max_attempts: int = Field(default=5, ge=1)  # webhook: then the change is a dead letter
     backoff_ms: int = Field(default=200, ge=0)  # webhook: doubled after each failed attempt
     timeout_s: float = Field(default=5.0, gt=0)
+    # webhook: requests in flight at once, each lane a kept-alive connection; a profile's
+    # changes keep to one lane, so they arrive in order
+    concurrency: int = Field(default=8, ge=1, le=256)
     requires_consent: bool = False  # profiles whose consent attribute is denied are not sent
 
     @model_validator(mode="after")

@@ -34,8 +34,10 @@ def deliver(settings: Settings, changes: Sequence[AudienceChange]) -> dict[str, 
             if producer.flush(30) != 0:
                 raise RuntimeError(f"destination {dest.name}: Kafka did not take every change")
         else:
-            WebhookSink(dest, dead_letter_writer(settings)).build("deliver", 0, 1).write_batch(
-                bodies
-            )
+            hook = WebhookSink(dest, dead_letter_writer(settings)).build("deliver", 0, 1)
+            try:
+                hook.write_batch(rendered)
+            finally:
+                hook.close()
     io.close_files()
     return sent

@@ -414,15 +414,13 @@ def write_changes(changes: Stream[AudienceChange], settings: Settings, options: 
     brokers = config.pop("bootstrap.servers")
     for dest in settings.destinations:
         step = f"render_{dest.name}"
+        rendered = op.flat_map_batch(step, changes, partial(_render_batch, dest))
         if dest.kind == "kafka":
             assert dest.topic is not None
-            messages = op.flat_map_batch(step, changes, partial(_render_batch, dest, keyed=True))
             op.output(
-                f"write_{dest.name}", messages, io.kafka_topic_sink(brokers, dest.topic, config)
+                f"write_{dest.name}", rendered, io.kafka_topic_sink(brokers, dest.topic, config)
             )
-            continue
-        rendered = op.flat_map_batch(step, changes, partial(_render_batch, dest, keyed=False))
-        if dest.kind == "file":
+        elif dest.kind == "file":
             assert dest.path is not None
             op.output(f"write_{dest.name}", rendered, io.JsonLinesSink(settings.resolve(dest.path)))
         else:
@@ -433,10 +431,12 @@ def write_changes(changes: Stream[AudienceChange], settings: Settings, options: 
         op.output("write_audience_out", everything, io.JsonLinesSink(options.audience_out))
 
 
-def _render_batch(dest: Any, changes: list[AudienceChange], *, keyed: bool) -> list[Any]:
-    """A batch of changes as this destination takes them (those it does not take left out),
-    observing each one's latency; `keyed`: as Kafka messages on the sink's one key."""
+def _render_batch(dest: Any, changes: list[AudienceChange]) -> list[Any]:
+    """A batch of changes as this destination's sink takes them (those it does not take left
+    out), observing each one's latency: Kafka messages on the sink's one key, JSON lines for a
+    file, `(profile id, body)` for a webhook."""
     now = time.time_ns()
+    kind = dest.kind
     out: list[Any] = []
     for change in changes:
         body = render(change, dest)
@@ -444,8 +444,10 @@ def _render_batch(dest: Any, changes: list[AudienceChange], *, keyed: bool) -> l
             continue
         if change.read_ns:
             metrics.LATENCY.observe((now - change.read_ns) / 1e9)
-        if keyed:
+        if kind == "kafka":
             out.append(("0", io.timed_message(change.profile_id, body, change.read_ns)))
+        elif kind == "webhook":
+            out.append((change.profile_id, body))
         else:
             out.append(body)
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import orjson
 import pytest
 
 from config.settings import DestinationSettings
-from flows.webhook import WebhookSink, post_with_retries
+from flows.webhook import Endpoint, WebhookSink
 from operators.destinations import render
 from schemas.records import AudienceChange
 
@@ -52,25 +53,52 @@ def test_render_selects_segments_identities_and_hashes() -> None:
 
 
 class Server:
-    """Answers each POST with the next status of a script (then 200), recording bodies."""
+    """Answers each POST with the next status of a script (then 200), recording bodies, the
+    connections they came on and the most requests in flight at once. `keep_alive`: HTTP/1.1
+    connections stay open; `drop_idle`: the server closes each connection after answering
+    without saying so (as a server timing out an idle connection does); `delay_s`: each
+    answer waits."""
 
-    def __init__(self, script: list[int]) -> None:
+    def __init__(
+        self,
+        script: list[int],
+        *,
+        keep_alive: bool = False,
+        drop_idle: bool = False,
+        delay_s: float = 0.0,
+    ) -> None:
         self.script = list(script)
         self.bodies: list[bytes] = []
+        self.connections: list[tuple[str, int]] = []
+        self.in_flight = self.peak = 0
+        lock = threading.Lock()
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive or drop_idle else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.bodies.append(body)
-                status = outer.script.pop(0) if outer.script else 200
+                with lock:
+                    outer.in_flight += 1
+                    outer.peak = max(outer.peak, outer.in_flight)
+                    outer.bodies.append(body)
+                    outer.connections.append(self.client_address)
+                    status = outer.script.pop(0) if outer.script else 200
+                time.sleep(delay_s)
+                with lock:
+                    outer.in_flight -= 1
                 self.send_response(status)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
+                if drop_idle:
+                    self.close_connection = True
 
             def log_message(self, *args: object) -> None:
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -87,17 +115,15 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     srv.close()
 
 
+def _endpoint(url: str) -> Endpoint:
+    return Endpoint(url, {}, timeout_s=2)
+
+
 @pytest.mark.parametrize("server", [[500, 503]], indirect=True)
 def test_retries_then_succeeds(server: Server) -> None:
     sleeps: list[float] = []
-    result = post_with_retries(
-        server.url,
-        b'{"a":1}',
-        headers={},
-        max_attempts=5,
-        backoff_ms=100,
-        timeout_s=2,
-        sleep=sleeps.append,
+    result = _endpoint(server.url).post(
+        b'{"a":1}', max_attempts=5, backoff_ms=100, sleep=sleeps.append
     )
     assert result.ok and result.attempts == 3
     assert sleeps == [0.1, 0.2]
@@ -106,17 +132,42 @@ def test_retries_then_succeeds(server: Server) -> None:
 
 @pytest.mark.parametrize("server", [[400]], indirect=True)
 def test_client_errors_are_not_retried(server: Server) -> None:
-    result = post_with_retries(
-        server.url, b"{}", headers={}, max_attempts=5, backoff_ms=0, timeout_s=2
-    )
+    result = _endpoint(server.url).post(b"{}", max_attempts=5, backoff_ms=0)
     assert not result.ok and result.attempts == 1 and result.problem == "HTTP 400"
 
 
 def test_unreachable_endpoint_gives_up() -> None:
-    result = post_with_retries(
-        "http://127.0.0.1:9/none", b"{}", headers={}, max_attempts=2, backoff_ms=0, timeout_s=1
-    )
-    assert not result.ok and "connection failed" in result.problem
+    result = _endpoint("http://127.0.0.1:9/none").post(b"{}", max_attempts=2, backoff_ms=0)
+    assert not result.ok and result.attempts == 2 and "connection failed" in result.problem
+
+
+def test_connections_are_kept_alive() -> None:
+    srv = Server([], keep_alive=True)
+    try:
+        endpoint = _endpoint(srv.url)
+        for n in range(20):
+            assert endpoint.post(b'{"n":%d}' % n, max_attempts=1, backoff_ms=0).ok
+        assert len(srv.bodies) == 20 and len(set(srv.connections)) == 1
+    finally:
+        srv.close()
+
+
+def test_a_connection_the_server_dropped_costs_no_attempt() -> None:
+    """The server closes each connection after answering: the next POST fails on the stale
+    connection before reaching the server, and goes again at once on a new one."""
+    srv = Server([], drop_idle=True)
+    try:
+        endpoint = _endpoint(srv.url)
+        sleeps: list[float] = []
+        for n in range(5):
+            result = endpoint.post(
+                b'{"n":%d}' % n, max_attempts=1, backoff_ms=0, sleep=sleeps.append
+            )
+            assert result.ok and result.attempts == 1, result
+        assert srv.bodies == [b'{"n":%d}' % n for n in range(5)]
+        assert len(set(srv.connections)) == 5 and sleeps == []
+    finally:
+        srv.close()
 
 
 @pytest.mark.parametrize("server", [[500] * 3], indirect=True)
@@ -126,10 +177,40 @@ def test_sink_sends_dead_letter_after_last_attempt(server: Server) -> None:
         name="crm-hook", kind="webhook", url=server.url, max_attempts=2, backoff_ms=0
     )
     part = WebhookSink(dest, dead.extend).build("w", 0, 1)
-    part.write_batch([b'{"n":1}', b'{"n":2}'])
-    # 1st: 500, 500 -> dead letter; 2nd: 500, then 200.
-    assert len(server.bodies) == 4
+    try:
+        part.write_batch([("p_1", b'{"n":1}'), ("p_1", b'{"n":2}')])
+    finally:
+        part.close()
+    # One profile, one lane, in order: 1st: 500, 500 -> dead letter; 2nd: 500, then 200.
+    assert server.bodies == [b'{"n":1}', b'{"n":1}', b'{"n":2}', b'{"n":2}']
     assert len(dead) == 1
     letter = orjson.loads(dead[0])
     assert letter["reason"] == "webhook crm-hook: HTTP 500 after 2 attempts"
     assert letter["source"] == "destination:crm-hook"
+
+
+def test_sink_posts_in_parallel_and_each_profile_in_order() -> None:
+    """A slow endpoint gets `concurrency` requests at once, never more, and each profile's
+    changes in the order they were made, over batches; `write_batch` returns only when its
+    batch is delivered (what waits in memory is one batch)."""
+    srv = Server([], keep_alive=True, delay_s=0.02)
+    dest = DestinationSettings(name="slow", kind="webhook", url=srv.url, concurrency=4)
+    part = WebhookSink(dest, lambda _letters: None).build("w", 0, 1)
+    try:
+        sent = 0
+        for _ in range(3):
+            batch = [
+                (f"p_{n % 10}", b'{"p":%d,"n":%d}' % (n % 10, n)) for n in range(sent, sent + 40)
+            ]
+            part.write_batch(batch)
+            sent += len(batch)
+            assert len(srv.bodies) == sent
+    finally:
+        part.close()
+        srv.close()
+    assert srv.peak == 4
+    arrived = [orjson.loads(b) for b in srv.bodies]
+    for profile in range(10):
+        order = [a["n"] for a in arrived if a["p"] == profile]
+        assert order == sorted(order) and len(order) == 12
+    assert len(set(srv.connections)) <= 4  # kept alive: one connection a lane
