@@ -15,6 +15,7 @@ never overwrite. Every function returns a new dict and leaves its arguments alon
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -276,6 +277,43 @@ def next_changes(
     return due, keys
 
 
+def change_points(
+    profile: Profile,
+    aggregates: Mapping[str, Aggregate],
+    absents: Mapping[str, Absent],
+    now_ms: int,
+) -> Iterator[tuple[int, list[str]]]:
+    """Successive `next_changes` after `now`: each moment a windowed input changes with no
+    new event, and the keys of the inputs that can change then. After a moment only the
+    inputs that changed at it are looked at again: the others' next change has not moved."""
+    upcoming = [(t, key) for key, t in _input_changes(profile, aggregates, absents, now_ms)]
+    heapq.heapify(upcoming)
+    aggs, abs_ = profile["aggs"], profile["abs"]
+    while upcoming:
+        at = upcoming[0][0]
+        keys: list[str] = []
+        while upcoming and upcoming[0][0] == at:
+            keys.append(heapq.heappop(upcoming)[1])
+        yield at, keys
+        for key in keys:
+            if key in aggs:
+                t = _agg_change(aggs[key], aggregates[key], at)
+            else:
+                t = absent_next_change(abs_[key], absents[key], at)
+            if t is not None:
+                heapq.heappush(upcoming, (t, key))
+
+
+def _agg_change(state: Any, agg: Aggregate, now_ms: int) -> int | None:
+    """When a windowed aggregate next changes after `now` with no new event."""
+    within = agg.within_ms
+    assert within is not None
+    first: int = state[0][0]
+    if first > now_ms - within and state[-1][0] <= now_ms:
+        return first + within  # all in the window: the oldest leaves first
+    return agg_next_change(state, agg, now_ms)
+
+
 def _input_changes(
     profile: Profile,
     aggregates: Mapping[str, Aggregate],
@@ -288,16 +326,9 @@ def _input_changes(
         if not state:
             continue
         agg = aggregates.get(key)
-        if agg is None:
+        if agg is None or agg.within_ms is None:
             continue
-        within = agg.within_ms
-        if within is None:
-            continue
-        first: int = state[0][0]
-        if first > now_ms - within and state[-1][0] <= now_ms:
-            t: int | None = first + within  # all in the window: the oldest leaves first
-        else:
-            t = agg_next_change(state, agg, now_ms)
+        t = _agg_change(state, agg, now_ms)
         if t is not None:
             yield key, t
     for key, state in profile["abs"].items():

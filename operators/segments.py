@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from operators.aggregates import absent_init, absent_value, agg_init, agg_reader, agg_value
-from operators.profile import Profile, attribute_values, changes_at, next_changes
+from operators.profile import Profile, attribute_values, change_points, changes_at
 from operators.rules import Absent, Aggregate, CompiledRule
 
 _MEMO_LIMIT = 4096  # entries per memo table before it starts afresh
@@ -221,20 +221,18 @@ def next_flip(
     again whenever one of `index.timed` is evaluated: a segment's flip can move when any of
     its inputs changes (`profile.level == "gold" and count(…, within=…) >= 2` flips as a view
     leaves the window only once the profile is gold)."""
-    aggregates, absents = index.aggregates, index.absents
     held = profile["segs"]
-    at, inputs = next_changes(profile, aggregates, absents, now_ms)
-    for _ in range(lookahead - 1):
-        if at is None:
-            return None
+    points = change_points(profile, index.aggregates, index.absents, now_ms)
+    for tried, (at, inputs) in enumerate(points, start=1):
+        if tried == lookahead:
+            return at
         which = index.affected_by_inputs(inputs)
         if which:
             for segment_id, value in evaluate(profile, index, which, at).items():
                 membership = held.get(segment_id)
                 if value != bool(membership and membership[0]):
                     return at
-        at, inputs = next_changes(profile, aggregates, absents, at)
-    return at
+    return None
 
 
 def transitions(
