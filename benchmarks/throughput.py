@@ -148,34 +148,34 @@ def main(argv: list[str] | None = None) -> int:
                     "floor_cpu_s": floor_cpu[0],
                 }
             )
-        changes_before = 0
         topologies = [(1, w) for w in args.workers] + [(p, 1) for p in args.processes]
         for processes, workers in topologies:
             name = f"{processes}x{workers}"
             state = Path(tmp) / f"state-{name}"
+            # Each run its own output (and feedback) topic: its changes are counted alone.
+            out_topic = f"{prefix}cdp.audience-changes-{name}"
+            create_topics(bootstrap, [out_topic])
+            own = bench_config(
+                ROOT / "config" / "bench.yaml",
+                Path(tmp) / f"bench-{name}.yaml",
+                prefix,
+                bootstrap,
+                identity={"feedback_topic": f"{prefix}feedback-{name}"},
+                destinations=[{"name": "audiences", "kind": "kafka", "topic": out_topic}],
+            )
             cmd = [
-                sys.executable, "-m", "flows.cli", "replay", "--config", str(config),
+                sys.executable, "-m", "flows.cli", "replay", "--config", str(own),
                 "--state-dir", str(state), "--workers", str(workers), "--quiet",
             ]  # fmt: skip
             if processes == 1:
                 seconds, peaks, cpu = run_cluster([cmd], timeout_s=4 * 3600)
             else:
-                own = bench_config(
-                    ROOT / "config" / "bench.yaml",
-                    Path(tmp) / f"bench-{name}.yaml",
-                    prefix,
-                    bootstrap,
-                    identity={"feedback_topic": f"{prefix}feedback-{name}"},
-                )
-                cmd[cmd.index(str(config))] = str(own)
                 addresses = [
                     a for _ in range(processes) for a in ("-a", f"127.0.0.1:{free_port()}")
                 ]
                 cmds = [[*cmd, "-i", str(i), *addresses] for i in range(processes)]
                 seconds, peaks, cpu = run_cluster(cmds, timeout_s=4 * 3600)
-            changes = len(consume_all(bootstrap, f"{prefix}cdp.audience-changes", timeout_s=30))
-            produced = changes - changes_before
-            changes_before = changes
+            produced = len(consume_all(bootstrap, out_topic, timeout_s=600))
             store = open_state(state)
             profiles = sum(1 for _ in store.scan(b"p/"))
             store.close()
