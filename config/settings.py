@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -125,6 +126,10 @@ class DestinationSettings(_Frozen):
         needed = {"kafka": "topic", "file": "path", "webhook": "url"}[self.kind]
         if getattr(self, needed) is None:
             raise ValueError(f"destination {self.name!r} of kind {self.kind} needs '{needed}'")
+        if self.url is not None:
+            parts = urllib.parse.urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"destination {self.name!r}: url must be http(s)://host/…")
         return self
 
 

@@ -61,6 +61,17 @@ def test_environment_overrides_nested_values() -> None:
         (GOOD + "unknown_key: 1\n", 12, "unknown_key"),
         ("namespaces: [\n", 2, "not valid YAML"),
         (GOOD.replace("name: Email", "name: CRMID"), 1, "defined twice"),
+        (
+            GOOD + "destinations: [{name: hook, kind: webhook, url: 'offers.example.com/cdp'}]\n",
+            12,
+            "url must be http(s)://host/",
+        ),
+        (
+            GOOD
+            + "destinations: [{name: hook, kind: webhook, url: 'https://x', concurrency: 0}]\n",
+            12,
+            "concurrency",
+        ),
     ],
 )
 def test_bad_files_name_file_line_and_problem(text: str, line: int, fragment: str) -> None:
