@@ -34,7 +34,6 @@ from benchmarks.common import (
     run_id,
 )
 from benchmarks.generator import generate
-from config.settings import load_settings
 from operators.store import open_state
 from tests.kafka_broker import broker_from_env, consume_all, create_topics, produce
 
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with broker_from_env() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         topics = {name: f"{prefix}luma.{name}" for name in sources}
-        create_topics(bootstrap, [f"{prefix}cdp.audience-changes", f"{prefix}cdp.dead-letters"])
+        create_topics(bootstrap, [f"{prefix}cdp.dead-letters"])
         for name, topic in topics.items():
             create_topics(bootstrap, [topic], partitions=PARTITIONS[name])
             produce(
@@ -118,9 +117,22 @@ def main(argv: list[str] | None = None) -> int:
                 [orjson.dumps(r) for r in sources[name]],
                 key_fn=(lambda v: v[:64]) if PARTITIONS[name] > 1 else None,
             )
-        config = bench_config(
-            ROOT / "config" / "bench.yaml", Path(tmp) / "bench.yaml", prefix, bootstrap
-        )
+
+        def run_config(name: str, **extra: Any) -> tuple[Path, str]:
+            """The bench config for one run, with an output topic of its own: each run's
+            changes are counted alone."""
+            out_topic = f"{prefix}cdp.audience-changes-{name}"
+            create_topics(bootstrap, [out_topic])
+            path = bench_config(
+                ROOT / "config" / "bench.yaml",
+                Path(tmp) / f"bench-{name}.yaml",
+                prefix,
+                bootstrap,
+                destinations=[{"name": "audiences", "kind": "kafka", "topic": out_topic}],
+                **extra,
+            )
+            return path, out_topic
+
         ceiling_s = ceiling(bootstrap, list(topics.values()), records)
         result.update(
             {
@@ -130,14 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         if args.floor:
-            floor_config = bench_config(
-                ROOT / "config" / "bench.yaml",
-                Path(tmp) / "floor.yaml",
-                prefix,
-                bootstrap,
-                destinations=[{"name": "floor", "kind": "kafka", "topic": f"{prefix}floor"}],
-            )
-            create_topics(bootstrap, [f"{prefix}floor"])
+            floor_config, _ = run_config("floor")
             cmd = [sys.executable, "-m", "benchmarks.floor", "--config", str(floor_config)]
             floor_s, floor_rss, floor_cpu = run_cluster([cmd], timeout_s=3600)
             result.update(
@@ -152,16 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         for processes, workers in topologies:
             name = f"{processes}x{workers}"
             state = Path(tmp) / f"state-{name}"
-            # Each run its own output (and feedback) topic: its changes are counted alone.
-            out_topic = f"{prefix}cdp.audience-changes-{name}"
-            create_topics(bootstrap, [out_topic])
-            own = bench_config(
-                ROOT / "config" / "bench.yaml",
-                Path(tmp) / f"bench-{name}.yaml",
-                prefix,
-                bootstrap,
-                identity={"feedback_topic": f"{prefix}feedback-{name}"},
-                destinations=[{"name": "audiences", "kind": "kafka", "topic": out_topic}],
+            own, out_topic = run_config(
+                name, identity={"feedback_topic": f"{prefix}feedback-{name}"}
             )
             cmd = [
                 sys.executable, "-m", "flows.cli", "replay", "--config", str(own),
@@ -208,7 +205,6 @@ def main(argv: list[str] | None = None) -> int:
                 )
             }
         )
-        load_settings(config)  # the config the run used is valid (and shown)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     return 0
 

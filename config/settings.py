@@ -127,10 +127,19 @@ class DestinationSettings(_Frozen):
         if getattr(self, needed) is None:
             raise ValueError(f"destination {self.name!r} of kind {self.kind} needs '{needed}'")
         if self.url is not None:
-            parts = urllib.parse.urlsplit(self.url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"destination {self.name!r}: url must be http(s)://host/…")
+            try:
+                http_url(self.url)
+            except ValueError as exc:
+                raise ValueError(f"destination {self.name!r}: {exc}") from None
         return self
+
+
+def http_url(url: str) -> urllib.parse.SplitResult:
+    """`url` in parts, if it is `http(s)://host/…` (ValueError otherwise)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("url must be http(s)://host/…")
+    return parts
 
 
 class DeadLetterSettings(_Frozen):

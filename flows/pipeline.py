@@ -223,26 +223,25 @@ class _DecodeBatch:
             origin, raw = item if locate is None else locate(item)
             source = origin.source
             per_source[source] = per_source.get(source, 0) + 1
+            decoded: Record | Forget | DeadLetter
             if source == io.PRIVACY_SOURCE:
-                out.append(decoder.decode_forget(origin, raw))
-                continue
-            part = (source, origin.partition)
-            seq = counts.get(part, 0) + 1
-            decoded = decoder.decode(origin, raw, read_ns, seq)
-            if isinstance(decoded, Record):
-                if start is not None and decoded.ts_ms is not None and decoded.ts_ms < start:
-                    io.RAW.dropped += 1
-                    continue
-                counts[part] = seq
+                decoded = decoder.decode_forget(origin, raw)
+            else:
+                part = (source, origin.partition)
+                seq = counts.get(part, 0) + 1
+                decoded = decoder.decode(origin, raw, read_ns, seq)
+                if isinstance(decoded, Record):
+                    if start is not None and decoded.ts_ms is not None and decoded.ts_ms < start:
+                        io.RAW.dropped += 1
+                        continue
+                    counts[part] = seq
+            if isinstance(decoded, DeadLetter):
+                io.RAW.dropped += 1
+                reason = metrics.reason_kind(decoded.reason)
+                metrics.DEAD_LETTERS.labels(source, reason).inc()
             out.append(decoded)
         for source, n in per_source.items():
             metrics.records_in(source).inc(n)
-        for item in out:
-            if isinstance(item, DeadLetter):
-                io.RAW.dropped += 1
-                metrics.DEAD_LETTERS.labels(
-                    item.origin.source, metrics.reason_kind(item.reason)
-                ).inc()
         return out
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import http.client
 import time
-import urllib.parse
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from config.settings import DestinationSettings
+from config.settings import DestinationSettings, http_url
 from schemas.records import DeadLetter, Origin
 
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -44,9 +43,8 @@ class Endpoint:
     has its own)."""
 
     def __init__(self, url: str, headers: dict[str, str], timeout_s: float) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"webhook URL must be http(s)://host/…, not {url!r}")
+        parts = http_url(url)
+        assert parts.hostname is not None  # checked by http_url
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = parts.port

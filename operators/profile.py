@@ -256,25 +256,7 @@ def next_change(
     now_ms: int,
 ) -> int | None:
     """The earliest event time after `now` at which a rule input changes with no new event."""
-    return next_changes(profile, aggregates, absents, now_ms)[0]
-
-
-def next_changes(
-    profile: Profile,
-    aggregates: Mapping[str, Aggregate],
-    absents: Mapping[str, Absent],
-    now_ms: int,
-) -> tuple[int | None, list[str]]:
-    """`next_change`, and the keys of the inputs that can change then: every other input
-    changes only later, so at that moment it has the value it has now."""
-    due: int | None = None
-    keys: list[str] = []
-    for key, t in _input_changes(profile, aggregates, absents, now_ms):
-        if due is None or t < due:
-            due, keys = t, [key]
-        elif t == due:
-            keys.append(key)
-    return due, keys
+    return min((t for _, t in _input_changes(profile, aggregates, absents, now_ms)), default=None)
 
 
 def change_points(
@@ -283,8 +265,9 @@ def change_points(
     absents: Mapping[str, Absent],
     now_ms: int,
 ) -> Iterator[tuple[int, list[str]]]:
-    """Successive `next_changes` after `now`: each moment a windowed input changes with no
-    new event, and the keys of the inputs that can change then. After a moment only the
+    """Each moment after `now` at which a windowed input changes with no new event, in
+    order, and the keys of the inputs that can change then (every other input changes only
+    later, so at that moment it has the value it has now). After a moment only the
     inputs that changed at it are looked at again: the others' next change has not moved."""
     upcoming = [(t, key) for key, t in _input_changes(profile, aggregates, absents, now_ms)]
     heapq.heapify(upcoming)
