@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,7 +51,7 @@ RAW = RawCounts()
 @dataclass(frozen=True, slots=True)
 class FileInput:
     source: str
-    path: Path
+    path: Path  # a file, or a glob pattern (`drops/crm-*.json`): every match, by name
 
 
 def read_records(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -75,10 +76,51 @@ def read_records(path: Path) -> Iterator[tuple[int, bytes]]:
             yield number, line.rstrip(b"\r")
 
 
-class _FilesPartition(StatefulSourcePartition[Raw, tuple[int, int]]):
-    def __init__(self, inputs: Sequence[FileInput], resume: tuple[int, int] | None, batch: int):
-        self._inputs = inputs
-        self._file, self._skip = resume or (0, -1)
+def _is_glob(path: Path) -> bool:
+    return any(c in str(path) for c in "*?[")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFile:
+    """One file of a source, and the input partition its records carry: 0 for a source's
+    single named file, a stable number from the file's name for each match of a glob (so a
+    new file, wherever it sorts, never shifts another file's positions)."""
+
+    source: str
+    path: Path
+    partition: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{self.partition}"
+
+
+def source_files(inputs: Sequence[FileInput]) -> list[SourceFile]:
+    """The files to read, in the sources' order; a glob's matches in name order."""
+    out: list[SourceFile] = []
+    for item in inputs:
+        if not _is_glob(item.path):
+            out.append(SourceFile(item.source, item.path, 0))
+            continue
+        matches = sorted(p for p in item.path.parent.glob(item.path.name) if p.is_file())
+        for match in matches:
+            part = zlib.crc32(match.name.encode()) & 0x7FFF_FFFF
+            out.append(SourceFile(item.source, match, part or 1))
+    return out
+
+
+# Resume state of the files partition: for each file (`SourceFile.key`), the offset of the
+# last record read. A later replay reads what was appended and the files that are new.
+FilePositions = dict[str, int]
+
+
+class _FilesPartition(StatefulSourcePartition[Raw, FilePositions]):
+    def __init__(self, inputs: Sequence[FileInput], resume: Any, batch: int):
+        self._files = source_files(inputs)
+        # An earlier version's state, `(file index, offset)`: read everything again (what was
+        # applied is recognised by its offset and skipped).
+        self._read: FilePositions = dict(resume) if isinstance(resume, dict) else {}
+        self._index = 0
         self._batch = batch
         self._iter: Iterator[tuple[int, bytes]] | None = None
 
@@ -87,33 +129,38 @@ class _FilesPartition(StatefulSourcePartition[Raw, tuple[int, int]]):
             raise StopIteration
         out: list[Raw] = []
         while len(out) < self._batch:
-            if self._file >= len(self._inputs):
+            if self._index >= len(self._files):
                 if out:
                     return out
                 raise StopIteration
-            current = self._inputs[self._file]
+            current = self._files[self._index]
             if self._iter is None:
                 self._iter = read_records(current.path)
+            key, last = current.key, self._read.get(current.key, -1)
             for offset, raw in self._iter:
-                if offset <= self._skip:
+                if offset <= last:
                     continue
-                out.append((Origin(current.source, 0, offset), raw))
-                self._skip = offset
+                out.append((Origin(current.source, current.partition, offset), raw))
+                self._read[key] = offset
                 if len(out) >= self._batch:
                     return out
-            self._file, self._skip, self._iter = self._file + 1, -1, None
+            self._index, self._iter = self._index + 1, None
         return out
 
-    def snapshot(self) -> tuple[int, int]:
-        return (self._file, self._skip)
+    def snapshot(self) -> FilePositions:
+        return dict(self._read)
 
 
-class FilesSource(FixedPartitionedSource[Raw, tuple[int, int]]):
-    """The sources' files read one after the other, in the order given (one partition)."""
+class FilesSource(FixedPartitionedSource[Raw, FilePositions]):
+    """The sources' files read one after the other, in the order given (one partition); a
+    replay into the same state reads only what was appended since, and new files."""
 
     def __init__(self, inputs: Sequence[FileInput], batch_size: int = 1000) -> None:
         for item in inputs:
-            if not item.path.is_file():
+            if _is_glob(item.path):
+                if not any(f.source == item.source for f in source_files([item])):
+                    raise FileNotFoundError(f"source {item.source!r}: no file matches {item.path}")
+            elif not item.path.is_file():
                 raise FileNotFoundError(f"source {item.source!r}: no file at {item.path}")
         self._inputs = tuple(inputs)
         self._batch = batch_size
@@ -122,7 +169,7 @@ class FilesSource(FixedPartitionedSource[Raw, tuple[int, int]]):
         return ["files"]
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: tuple[int, int] | None
+        self, step_id: str, for_part: str, resume_state: FilePositions | None
     ) -> _FilesPartition:
         return _FilesPartition(self._inputs, resume_state, self._batch)
 
