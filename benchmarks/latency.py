@@ -3,6 +3,10 @@ change consumed, p50/p99. In the same run: the broker's own round trip (a bare l
 consumes the input topic and produces each record to another topic, at the same rate) and the
 pipeline's own share (record read -> change handed to the producer, from the change's headers).
 
+Timers under load: every event is stamped `--stamp-lag` seconds in the past (apps upload in
+batches), and one in 20 comes with a cart whose abandonment (20 s after it) fires by timer
+while the traffic flows; `timer_lateness_*` is how long after its due time each fired.
+
     python -m benchmarks.latency --rate 2000 --seconds 30
 
 Starts a local broker unless KAFKA_BOOTSTRAP_SERVERS is set. Prints one JSON object.
@@ -26,6 +30,7 @@ import orjson
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from benchmarks.common import ROOT, PeakRss, machine, run_id
+from operators.identity import profile_id
 from tests.kafka_broker import broker_from_env, create_topics
 
 CONFIG = """\
@@ -33,6 +38,8 @@ namespaces: [{{name: ECID}}]
 sources: [{{name: web, kind: event, topic: {p}web}}]
 segments:
   - {{id: pinged, rule: 'exists(event.eventType == "bench.ping")'}}
+  - id: abandoned
+    rule: 'absent(event.eventType == "buy", after=event.eventType == "cart", within="{window}s")'
 destinations: [{{name: out, kind: kafka, topic: {p}changes}}]
 dead_letters: {{kind: kafka, topic: {p}dead}}
 kafka: {{bootstrap_servers: "{bootstrap}"}}
@@ -86,15 +93,18 @@ def paced(rate: int, seconds: float, send: Callable[[int], None]) -> int:
     return total
 
 
-def event(i: int, tag: str) -> bytes:
+def event(i: int, tag: str, kind: str = "bench.ping", lag_ms: int = 0) -> bytes:
     return orjson.dumps(
         {
             "_id": f"{tag}{i}",
-            "timestamp": time.time_ns() // 1_000_000,
-            "eventType": "bench.ping",
+            "timestamp": time.time_ns() // 1_000_000 - lag_ms,
+            "eventType": kind,
             "identityMap": {"ECID": [{"id": f"{tag}-{i}"}]},
         }
     )
+
+
+CART_EVERY = 20
 
 
 def broker_round_trip(bootstrap: str, prefix: str, rate: int, seconds: float) -> list[float]:
@@ -138,10 +148,14 @@ def broker_round_trip(bootstrap: str, prefix: str, rate: int, seconds: float) ->
     return got
 
 
-def pipeline(bootstrap: str, prefix: str, rate: int, seconds: float, tmp: Path) -> dict[str, Any]:
+def pipeline(
+    bootstrap: str, prefix: str, rate: int, seconds: float, tmp: Path, *, lag_s: float
+) -> dict[str, Any]:
     create_topics(bootstrap, [f"{prefix}web", f"{prefix}changes", f"{prefix}dead"])
     config = tmp / "lat.yaml"
-    config.write_text(CONFIG.format(p=prefix, bootstrap=bootstrap))
+    window_s = int(lag_s) + 5  # the cart is due 5 s after it was sent
+    config.write_text(CONFIG.format(p=prefix, bootstrap=bootstrap, window=window_s))
+    lag_ms = int(lag_s * 1000)
     env = {**os.environ, "CDP_STATE__DIR": str(tmp / "state")}
     worker = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "run", "--config", str(config)],
@@ -154,9 +168,16 @@ def pipeline(bootstrap: str, prefix: str, rate: int, seconds: float, tmp: Path) 
     sent: dict[str, int] = {}
     end_to_end: list[float] = []
     inside: list[float] = []
+    carts: dict[str, int] = {}  # cart id -> wall-clock ns its abandonment is due
+    late: list[float] = []
 
     def measure(msg: Any) -> None:
         change = orjson.loads(msg.value())
+        if change["segment_id"] == "abandoned":
+            due = carts.get(change["profile_id"])
+            if due is not None and change["reason"] == "timer":
+                late.append((time.time_ns() - due) / 1e6)
+            return
         at = sent.get(change["reason"].removeprefix("event:"))
         if at is None or change["status"] != "entered":
             return
@@ -189,14 +210,20 @@ def pipeline(bootstrap: str, prefix: str, rate: int, seconds: float, tmp: Path) 
         inside.clear()
 
         def send(n: int) -> None:
-            sent[f"p{n}"] = time.time_ns()
-            producer.produce(f"{prefix}web", event(n, "p"))
+            sent[f"p{n}"] = now = time.time_ns()
+            producer.produce(f"{prefix}web", event(n, "p", lag_ms=lag_ms))
+            if n % CART_EVERY == 0:
+                carts[profile_id(("ECID", f"c-{n}"))] = now - lag_ms * 1_000_000 + window_s * 10**9
+                producer.produce(f"{prefix}web", event(n, "c", "cart", lag_ms))
             producer.poll(0)
 
         total = paced(rate, seconds, send)
         producer.flush(10)
         deadline = time.monotonic() + 30
         while len(end_to_end) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        deadline = time.monotonic() + window_s + 10
+        while len(late) < len(carts) and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         sink.stop.set()
@@ -210,6 +237,8 @@ def pipeline(bootstrap: str, prefix: str, rate: int, seconds: float, tmp: Path) 
         "end_to_end": end_to_end,
         "inside": inside,
         "rss_mb": peak,
+        "carts": len(carts),
+        "timer_late": late,
     }
 
 
@@ -217,16 +246,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument(
+        "--stamp-lag", type=float, default=15, help="events are stamped this many seconds back"
+    )
     args = parser.parse_args(argv)
     prefix = run_id()
     with broker_from_env() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         broker = broker_round_trip(bootstrap, prefix, args.rate, args.seconds)
-        run = pipeline(bootstrap, prefix, args.rate, args.seconds, Path(tmp))
+        run = pipeline(bootstrap, prefix, args.rate, args.seconds, Path(tmp), lag_s=args.stamp_lag)
     if run["received"] < 0.99 * run["events"] or len(broker) < 0.99 * run["events"]:
         raise SystemExit(
             f"lost records: {run['received']}/{run['events']} changes, {len(broker)} relayed"
         )
-    e2e, inside = run["end_to_end"], run["inside"]
+    if len(run["timer_late"]) < run["carts"]:
+        raise SystemExit(f"timers missing: {len(run['timer_late'])} of {run['carts']} fired")
+    e2e, inside, late = run["end_to_end"], run["inside"], run["timer_late"]
     result = {
         "machine": machine(),
         "command": " ".join(sys.argv),
@@ -240,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline_p50_ms": percentile(inside, 0.5),
         "pipeline_p99_ms": percentile(inside, 0.99),
         "pipeline_mean_ms": round(statistics.fmean(inside), 2),
+        "stamp_lag_s": args.stamp_lag,
+        "timers": len(late),
+        "timer_lateness_p50_ms": percentile(late, 0.5),
+        "timer_lateness_p99_ms": percentile(late, 0.99),
+        "timer_lateness_max_ms": round(max(late), 2),
         "rss_mb": run["rss_mb"],
     }
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())

@@ -82,6 +82,9 @@ class SourceSettings(_Frozen):
     priority: int = 0
     identities: dict[str, str] = Field(default_factory=dict)
     event_type: str | None = None
+    # What a numeric `timestamp` counts: epoch milliseconds or seconds. A value that reads as
+    # the other unit (seconds taken as ms land in January 1970) is a dead letter, not a guess.
+    timestamp_unit: Literal["ms", "s"] = "ms"
 
     @model_validator(mode="after")
     def _where(self) -> SourceSettings:
@@ -173,8 +176,12 @@ class StateSettings(_Frozen):
 
 class TimeSettings(_Frozen):
     allowed_lateness: str = "0s"
+    # A record stamped further ahead than this of when it was written (its Kafka message
+    # timestamp, else the wall clock when read) is a dead letter: one wrong clock must not
+    # move event time for everyone, nor fire every pending timer at once.
+    max_future: str = "10m"
 
-    @field_validator("allowed_lateness")
+    @field_validator("allowed_lateness", "max_future")
     @classmethod
     def _duration(cls, value: str) -> str:
         duration_ms(value)
@@ -183,6 +190,10 @@ class TimeSettings(_Frozen):
     @property
     def allowed_lateness_ms(self) -> int:
         return duration_ms(self.allowed_lateness)
+
+    @property
+    def max_future_ms(self) -> int:
+        return duration_ms(self.max_future)
 
 
 class PrivacySettings(_Frozen):

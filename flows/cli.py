@@ -23,6 +23,7 @@ from flows.deliver import deliver
 from flows.pipeline import RunOptions, build_flow, routing_name, wall_clock_ms
 from flows.progress import Progress
 from flows.runtime import (
+    check_event_time,
     check_routing,
     close_engines,
     engine_for,
@@ -79,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     _cluster_args(replay)
     replay.add_argument("--audience-out", type=Path, help="also write every change to this file")
     replay.add_argument("--quiet", action="store_true", help="no progress line")
+    _reset_arg(replay)
     replay.set_defaults(handler=cmd_replay)
 
     run = sub.add_parser("run", help="a streaming worker over Kafka")
@@ -86,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1)
     _cluster_args(run)
     run.add_argument("--audience-out", type=Path)
+    _reset_arg(run)
     run.set_defaults(handler=cmd_run)
 
     profile = sub.add_parser("profile", help="one profile as JSON")
@@ -123,6 +126,15 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(sizes, state=True, state_required=False)
     sizes.set_defaults(handler=cmd_segments_sizes)
     return parser
+
+
+def _reset_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reset-event-time",
+        action="store_true",
+        help="take a state's event time back to the wall clock when a record from a wrong "
+        "clock moved it ahead (the start refuses such a state otherwise)",
+    )
 
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
@@ -187,10 +199,17 @@ def _run_flow(
     *,
     progress: bool = False,
     addresses: list[str] | None = None,
+    reset_event_time: bool = False,
 ) -> None:
     if options.workers < 1:
         raise UsageError("--workers must be at least 1")
     check_routing(options.state_dir, routing_name(options))
+    check_event_time(
+        options.state_dir,
+        options.clock(),
+        settings.time.max_future_ms,
+        reset=reset_event_time,
+    )
     flow = build_flow(settings, options)
     # Several processes share the recovery snapshots (Bytewax resumes them together).
     root = options.state_dir.parent if options.clustered else options.state_dir
@@ -265,7 +284,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
         **_cluster_options(args, root, args.files),
     )
     started = time.monotonic()
-    _run_flow(settings, options, progress=not args.quiet, addresses=args.addresses)
+    _run_flow(
+        settings,
+        options,
+        progress=not args.quiet,
+        addresses=args.addresses,
+        reset_event_time=args.reset_event_time,
+    )
     print(
         f"replay finished in {time.monotonic() - started:.1f}s; state in {root}",
         file=sys.stderr,
@@ -282,7 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         recovery=settings.recovery.enabled,
         **_cluster_options(args, _state_dir(args, settings), False),
     )
-    _run_flow(settings, options, addresses=args.addresses)
+    _run_flow(settings, options, addresses=args.addresses, reset_event_time=args.reset_event_time)
     return 0
 
 

@@ -114,6 +114,7 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
             self._resend_after = 0 if options.recovery else -1
         self._snapshots: list[int] = []
         self._engine_ref: Engine | None = None
+        self._tick: datetime | None = None  # live: the next wall-clock advance
 
     def _engine(self) -> Engine:
         if self._engine_ref is None:  # opened on first use, on the worker
@@ -124,6 +125,7 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
                 routing_name(options),
                 outbox=options.recovery,
                 role=self._role,
+                live=options.mode == "live",
             )
         return self._engine_ref
 
@@ -163,6 +165,7 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
     def on_notify(self) -> tuple[Iterable[Any], bool]:
         out = self._redeliver()
         if self._options.mode == "live" and self._key >= 0 and self._role != "graph":
+            self._tick = None
             wall = self._options.clock()
             out.extend(self._engine().advance(self._key, wall, wall))
         return self._packed(out), self.RETAIN
@@ -179,12 +182,25 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
         return self._packed(out), self.RETAIN
 
     def notify_at(self) -> datetime | None:
+        """Live: the next wall-clock advance, at the earliest timer's due time and at least
+        every `idle_advance_s`. Bytewax asks again after every batch, so the answer stays
+        fixed until it has come: a time pushed back on each batch never comes while records
+        flow, and timers would wait for a pause in the traffic."""
         now = datetime.now(tz=UTC)
         if self._resend_after >= 0 and self._key >= 0:
             return now  # re-emit the outbox right after a resume
         if self._options.mode != "live" or self._role == "graph":
             return None
-        return now + timedelta(seconds=self._options.idle_advance_s)
+        if self._tick is None or self._tick <= now:
+            self._tick = now + timedelta(seconds=self._options.idle_advance_s)
+        if self._key >= 0:
+            due = self._engine().next_timer_ms()
+            if due is not None:
+                at = datetime.fromtimestamp(
+                    (due + self._settings.time.allowed_lateness_ms) / 1000, tz=UTC
+                )
+                return max(now, min(at, self._tick))
+        return self._tick
 
     def snapshot(self) -> tuple[int, int]:
         engine = self._engine()
@@ -208,15 +224,19 @@ class _DecodeBatch:
         decoder: Decoder,
         locate: Callable[[Any], io.Raw] | None = None,
         start_ms: int | None = None,
+        written: Callable[[Any], int | None] | None = None,
     ) -> None:
         self._decoder = decoder
         self._locate = locate
         self._start_ms = start_ms
+        self._written = written
         self._counts: dict[tuple[str, int], int] = {}
 
     def __call__(self, batch: list[Any]) -> list[Record | Forget | DeadLetter]:
         decoder, locate, start, counts = self._decoder, self._locate, self._start_ms, self._counts
+        written, lag = self._written, metrics.EVENT_LAG
         read_ns = time.time_ns()
+        wall_ms = read_ns // 1_000_000
         out: list[Record | Forget | DeadLetter] = []
         per_source: dict[str, int] = {}
         for item in batch:
@@ -229,12 +249,19 @@ class _DecodeBatch:
             else:
                 part = (source, origin.partition)
                 seq = counts.get(part, 0) + 1
-                decoded = decoder.decode(origin, raw, read_ns, seq)
+                # When the record was written: its message timestamp, never after the wall
+                # clock (a producer's clock can be wrong too); a file's record: now.
+                stamp = None if written is None else written(item)
+                at = wall_ms if stamp is None or stamp > wall_ms else stamp
+                decoded = decoder.decode(origin, raw, read_ns, seq, at)
                 if isinstance(decoded, Record):
-                    if start is not None and decoded.ts_ms is not None and decoded.ts_ms < start:
+                    ts = decoded.ts_ms
+                    if start is not None and ts is not None and ts < start:
                         io.RAW.dropped += 1
                         continue
                     counts[part] = seq
+                    if ts is not None:
+                        lag.observe((wall_ms - ts) / 1000)
             if isinstance(decoded, DeadLetter):
                 io.RAW.dropped += 1
                 reason = metrics.reason_kind(decoded.reason)
@@ -243,6 +270,12 @@ class _DecodeBatch:
         for source, n in per_source.items():
             metrics.records_in(source).inc(n)
         return out
+
+
+def _written_ms(msg: Any) -> int | None:
+    """A Kafka message's timestamp (create or log-append time), None when it has none."""
+    stamp = msg.timestamp
+    return stamp[1] if stamp is not None and stamp[0] != 0 and stamp[1] > 0 else None
 
 
 def routing_name(options: RunOptions) -> str:
@@ -318,7 +351,8 @@ def decoded_records(
 ) -> tuple[Stream[Record | Forget], Stream[DeadLetter], Callable[[], int]]:
     """Decoded records in read order, the dead letters, and a count of input partitions."""
     raw, locate, raw_parts = _read(flow, settings, options)
-    decode = _DecodeBatch(Decoder.from_settings(settings), locate, options.from_ts_ms)
+    written = None if locate is None else _written_ms
+    decode = _DecodeBatch(Decoder.from_settings(settings), locate, options.from_ts_ms, written)
     decoded = op.flat_map_batch("decode", raw, decode)
     split = op.branch("split_dead_letters", decoded, lambda x: not isinstance(x, DeadLetter))
     records: Stream[Record | Forget] = split.trues  # type: ignore[assignment]

@@ -20,7 +20,17 @@ from config.settings import Settings
 from flows import io
 from operators import metrics
 from operators.engine import Engine, Role
-from operators.store import ROUTING_KEY, RocksStore, StoreError, open_store
+from operators.store import (
+    GRAPH_PARTITIONS_KEY,
+    GRAPH_WATERMARK_KEY,
+    PARTITIONS_KEY,
+    ROUTING_KEY,
+    WATERMARK_KEY,
+    RocksStore,
+    StoreError,
+    open_store,
+)
+from schemas.records import iso_ms
 
 _lock = threading.Lock()
 _stores: dict[Path, RocksStore] = {}
@@ -34,6 +44,7 @@ def engine_for(
     *,
     outbox: bool = True,
     role: Role = "all",
+    live: bool = False,
 ) -> Engine:
     """The process's engine for a state directory and role (with several processes, the
     identity step and the profile step have an engine each, over the same store). `routing`
@@ -52,7 +63,7 @@ def engine_for(
             _stores[path] = store
             metrics.watch_state_size(store.size_bytes)
         if (path, role) not in _engines:
-            engine = Engine(settings, _stores[path], role=role)
+            engine = Engine(settings, _stores[path], role=role, live=live)
             engine.keep_outbox = outbox
             _engines[(path, role)] = engine
         return _engines[(path, role)]
@@ -78,6 +89,40 @@ def _check_routing(store: RocksStore, state_dir: Path, routing: str) -> None:
             "directory (1 worker applies records in input order; more shard them); a state "
             "whose layout an earlier version made must be replayed into a new directory"
         )
+
+
+def check_event_time(state_dir: Path, wall_ms: int, max_future_ms: int, *, reset: bool) -> None:
+    """Refuse a state whose event time is further ahead of the wall clock than `max_future`
+    (a record from a wrong clock moved it there before `time.max_future` kept such records
+    out): a live worker would fire every pending timer at once and keep doing so. With
+    `reset`, event time goes back to the wall clock instead."""
+    store = open_store(state_dir.resolve())
+    try:
+        held = [int(raw) for key in (WATERMARK_KEY, GRAPH_WATERMARK_KEY) if (raw := store.get(key))]
+        ahead = max(held, default=wall_ms) - wall_ms
+        if ahead <= max_future_ms:
+            return
+        if reset:
+            store.write(
+                {
+                    WATERMARK_KEY: str(wall_ms).encode(),
+                    GRAPH_WATERMARK_KEY: str(wall_ms).encode(),
+                    PARTITIONS_KEY: b"{}",
+                    GRAPH_PARTITIONS_KEY: b"{}",
+                }
+            )
+            return
+    finally:
+        store.close()
+    raise StoreError(
+        f"the event time of the state in {state_dir} is {iso_ms(wall_ms + ahead)}, "
+        f"{ahead / 86_400_000:.1f} days ahead of the wall clock: a record from a wrong clock "
+        "moved it there, and every timer due before then has fired early. The way out: "
+        "replay the sources into a new state directory (the exact answer; time.max_future now "
+        "keeps such records out), or start again with --reset-event-time to take event time "
+        "back to the wall clock (windows pruned at the wrong time are not rebuilt: windowed "
+        "audiences are right again once their windows have filled with new events)"
+    )
 
 
 def engines_of(state_dir: Path) -> list[Engine]:

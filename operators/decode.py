@@ -8,6 +8,7 @@ best first), the event time, the event id (derived when absent), the event type.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ class Decoder:
     rules: IdentityRules
     sources: Mapping[str, SourceSpec]
     max_record_bytes: int
+    max_future_ms: int = 600_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Decoder:
@@ -51,14 +53,26 @@ class Decoder:
             )
             for i, src in enumerate(settings.sources)
         }
-        return cls(IdentityRules.from_settings(settings), sources, settings.max_record_bytes)
+        return cls(
+            IdentityRules.from_settings(settings),
+            sources,
+            settings.max_record_bytes,
+            settings.time.max_future_ms,
+        )
 
     def decode(
-        self, origin: Origin, raw: bytes, read_ns: int = 0, seq: int = 0
+        self,
+        origin: Origin,
+        raw: bytes,
+        read_ns: int = 0,
+        seq: int = 0,
+        written_ms: int | None = None,
     ) -> Record | DeadLetter:
-        """`seq`: the record's number in its partition's read order, when known."""
+        """`seq`: the record's number in its partition's read order, when known.
+        `written_ms`: when the record was written (its Kafka message timestamp, else the wall
+        clock when read); a record stamped more than `max_future_ms` after it is refused."""
         try:
-            return self._decode(origin, raw, read_ns, seq)
+            return self._decode(origin, raw, read_ns, seq, written_ms)
         except Rejected as exc:
             return DeadLetter(origin, raw, str(exc))
 
@@ -79,7 +93,9 @@ class Decoder:
             return DeadLetter(origin, raw, "the identity to forget is empty or blocked")
         return Forget(origin, (namespace, normal))
 
-    def _decode(self, origin: Origin, raw: bytes, read_ns: int, seq: int) -> Record:
+    def _decode(
+        self, origin: Origin, raw: bytes, read_ns: int, seq: int, written_ms: int | None
+    ) -> Record:
         spec = self.sources.get(origin.source)
         if spec is None:
             raise Rejected(f"unknown source {origin.source!r}")
@@ -97,7 +113,12 @@ class Decoder:
         identities = self._identities(spec, body)
         if not identities:
             raise Rejected("no usable identity (none present, or all empty or blocked)")
-        ts_ms = _timestamp(body.get("timestamp"), required=src.kind == "event")
+        ts_ms = _timestamp(body.get("timestamp"), src.timestamp_unit, required=src.kind == "event")
+        if ts_ms is not None and written_ms is not None and ts_ms > written_ms + self.max_future_ms:
+            raise Rejected(
+                f"timestamp in the future: more than {self.max_future_ms // 1000}s after the "
+                "record was written (time.max_future)"
+            )
         event_id: str | None = None
         event_type: str | None = None
         if src.kind == "event":
@@ -175,15 +196,22 @@ def _lookup(body: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     return node
 
 
-def _timestamp(value: Any, *, required: bool) -> int | None:
+# Epoch 2000-01-01 in seconds. A number between it and the same instant in milliseconds is a
+# recent time in seconds but January 1970 read as milliseconds: the unit is surely wrong.
+_Y2K_S = 946_684_800
+_SECONDS_AS_MS = range(_Y2K_S, _Y2K_S * 1000)
+_MS_AS_SECONDS = 100_000_000_000  # seconds past year 5138: surely milliseconds
+
+
+def _timestamp(value: Any, unit: str, *, required: bool) -> int | None:
     if value is None:
         if required:
             raise Rejected("event has no timestamp")
         return None
     if isinstance(value, bool):
-        raise Rejected("timestamp must be an ISO-8601 string or epoch milliseconds")
-    if isinstance(value, int):
-        return value
+        raise Rejected("timestamp must be an ISO-8601 string or an epoch number")
+    if isinstance(value, int | float):
+        return _epoch_ms(value, unit)
     if isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value)
@@ -192,7 +220,26 @@ def _timestamp(value: Any, *, required: bool) -> int | None:
         if dt.tzinfo is None:  # naive times in retail exports are UTC in practice
             dt = dt.replace(tzinfo=UTC)
         return int(dt.timestamp() * 1000)
-    raise Rejected("timestamp must be an ISO-8601 string or epoch milliseconds")
+    raise Rejected("timestamp must be an ISO-8601 string or an epoch number")
+
+
+def _epoch_ms(value: float, unit: str) -> int:
+    """A numeric timestamp in the source's stated unit, refused when it reads as the other."""
+    if not math.isfinite(value):
+        raise Rejected("timestamp is not a finite number")
+    if unit == "s":
+        if abs(value) >= _MS_AS_SECONDS:
+            raise Rejected(
+                "timestamp is implausible in seconds (it reads as epoch milliseconds): "
+                "check the source's timestamp_unit"
+            )
+        return int(value * 1000)
+    if int(value) in _SECONDS_AS_MS:
+        raise Rejected(
+            "timestamp is implausible in milliseconds (it reads as epoch seconds): "
+            "set the source's timestamp_unit to s"
+        )
+    return int(value)
 
 
 def _event_id(body: Mapping[str, Any], source: str) -> str:

@@ -206,9 +206,14 @@ class Engine:
         store: Store,
         index: SegmentIndex | None = None,
         role: Role = "all",
+        *,
+        live: bool = False,
     ) -> None:
         self.settings = settings
         self.role = role
+        # Live: event time is the wall clock less the allowed lateness, records or not; a
+        # replay's event time is the records' own (the lowest partition's latest).
+        self.live = live
         graph = role == "graph"
         self._watermark_key = GRAPH_WATERMARK_KEY if graph else WATERMARK_KEY
         self._partitions_key = GRAPH_PARTITIONS_KEY if graph else PARTITIONS_KEY
@@ -279,10 +284,13 @@ class Engine:
     def _advance(self, part: str, ts_ms: int | None) -> bool:
         """Raise a partition's event time; the watermark is the lowest over the partitions,
         so a replay never treats events as late because partitions are read at different
-        speeds. Returns True when the watermark moved."""
+        speeds. Returns True when the watermark moved (never live: the wall clock moves it,
+        so no record's clock can drag everyone's time)."""
         if ts_ms is None or ts_ms <= self._partition_max.get(part, -1):
             return False
         self._partition_max[part] = ts_ms
+        if self.live:
+            return False
         low = min(self._partition_max.values())
         if self.max_event_ms is not None and low <= self.max_event_ms:
             return False
@@ -296,6 +304,7 @@ class Engine:
         with self.lock:
             txn = Txn(self.store)
             out: list[Output] = []
+            self._follow_wall(txn, wall_ms, out)
             for record in records:
                 if isinstance(record, Forget):
                     self._forget_command(txn, key, record, wall_ms, out)
@@ -338,6 +347,17 @@ class Engine:
             self._fire_timers(txn, self.now_ms, wall_ms, out)
             self._commit(txn, key, out)
             return out
+
+    def _follow_wall(self, txn: Txn, wall_ms: int, out: list[Output]) -> None:
+        """Live: before a batch, event time catches up with the wall clock and the timers due
+        by then fire, so a steady stream of records never holds a timer back."""
+        if self.live and (self.max_event_ms is None or wall_ms > self.max_event_ms):
+            self.max_event_ms = wall_ms
+            self._fire_timers(txn, self.now_ms, wall_ms, out)
+
+    def next_timer_ms(self) -> int | None:
+        """Event time of the earliest timer held (it may have been superseded since)."""
+        return self._timers[0][0] if self._timers else None
 
     # -- the outbox: at-least-once output across crashes ------------------------------------
 
@@ -551,7 +571,12 @@ class Engine:
         else:
             which = set()
         reason = "merge" if merged else ""
+        now_ms = self.now_ms
         if record.kind == "event":
+            if self.live and record.ts_ms is not None and record.ts_ms > now_ms:
+                # A live event a little ahead of the wall clock (within time.max_future) is
+                # evaluated at its own time, so its change is emitted now with its reason.
+                now_ms = record.ts_ms
             if not duplicate:
                 aggs, absents = self.index.candidates(record.event_type or "")
                 profile, changed = prof.apply_event(profile, record, aggs, absents)
@@ -571,6 +596,7 @@ class Engine:
             wall_ms=wall_ms,
             reason=reason,
             out=out,
+            now_ms=now_ms,
             retime=False,  # only if a segment reading a window is evaluated (see `_evaluate`)
         )
 
@@ -613,7 +639,10 @@ class Engine:
                     reason=reason,
                 )
         if retime:
-            profile = prof.prune(profile, self.index.aggregates, self.index.absents, now)
+            # Pruned only up to the stream's event time: a live event evaluated at its own,
+            # later time must not drop what a record of the same profile at now still reads.
+            pruned_at = min(now, self.now_ms)
+            profile = prof.prune(profile, self.index.aggregates, self.index.absents, pruned_at)
             due = next_flip(profile, self.index, now)
             if due != profile.get("timer"):
                 self._set_timer(txn, canonical, profile.get("timer"), due)
@@ -784,6 +813,7 @@ class Engine:
         with self.lock:
             txn = Txn(self.store)
             out: list[Output] = []
+            self._follow_wall(txn, wall_ms, out)
             for record in records:
                 self.counts.raw_out += 1
                 if isinstance(record, Forget):
@@ -859,6 +889,7 @@ class Engine:
         with self.lock:
             txn = Txn(self.store)
             out: list[Output] = []
+            self._follow_wall(txn, wall_ms, out)
             for item in items:
                 if isinstance(item, Adopt):
                     self._adopt(txn, key, item, wall_ms, out)
@@ -888,8 +919,11 @@ class Engine:
             self._routed(txn, item, wall_ms, out)
 
     def _advance_to(self, txn: Txn, event_ms: int | None, wall_ms: int, out: list[Output]) -> None:
-        """Event time as the graph step saw it: timers up to it fire."""
-        if event_ms is None or (self.max_event_ms is not None and event_ms <= self.max_event_ms):
+        """Event time as the graph step saw it: timers up to it fire (live: the wall clock
+        moves event time, see `_follow_wall`)."""
+        if self.live or event_ms is None:
+            return
+        if self.max_event_ms is not None and event_ms <= self.max_event_ms:
             return
         self.max_event_ms = event_ms
         self._fire_timers(txn, self.now_ms, wall_ms, out)

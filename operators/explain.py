@@ -34,15 +34,33 @@ class Explanation:
             out.append(f"{'  ' * (depth + 1)}{text}  =  {shown}")
         for fact in self.facts:
             out.append(f"  {fact}")
+        timer = self.timer_ms
         if self.holds_now != self.member:
-            out.append(f"note: the rule gives {self.holds_now} now; a pending timer will apply it")
+            verdict = str(self.holds_now).lower()
+            if timer is not None and timer <= self.now_ms:
+                out.append(
+                    f"note: the rule gives {verdict} now; the profile's timer is due and "
+                    "applies it when the worker next runs"
+                )
+            elif timer is not None:
+                out.append(
+                    f"note: the rule gives {verdict} now; the profile's timer at "
+                    f"{iso_ms(timer)} re-evaluates it"
+                )
+            else:
+                out.append(
+                    f"note: the rule gives {verdict} now, but no timer is pending for "
+                    "this profile: the membership changes with its next record"
+                )
         for text, at in self.next_changes:
             out.append(f"next change: {text} at {iso_ms(at)}")
-        if self.timer_ms is not None:
+        if timer is not None:
             out.append(
-                f"profile timer: {iso_ms(self.timer_ms)} (the next moment one of this profile's "
+                f"profile timer: {iso_ms(timer)} (the next moment one of this profile's "
                 "segments can change with no new event; changes in between alter none)"
             )
+        else:
+            out.append("profile timer: none (no segment of this profile changes without a record)")
         return "\n".join(out)
 
 

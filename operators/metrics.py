@@ -45,6 +45,7 @@ _KINDS = (
     ("characters", "identity_too_long"),
     ("no usable identity", "no_identity"),
     ("no timestamp", "no_timestamp"),
+    ("timestamp in the future", "future_timestamp"),
     ("timestamp", "bad_timestamp"),
     ("no eventType", "no_event_type"),
     ("eventType", "bad_event_type"),
