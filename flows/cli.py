@@ -400,7 +400,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         found = engine.forget(OFFLINE_KEY, identity, wall_clock_ms())
         changes = None if found is None else [c for c in found if isinstance(c, AudienceChange)]
         if changes:
-            sent = deliver(settings, changes)
+            sent = deliver(settings, changes, _state_dir(args, settings) / "spool")
         engine.prune_outbox(OFFLINE_KEY, engine.outbox_seq(OFFLINE_KEY))
     finally:
         store.close()
