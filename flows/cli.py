@@ -417,10 +417,14 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 def cmd_redeliver(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    state_dir = _state_dir(args, settings)
     try:
-        outcome = redeliver(settings, args.destination, _state_dir(args, settings))
+        outcome = redeliver(settings, args.destination, state_dir)
     except (ValueError, SpoolBusy) as exc:
         raise UsageError(str(exc)) from exc
+    if not outcome.spools:
+        print(f"{args.destination}: no spool in {state_dir}: nothing to deliver", file=sys.stderr)
+        return 0
     print(
         f"{args.destination}: {outcome.delivered} delivered, {outcome.refused} refused (to the "
         f"dead letters), {outcome.delivered_before} delivered before (not sent again), "

@@ -17,6 +17,7 @@ class Outcome:
     refused: int = 0  # the endpoint answered no for good: written to the dead letters
     delivered_before: int = 0  # by an earlier run that stopped half-way: not sent again
     left: int = 0  # could not be delivered: still in the spool
+    spools: int = 0  # spool files found (one per process of the state)
 
 
 def spool_dirs(state_dir: Path) -> list[Path]:
@@ -43,6 +44,7 @@ def redeliver(settings: Settings, name: str, state_dir: Path) -> Outcome:
     for folder in spool_dirs(state_dir):
         if not (folder / f"{name}.jsonl").exists():
             continue
+        outcome.spools += 1
         hook = WebhookDestination(dest, dead_letter_writer(settings), folder)
         try:
             assert hook.spool is not None

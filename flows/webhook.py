@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -44,7 +44,7 @@ __all__ = ["Endpoint", "Redelivery", "WebhookDestination", "WebhookSink", "lane_
 class WebhookDestination:
     """One webhook destination in one process: its breaker and its spool, shared by the
     process's workers, and the thread that re-delivers the spool every `retry_every`.
-    Without a spool directory (`cdp forget`), a change that fails is a dead letter, as
+    Without a spool directory a change that fails is a dead letter (as before spools), as
     is one the endpoint refuses (a status other than 408/425/429/5xx) in every case."""
 
     def __init__(
@@ -83,7 +83,7 @@ class WebhookDestination:
             if self.spool is not None and self.spool.count:
                 try:
                     self.redeliver()
-                except OSError as exc:  # a full disk, say: tried again next time
+                except (OSError, ValueError) as exc:  # a full disk, say: tried again later
                     log.warning("destination %s: spool: %s", self.dest.name, exc)
 
     def deliver(self, lane: Endpoint, body: bytes) -> PostResult:
@@ -138,17 +138,11 @@ class WebhookDestination:
             for entry in chunk:
                 work[lane_of(entry.profile, len(work))].append(entry)
             running = [
-                self._pool.submit(self._drain, self._lanes[n], entries)
+                self._pool.submit(self._drain, self._lanes[n], entries, done)
                 for n, entries in enumerate(work)
                 if entries
             ]
-            results = [task.result() for task in running]
-            letters = [letter for _, letters, _ in results for letter in letters]
-            done.delivered += sum(n for n, _, _ in results)
-            done.refused += len(letters)
-            if letters:
-                self.dead(letters)
-            if not all(ok for _, _, ok in results):
+            if not all([task.result() for task in running]):
                 break
         spool.compact()
         self.gauge()
@@ -170,29 +164,22 @@ class WebhookDestination:
     def _settled(self, spool: Spool, entry: Spooled, result: PostResult, done: Redelivery) -> None:
         if result.final:
             self.dead([self.letter(entry.body, 0, result)])
-            done.refused += 1
         else:
-            done.delivered += 1
             metrics.REDELIVERED.labels(self.dest.name).inc()
+        done.add(refused=result.final)
         spool.settle(entry)
 
-    def _drain(self, lane: Endpoint, entries: list[Spooled]) -> tuple[int, list[bytes], bool]:
-        """One lane's share of a chunk, in order, up to the first that fails: how many were
-        delivered, the dead letters of those refused, and whether all went."""
+    def _drain(self, lane: Endpoint, entries: list[Spooled], done: Redelivery) -> bool:
+        """One lane's share of a chunk, in order, up to the first that fails: whether all
+        went (delivered, or refused and dead-lettered)."""
         spool = self.spool
         assert spool is not None
-        delivered, letters = 0, list[bytes]()
         for entry in entries:
             result = self.deliver(lane, entry.body)
             if not (result.ok or result.final):
-                return delivered, letters, False
-            if result.final:
-                letters.append(self.letter(entry.body, 0, result))
-            else:
-                delivered += 1
-                metrics.REDELIVERED.labels(self.dest.name).inc()
-            spool.settle(entry)
-        return delivered, letters, True
+                return False
+            self._settled(spool, entry, result, done)
+        return True
 
     def reason(self, result: PostResult) -> str:
         return f"webhook {self.dest.name}: {result.problem} after {result.attempts} attempts"
@@ -222,6 +209,14 @@ class WebhookDestination:
 class Redelivery:
     delivered: int = 0
     refused: int = 0  # answered no for good: sent to the dead letters
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, refused: bool) -> None:  # from the lanes' threads
+        with self._lock:
+            if refused:
+                self.refused += 1
+            else:
+                self.delivered += 1
 
 
 class _Shared:
@@ -266,7 +261,6 @@ class _WebhookPartition(StatelessSinkPartition[Item]):
         spool_dir: Path | None,
     ) -> None:
         assert dest.url is not None
-        self._dest = dest
         self._dead = dead
         if spool_dir is None:
             self._hook = WebhookDestination(dest, dead, None)
@@ -305,7 +299,9 @@ class _WebhookPartition(StatelessSinkPartition[Item]):
         spool, down = hook.spool, hook.breaker.down
         failed: list[tuple[int, bytes]] = []
         for index, (profile_id, body) in part:
-            if spool is not None and spool.put(profile_id, body, _WAITING, force=down.is_set()):
+            is_down = down.is_set()
+            waits = _DOWN if is_down else _BEHIND
+            if spool is not None and spool.put(profile_id, body, waits, force=is_down):
                 continue
             result = hook.deliver(lane, body)
             if result.ok:
@@ -326,7 +322,8 @@ class _WebhookPartition(StatelessSinkPartition[Item]):
             self._hook.close()
 
 
-_WAITING = "the destination was down, or an earlier change of its profile waits here"
+_DOWN = "the destination was down"
+_BEHIND = "behind an earlier change of its profile"
 
 
 class WebhookSink(DynamicSink[Item]):

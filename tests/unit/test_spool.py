@@ -192,3 +192,13 @@ def test_redelivery_stops_at_a_failure_and_sends_nothing_twice(tmp_path: Path) -
         assert [orjson.loads(b)["n"] for b in srv.bodies] == [0, 1, 2, 2, 2, 2, 3, 4, 5]
     finally:
         srv.close()
+
+
+def test_settings_of_the_breaker() -> None:
+    dest = _hook("http://127.0.0.1:1/x", retry_every="2m", down_after=5)
+    assert dest.retry_every_s == 120 and dest.down_after == 5
+    defaults = DestinationSettings(name="h", kind="webhook", url="http://127.0.0.1:1/x")
+    assert (defaults.down_after, defaults.retry_every_s) == (3, 30)
+    for bad in ({"retry_every": "soon"}, {"retry_every": "0s"}, {"down_after": 0}):
+        with pytest.raises(ValueError, match=r"retry_every|down_after"):
+            _hook("http://127.0.0.1:1/x", **bad)
