@@ -18,10 +18,10 @@ delivered from it is not sent again (until the spool is emptied).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -114,6 +114,7 @@ class Spool:
             else:
                 self._add(entry.profile)
         self._out: IO[bytes] = self.path.open("ab", buffering=0)
+        self._unsynced = False
         self._done_out: IO[bytes] = self._done_path.open("ab", buffering=0)
 
     def _add(self, profile: str) -> None:
@@ -135,13 +136,18 @@ class Spool:
             if entry.id in self._ids:
                 return True
             self._out.write(entry.to_line())
+            self._unsynced = True
             self._ids.add(entry.id)
             self._add(profile)
             return True
 
     def sync(self) -> None:
-        """What was put is on disk (a crash after this loses none of it)."""
-        os.fsync(self._out.fileno())
+        """What was put is on disk (a crash after this loses none of it). The lines are
+        written unbuffered: a killed process loses none anyway; this is for the machine."""
+        with self._mutex:
+            if self._unsynced:
+                os.fsync(self._out.fileno())
+                self._unsynced = False
 
     def read(self, offset: int, limit: int) -> tuple[list[Spooled], int]:
         """Up to `limit` changes not yet delivered, in spool order, from byte `offset` on;
@@ -195,13 +201,20 @@ class Spool:
             self._lock_file.close()  # releases the lock
 
 
-def _complete_lines(path: Path) -> list[bytes]:
-    """The whole lines of a file; a last line cut short by a crash is cut off the file (it was
-    never synced, so what it held is sent again by the flow's recovery)."""
-    with contextlib.suppress(FileNotFoundError), path.open("r+b") as f:
-        data = f.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            f.truncate(end)
-        return [line for line in data[:end].split(b"\n") if line.strip()]
-    return []
+def _complete_lines(path: Path) -> Iterator[bytes]:
+    """The whole lines of a file, read as they come; a last line cut short by a crash is cut
+    off the file once all are read (it was never synced, so the batch it was part of had not
+    been written: the flow's recovery sends it again)."""
+    try:
+        f = path.open("r+b")
+    except FileNotFoundError:
+        return
+    with f:
+        end = 0
+        for line in f:
+            if not line.endswith(b"\n"):
+                break
+            end += len(line)
+            if line.strip():
+                yield line[:-1]
+        f.truncate(end)

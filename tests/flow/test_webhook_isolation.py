@@ -6,7 +6,11 @@ endpoint that fails and comes back during a run gets everything once, in order p
 from __future__ import annotations
 
 import logging
+import random
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,7 @@ import yaml
 
 from benchmarks.generator import generate, write_files
 from flows.spool import Spool
-from tests.helpers import ROOT, read_jsonl, run_cli
+from tests.helpers import ROOT, alternate, read_jsonl, run_cli
 from tests.http_server import Server
 
 
@@ -47,10 +51,10 @@ def per_profile(changes: list[dict[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
-def replay(config: Path, tmp: Path, workers: int = 1) -> float:
+def replay(config: Path, tmp: Path, workers: int = 1, state: Path | None = None) -> float:
     started = time.monotonic()
     code = run_cli(
-        "replay", "--config", config, "--files", "--state-dir", tmp / "state",
+        "replay", "--config", config, "--files", "--state-dir", state or tmp / "state",
         "--audience-out", tmp / "all.jsonl", "--quiet", "--workers", str(workers),
     )  # fmt: skip
     assert code == 0
@@ -144,3 +148,47 @@ def test_webhook_that_fails_then_comes_back_gets_everything_once_in_order(
     assert per_profile(received) == per_profile(expected)
     assert (tmp_path / "state" / "spool" / "hook.jsonl").stat().st_size == 0
     assert read_jsonl(tmp_path / "audience-changes.jsonl") == expected
+
+
+def test_killed_replay_with_a_dead_webhook_loses_nothing_of_its_spool(tmp_path: Path) -> None:
+    """kill -9 a replay with a dead webhook a few times mid-run, then let it finish: the spool
+    holds every change of an uninterrupted run, each once, and `cdp redeliver` sends them
+    in order per (profile, segment)."""
+    write_files(generate(1500, 30000, seed=11), tmp_path, junk=False)
+    hook = {"url": closed_port_url(), "max_attempts": 2, "backoff_ms": 5, "retry_every": "1s"}
+    config = write_config(tmp_path, hook)
+    clean = tmp_path / "clean"
+    seconds = replay(config, tmp_path, state=clean)
+    expected = {c["id"] for c in read_jsonl(clean / "spool" / "hook.jsonl")}
+    assert len(expected) > 500
+
+    state = tmp_path / "state"
+    command = [
+        sys.executable, "-m", "flows.cli", "replay", "--config", str(config), "--files",
+        "--state-dir", str(state), "--quiet",
+    ]  # fmt: skip
+    rng = random.Random(4)
+    killed = 0
+    for _ in range(3):
+        proc = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 1.5 + seconds))  # python and bytewax start in ~1 s
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+    assert subprocess.run(command, cwd=ROOT, check=False, timeout=300).returncode == 0
+    print(f"replay {seconds:.1f}s, killed {killed} times")
+    assert killed >= 1
+    spooled = [c["body"] for c in read_jsonl(state / "spool" / "hook.jsonl")]
+    ids = [c["id"] for c in spooled]
+    assert set(ids) == expected and len(ids) == len(set(ids)), f"killed {killed} times"
+
+    server = Server([], keep_alive=True)
+    try:
+        config = write_config(tmp_path, {**hook, "url": server.url})
+        assert redeliver(config, tmp_path) == 0
+    finally:
+        server.close()
+    received = [orjson.loads(b) for b in server.bodies]
+    assert sorted(c["id"] for c in received) == sorted(expected)
+    assert alternate(received, in_order=True)
