@@ -121,13 +121,13 @@ class WebhookDestination:
     def gauge(self) -> None:
         metrics.SPOOLED.labels(self.dest.name).set(0 if self.spool is None else self.spool.count)
 
-    def redeliver(self) -> Redelivery:
+    def redeliver(self, probe_timeout_s: float | None = None) -> Redelivery:
         """Deliver the spool now, in spool order on each lane (so in order per profile),
         each change once; while the destination is down, only its oldest change is tried
         first. Stops at the first change that fails (it and what follows stay)."""
         spool, done = self.spool, Redelivery()
         assert spool is not None
-        if self.breaker.down.is_set() and not self._probe(spool, done):
+        if self.breaker.down.is_set() and not self._probe(spool, done, probe_timeout_s):
             return done
         offset = 0
         while True:
@@ -148,13 +148,21 @@ class WebhookDestination:
         self.gauge()
         return done
 
-    def _probe(self, spool: Spool, done: Redelivery) -> bool:
+    def _probe(self, spool: Spool, done: Redelivery, timeout_s: float | None) -> bool:
         """One try of the oldest change: True if the destination is back."""
         oldest, _ = spool.read(0, 1)
         if not oldest:  # nothing to try it with: the next change will tell
             self._note(self.breaker.record(True), "")
             return True
-        result = self._lanes[0].post(oldest[0].body, max_attempts=1, backoff_ms=0)
+        dest = self.dest
+        lane = self._lanes[0]
+        if timeout_s is not None:
+            lane = Endpoint(dest.url or "", dest.headers, timeout_s)
+        try:
+            result = lane.post(oldest[0].body, max_attempts=1, backoff_ms=0)
+        finally:
+            if lane is not self._lanes[0]:
+                lane.close()
         if not (result.ok or result.final):
             return False
         self._settled(spool, oldest[0], result, done)
@@ -189,14 +197,15 @@ class WebhookDestination:
         return DeadLetter(origin, body, self.reason(result)).to_json()
 
     def close(self, *, last_try: bool = True) -> None:
-        """Stop the background thread; a last try of the spool (one probe if down, so a
-        replay that ends soon after the destination is back leaves nothing); let go."""
+        """Stop the background thread; a last try of the spool, so that a replay that ends
+        soon after the destination is back leaves nothing (when down, its probe waits 1 s
+        at most for an answer: a replay's end is not held up for `timeout_s`); let go."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         try:
             if last_try and self.spool is not None and self.spool.count:
-                self.redeliver()
+                self.redeliver(probe_timeout_s=min(self.dest.timeout_s, 1.0))
         finally:
             self._pool.shutdown(wait=True)
             for lane in self._lanes:
