@@ -123,6 +123,23 @@ class DestinationSettings(_Frozen):
     # changes keep to one lane, so they arrive in order
     concurrency: int = Field(default=8, ge=1, le=256)
     requires_consent: bool = False  # profiles whose consent attribute is denied are not sent
+    # webhook: after this many deliveries in a row failed (each after max_attempts), the
+    # destination is down: its changes go to its spool (STATE/spool/<name>.jsonl) unsent
+    down_after: int = Field(default=3, ge=1)
+    # webhook: while its spool holds changes, the oldest is tried this often; when it goes
+    # through, the spool is delivered in order before newer changes of the same profiles
+    retry_every: str = "30s"
+
+    @field_validator("retry_every")
+    @classmethod
+    def _retry_every(cls, value: str) -> str:
+        if duration_ms(value) <= 0:
+            raise ValueError("retry_every must be more than 0")
+        return value
+
+    @property
+    def retry_every_s(self) -> float:
+        return duration_ms(self.retry_every) / 1000
 
     @model_validator(mode="after")
     def _target(self) -> DestinationSettings:

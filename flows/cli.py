@@ -22,6 +22,7 @@ from flows import feedback, io
 from flows.deliver import deliver
 from flows.pipeline import RunOptions, build_flow, routing_name, wall_clock_ms
 from flows.progress import Progress
+from flows.redeliver import redeliver
 from flows.runtime import (
     check_event_time,
     check_routing,
@@ -30,6 +31,7 @@ from flows.runtime import (
     engines_of,
     run_flow,
 )
+from flows.spool import SpoolBusy
 from operators import queries
 from operators.engine import Engine, build_index
 from operators.explain import explain
@@ -116,6 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(forget, state=True, state_required=False)
     forget.add_argument("--identity", required=True, help="NAMESPACE:VALUE")
     forget.set_defaults(handler=cmd_forget)
+
+    redeliver = sub.add_parser(
+        "redeliver", help="deliver now what a webhook destination's spool holds (no worker running)"
+    )
+    _config_args(redeliver, state=True, state_required=False)
+    redeliver.add_argument("--destination", required=True, help="the webhook destination's name")
+    redeliver.set_defaults(handler=cmd_redeliver)
 
     segments = sub.add_parser("segments", help="check rules, or show segment sizes")
     seg_sub = segments.add_subparsers(dest="segments_command", required=True)
@@ -416,7 +425,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
         found = engine.forget(OFFLINE_KEY, identity, wall_clock_ms())
         changes = None if found is None else [c for c in found if isinstance(c, AudienceChange)]
         if changes:
-            sent = deliver(settings, changes)
+            sent = deliver(settings, changes, _state_dir(args, settings) / "spool")
         engine.prune_outbox(OFFLINE_KEY, engine.outbox_seq(OFFLINE_KEY))
     finally:
         store.close()
@@ -429,6 +438,25 @@ def cmd_forget(args: argparse.Namespace) -> int:
     for name, count in sent.items():
         print(f"  {name}: {count} changes sent", file=sys.stderr)
     return 0
+
+
+def cmd_redeliver(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    state_dir = _state_dir(args, settings)
+    try:
+        outcome = redeliver(settings, args.destination, state_dir)
+    except (ValueError, SpoolBusy) as exc:
+        raise UsageError(str(exc)) from exc
+    if not outcome.spools:
+        print(f"{args.destination}: no spool in {state_dir}: nothing to deliver", file=sys.stderr)
+        return 0
+    print(
+        f"{args.destination}: {outcome.delivered} delivered, {outcome.refused} refused (to the "
+        f"dead letters), {outcome.delivered_before} delivered before (not sent again), "
+        f"{outcome.left} left in the spool",
+        file=sys.stderr,
+    )
+    return 1 if outcome.left else 0
 
 
 def cmd_segments_check(args: argparse.Namespace) -> int:

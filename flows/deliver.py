@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from confluent_kafka import Producer
 
@@ -14,8 +15,12 @@ from operators.destinations import render
 from schemas.records import AudienceChange
 
 
-def deliver(settings: Settings, changes: Sequence[AudienceChange]) -> dict[str, int]:
-    """Render and write each change to every destination that takes it; counts per name."""
+def deliver(
+    settings: Settings, changes: Sequence[AudienceChange], spool_dir: Path | None = None
+) -> dict[str, int]:
+    """Render and write each change to every destination that takes it; counts per name.
+    `spool_dir`: a webhook's changes join those waiting in its spool, after them (a change
+    must not overtake an earlier one of its profile)."""
     sent: dict[str, int] = {}
     for dest in settings.destinations:
         rendered = [(c.profile_id, body) for c in changes if (body := render(c, dest)) is not None]
@@ -34,7 +39,8 @@ def deliver(settings: Settings, changes: Sequence[AudienceChange]) -> dict[str, 
             if producer.flush(30) != 0:
                 raise RuntimeError(f"destination {dest.name}: Kafka did not take every change")
         else:
-            hook = WebhookSink(dest, dead_letter_writer(settings)).build("deliver", 0, 1)
+            sink = WebhookSink(dest, dead_letter_writer(settings), spool_dir)
+            hook = sink.build("deliver", 0, 1)
             try:
                 hook.write_batch(rendered)
             finally:

@@ -457,7 +457,7 @@ def write_changes(changes: Stream[AudienceChange], settings: Settings, options: 
             assert dest.path is not None
             op.output(f"write_{dest.name}", rendered, io.JsonLinesSink(settings.resolve(dest.path)))
         else:
-            hook = WebhookSink(dest, dead_letter_writer(settings))
+            hook = WebhookSink(dest, dead_letter_writer(settings), options.state_dir / "spool")
             op.output(f"write_{dest.name}", rendered, hook)
     if options.audience_out is not None:
         everything = op.map("render_audience_out", changes, render_all)

@@ -3,172 +3,352 @@
 Changes are posted over `concurrency` lanes at once, each a kept-alive connection; a profile's
 changes always take the same lane, one after the other, so they arrive in the order they were
 made. Retries connection errors, 408/425/429 and 5xx with exponential backoff (holding up only
-that lane); after the last attempt the change goes to the dead letters with the reason, and the
-flow goes on. A batch is written before the sink returns, so a slow endpoint slows the worker
+that lane). A batch is written before the sink returns, so a slow endpoint slows the worker
 instead of growing a queue: what waits in memory is one batch.
+
+A failing endpoint must not hold up the other destinations for long: a change that fails after
+its last attempt goes to the destination's spool (`flows.spool`); after `down_after` such
+failures in a row the destination is down (`cdp_destination_up` 0, one log line): retries in
+flight stop and every change goes to the spool without a request, so the flow runs at full
+speed again. A background thread tries the oldest spooled change every `retry_every`; when it
+goes through the destination is up (one log line) and the spool is delivered in order. While a
+profile has changes in the spool, its new ones join them there, so none overtakes another; a
+change the endpoint refuses (another 4xx) is a dead letter with the reason. `cdp redeliver`
+delivers a spool when no worker runs.
 """
 
 from __future__ import annotations
 
-import http.client
-import time
-import zlib
+import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from config.settings import DestinationSettings, http_url
+from config.settings import DestinationSettings
+from flows.endpoint import Endpoint, PostResult, lane_of
+from flows.spool import Breaker, Spool, Spooled
+from operators import metrics
 from schemas.records import DeadLetter, Origin
 
-RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-# A kept-alive connection the server has closed meanwhile fails on its next request with one of
-# these, before the server saw anything: the request is sent again at once on a new connection.
-_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+log = logging.getLogger("cdp.destinations")
 
 Item = tuple[str, bytes]  # (profile id: picks the lane, JSON body)
 
-
-@dataclass(frozen=True, slots=True)
-class PostResult:
-    ok: bool
-    attempts: int
-    problem: str = ""
+__all__ = ["Endpoint", "Redelivery", "WebhookDestination", "WebhookSink", "lane_of"]
 
 
-class Endpoint:
-    """One connection to a webhook URL, kept alive between requests (not thread-safe: a lane
-    has its own)."""
+class WebhookDestination:
+    """One webhook destination in one process: its breaker and its spool, shared by the
+    process's workers, and the thread that re-delivers the spool every `retry_every`.
+    Without a spool directory a change that fails is a dead letter (as before spools), as
+    is one the endpoint refuses (a status other than 408/425/429/5xx) in every case."""
 
-    def __init__(self, url: str, headers: dict[str, str], timeout_s: float) -> None:
-        parts = http_url(url)
-        assert parts.hostname is not None  # checked by http_url
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self._headers = {"Content-Type": "application/json", **headers}
-        self._timeout = timeout_s
-        self._conn: http.client.HTTPConnection | None = None
-        self._used = False  # the connection has answered a request (it may since have closed)
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._conn is None:
-            kind = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._conn = kind(self._host, self._port, timeout=self._timeout)
-            self._used = False
-        return self._conn
-
-    def _send(self, body: bytes) -> int:
-        conn = self._connection()
-        conn.request("POST", self._path, body=body, headers=self._headers)
-        response = conn.getresponse()
-        response.read()
-        self._used = True
-        if response.will_close:
-            self.close()
-        return response.status
-
-    def post_once(self, body: bytes) -> int:
-        """The HTTP status of one POST; raises OSError or HTTPException when there is none."""
-        try:
-            try:
-                return self._send(body)
-            except _STALE:
-                if not self._used:
-                    raise
-                self.close()  # closed by the server while idle: once more, on a new connection
-                return self._send(body)
-        except (OSError, http.client.HTTPException):
-            self.close()
-            raise
-
-    def post(
+    def __init__(
         self,
-        body: bytes,
-        *,
-        max_attempts: int,
-        backoff_ms: int,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> PostResult:
-        problem = ""
-        for attempt in range(1, max_attempts + 1):
-            try:
-                status = self.post_once(body)
-            except (OSError, http.client.HTTPException) as exc:
-                problem = f"connection failed: {type(exc).__name__}"
+        dest: DestinationSettings,
+        dead: Callable[[list[bytes]], None],
+        spool_dir: Path | None,
+    ) -> None:
+        assert dest.url is not None
+        self.dest = dest
+        self.dead = dead
+        self.breaker = Breaker(dest.down_after)
+        self.spool = None if spool_dir is None else Spool(spool_dir, dest.name)
+        self._lanes = [
+            Endpoint(dest.url, dest.headers, dest.timeout_s) for _ in range(dest.concurrency)
+        ]
+        self._pool = ThreadPoolExecutor(dest.concurrency, thread_name_prefix=f"spool-{dest.name}")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        metrics.DESTINATION_UP.labels(dest.name).set(1)
+        self.gauge()
+
+    def start(self) -> None:
+        """Re-deliver the spool in the background: at once (what a previous run left), then
+        every `retry_every` while it holds changes."""
+        if self.spool is not None:
+            self._thread = threading.Thread(
+                target=self._run, name=f"spool-{self.dest.name}", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        wait = 0.0
+        while not self._stop.wait(wait):
+            wait = self.dest.retry_every_s
+            if self.spool is not None and self.spool.count:
+                try:
+                    self.redeliver()
+                except (OSError, ValueError) as exc:  # a full disk, say: tried again later
+                    log.warning("destination %s: spool: %s", self.dest.name, exc)
+
+    def deliver(self, lane: Endpoint, body: bytes) -> PostResult:
+        """One change, with retries that stop as soon as the destination is down."""
+        dest, down = self.dest, self.breaker.down
+        if self.spool is None:
+            return lane.post(body, max_attempts=dest.max_attempts, backoff_ms=dest.backoff_ms)
+        result = lane.post(
+            body,
+            max_attempts=dest.max_attempts,
+            backoff_ms=dest.backoff_ms,
+            sleep=down.wait,
+            give_up=down.is_set,
+        )
+        if not result.given_up:
+            self._note(self.breaker.record(result.ok or result.final), result.problem)
+        return result
+
+    def _note(self, change: str | None, problem: str) -> None:
+        name = self.dest.name
+        if change == "down":
+            metrics.DESTINATION_UP.labels(name).set(0)
+            log.warning(
+                "destination %s is down: %d deliveries in a row failed (last: %s); its changes "
+                "wait in %s, the oldest tried every %s",
+                *(name, self.dest.down_after, problem, self._spool_path(), self.dest.retry_every),
+            )
+        elif change == "up":
+            metrics.DESTINATION_UP.labels(name).set(1)
+            log.warning("destination %s is back up; delivering its spool", name)
+
+    def _spool_path(self) -> Path | None:
+        return None if self.spool is None else self.spool.path
+
+    def gauge(self) -> None:
+        metrics.SPOOLED.labels(self.dest.name).set(0 if self.spool is None else self.spool.count)
+
+    def redeliver(self, probe_timeout_s: float | None = None) -> Redelivery:
+        """Deliver the spool now, in spool order on each lane (so in order per profile),
+        each change once; while the destination is down, only its oldest change is tried
+        first. Stops at the first change that fails (it and what follows stay)."""
+        spool, done = self.spool, Redelivery()
+        assert spool is not None
+        if self.breaker.down.is_set() and not self._probe(spool, done, probe_timeout_s):
+            return done
+        offset = 0
+        while True:
+            chunk, offset = spool.read(offset, 512)
+            if not chunk:
+                break
+            work: list[list[Spooled]] = [[] for _ in self._lanes]
+            for entry in chunk:
+                work[lane_of(entry.profile, len(work))].append(entry)
+            running = [
+                self._pool.submit(self._drain, self._lanes[n], entries, done)
+                for n, entries in enumerate(work)
+                if entries
+            ]
+            if not all([task.result() for task in running]):
+                break
+        spool.compact()
+        self.gauge()
+        return done
+
+    def _probe(self, spool: Spool, done: Redelivery, timeout_s: float | None) -> bool:
+        """One try of the oldest change: True if the destination is back."""
+        oldest, _ = spool.read(0, 1)
+        if not oldest:  # nothing to try it with: the next change will tell
+            self._note(self.breaker.record(True), "")
+            return True
+        dest = self.dest
+        lane = self._lanes[0]
+        if timeout_s is not None:
+            lane = Endpoint(dest.url or "", dest.headers, timeout_s)
+        try:
+            result = lane.post(oldest[0].body, max_attempts=1, backoff_ms=0)
+        finally:
+            if lane is not self._lanes[0]:
+                lane.close()
+        if not (result.ok or result.final):
+            return False
+        self._settled(spool, oldest[0], result, done)
+        self._note(self.breaker.record(True), "")
+        return True
+
+    def _settled(self, spool: Spool, entry: Spooled, result: PostResult, done: Redelivery) -> None:
+        if result.final:
+            self.dead([self.letter(entry.body, 0, result)])
+        else:
+            metrics.REDELIVERED.labels(self.dest.name).inc()
+        done.add(refused=result.final)
+        spool.settle(entry)
+
+    def _drain(self, lane: Endpoint, entries: list[Spooled], done: Redelivery) -> bool:
+        """One lane's share of a chunk, in order, up to the first that fails: whether all
+        went (delivered, or refused and dead-lettered)."""
+        spool = self.spool
+        assert spool is not None
+        for entry in entries:
+            result = self.deliver(lane, entry.body)
+            if not (result.ok or result.final):
+                return False
+            self._settled(spool, entry, result, done)
+        return True
+
+    def reason(self, result: PostResult) -> str:
+        return f"webhook {self.dest.name}: {result.problem} after {result.attempts} attempts"
+
+    def letter(self, body: bytes, index: int, result: PostResult) -> bytes:
+        origin = Origin(f"destination:{self.dest.name}", 0, index)
+        return DeadLetter(origin, body, self.reason(result)).to_json()
+
+    def close(self, *, last_try: bool = True) -> None:
+        """Stop the background thread; a last try of the spool, so that a replay that ends
+        soon after the destination is back leaves nothing (when down, its probe waits 1 s
+        at most for an answer: a replay's end is not held up for `timeout_s`); let go."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            if last_try and self.spool is not None and self.spool.count:
+                self.redeliver(probe_timeout_s=min(self.dest.timeout_s, 1.0))
+        finally:
+            self._pool.shutdown(wait=True)
+            for lane in self._lanes:
+                lane.close()
+            if self.spool is not None:
+                self.spool.close()
+
+
+@dataclass
+class Redelivery:
+    delivered: int = 0
+    refused: int = 0  # answered no for good: sent to the dead letters
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, refused: bool) -> None:  # from the lanes' threads
+        with self._lock:
+            if refused:
+                self.refused += 1
             else:
-                if 200 <= status < 300:
-                    return PostResult(True, attempt)
-                problem = f"HTTP {status}"
-                if status not in RETRYABLE:
-                    return PostResult(False, attempt, problem)
-            if attempt < max_attempts:
-                sleep(backoff_ms * (2 ** (attempt - 1)) / 1000)
-        return PostResult(False, max_attempts, problem)
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+                self.delivered += 1
 
 
-def lane_of(profile_id: str, lanes: int) -> int:
-    """Stable across runs and processes, so a profile's changes keep one lane."""
-    return zlib.crc32(profile_id.encode()) % lanes
+class _Shared:
+    """The process's `WebhookDestination`s, one per spool, counted by the partitions using
+    them (Bytewax builds one partition per worker)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hooks: dict[Path, tuple[WebhookDestination, int]] = {}
+
+    def acquire(
+        self, dest: DestinationSettings, dead: Callable[[list[bytes]], None], spool_dir: Path
+    ) -> WebhookDestination:
+        key = (spool_dir / dest.name).resolve()
+        with self._lock:
+            hook, users = self._hooks.get(key, (None, 0))
+            if hook is None:
+                hook = WebhookDestination(dest, dead, spool_dir)
+                hook.start()
+            self._hooks[key] = (hook, users + 1)
+            return hook
+
+    def release(self, hook: WebhookDestination) -> None:
+        with self._lock:
+            key = next(k for k, (h, _) in self._hooks.items() if h is hook)
+            users = self._hooks[key][1] - 1
+            if users:
+                self._hooks[key] = (hook, users)
+                return
+            del self._hooks[key]
+        hook.close()
+
+
+_SHARED = _Shared()
 
 
 class _WebhookPartition(StatelessSinkPartition[Item]):
-    def __init__(self, dest: DestinationSettings, dead: Callable[[list[bytes]], None]) -> None:
+    def __init__(
+        self,
+        dest: DestinationSettings,
+        dead: Callable[[list[bytes]], None],
+        spool_dir: Path | None,
+    ) -> None:
         assert dest.url is not None
-        self._dest = dest
         self._dead = dead
+        if spool_dir is None:
+            self._hook = WebhookDestination(dest, dead, None)
+        else:
+            self._hook = _SHARED.acquire(dest, dead, spool_dir)
         self._lanes = [
             Endpoint(dest.url, dest.headers, dest.timeout_s) for _ in range(dest.concurrency)
         ]
         self._pool = ThreadPoolExecutor(dest.concurrency, thread_name_prefix=f"hook-{dest.name}")
 
     def write_batch(self, items: list[Item]) -> None:
-        work: list[list[tuple[int, bytes]]] = [[] for _ in self._lanes]
-        for index, (profile_id, body) in enumerate(items):
-            work[lane_of(profile_id, len(work))].append((index, body))
+        work: list[list[tuple[int, Item]]] = [[] for _ in self._lanes]
+        for index, item in enumerate(items):
+            work[lane_of(item[0], len(work))].append((index, item))
         running = [
-            self._pool.submit(self._post_all, self._lanes[lane], bodies)
-            for lane, bodies in enumerate(work)
-            if bodies
+            self._pool.submit(self._post_all, self._lanes[lane], part)
+            for lane, part in enumerate(work)
+            if part
         ]
         failed = sorted(letter for task in running for letter in task.result())
+        spool = self._hook.spool
+        if spool is not None:
+            spool.sync()  # what is spooled is on disk before the batch counts as written
+            self._hook.gauge()
         if failed:
             self._dead([letter for _, letter in failed])
 
     def _post_all(
-        self, lane: Endpoint, bodies: Sequence[tuple[int, bytes]]
+        self, lane: Endpoint, part: Sequence[tuple[int, Item]]
     ) -> list[tuple[int, bytes]]:
-        """One lane's share of a batch, in order; the dead letters, by place in the batch."""
-        dest = self._dest
+        """One lane's share of a batch, in order: each change delivered, or put in the
+        spool (the destination is down, its profile has changes there already, or it failed
+        after its last attempt), or a dead letter (refused, or failed with no spool); the
+        dead letters, by place in the batch."""
+        hook = self._hook
+        spool, down = hook.spool, hook.breaker.down
         failed: list[tuple[int, bytes]] = []
-        for index, body in bodies:
-            result = lane.post(body, max_attempts=dest.max_attempts, backoff_ms=dest.backoff_ms)
-            if not result.ok:
-                reason = f"webhook {dest.name}: {result.problem} after {result.attempts} attempts"
-                letter = DeadLetter(Origin(f"destination:{dest.name}", 0, index), body, reason)
-                failed.append((index, letter.to_json()))
+        for index, (profile_id, body) in part:
+            is_down = down.is_set()
+            waits = _DOWN if is_down else _BEHIND
+            if spool is not None and spool.put(profile_id, body, waits, force=is_down):
+                continue
+            result = hook.deliver(lane, body)
+            if result.ok:
+                continue
+            if spool is not None and not result.final:
+                spool.put(profile_id, body, hook.reason(result), force=True)
+            else:
+                failed.append((index, hook.letter(body, index, result)))
         return failed
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
         for lane in self._lanes:
             lane.close()
+        if self._hook.spool is not None:
+            _SHARED.release(self._hook)
+        else:
+            self._hook.close()
+
+
+_DOWN = "the destination was down"
+_BEHIND = "behind an earlier change of its profile"
 
 
 class WebhookSink(DynamicSink[Item]):
-    """Takes `(profile id, JSON body)` pairs."""
+    """Takes `(profile id, JSON body)` pairs. With `spool_dir`, a failing destination holds
+    up the flow only until it is down (`down_after` failed deliveries in a row): then its
+    changes go to its spool (`flows.spool`) and are delivered when it is back."""
 
-    def __init__(self, dest: DestinationSettings, dead: Callable[[list[bytes]], None]) -> None:
+    def __init__(
+        self,
+        dest: DestinationSettings,
+        dead: Callable[[list[bytes]], None],
+        spool_dir: Path | None = None,
+    ) -> None:
         self._dest = dest
         self._dead = dead
+        self._spool_dir = spool_dir
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _WebhookPartition:
-        return _WebhookPartition(self._dest, self._dead)
+        return _WebhookPartition(self._dest, self._dead, self._spool_dir)

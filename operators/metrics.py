@@ -79,3 +79,16 @@ def changes(segment: str, status: str) -> Any:
 
 def watch_state_size(size: Callable[[], float]) -> None:
     STATE_BYTES.set_function(size)
+
+
+DESTINATION_UP = Gauge(
+    "cdp_destination_up",
+    "1 while a webhook destination takes changes, 0 while down",
+    ["destination"],
+)
+SPOOLED = Gauge(
+    "cdp_destination_spooled", "Changes waiting in a destination's spool", ["destination"]
+)
+REDELIVERED = Counter(
+    "cdp_destination_redelivered", "Changes delivered from a destination's spool", ["destination"]
+)
