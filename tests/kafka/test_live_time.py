@@ -85,8 +85,11 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def setup(tmp_path: Path, bootstrap: str, p: str, app_partitions: int = 1) -> None:
-    create_topics(bootstrap, [f"{p}web", f"{p}dead"])
+def setup(
+    tmp_path: Path, bootstrap: str, p: str, app_partitions: int = 1, web_partitions: int = 1
+) -> None:
+    create_topics(bootstrap, [f"{p}dead"])
+    create_topics(bootstrap, [f"{p}web"], partitions=web_partitions)
     create_topics(bootstrap, [f"{p}app"], partitions=app_partitions)
     (tmp_path / "cdp.yaml").write_text(CONFIG.format(p=p, bootstrap=bootstrap))
 
@@ -101,16 +104,17 @@ def wait_ready(producer: Producer, p: str, tmp_path: Path) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_timers_fire_on_time_under_steady_traffic_stamped_in_the_past(
-    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, workers: int
 ) -> None:
     """~100 events/s, every one stamped 15 s back (apps upload in batches), on one partition
-    and one worker: each cart's abandonment fires within a second of its due time, while the
-    traffic flows. Before the fix the tick was pushed back after every batch and the timers
-    waited for a pause in the traffic (15-91 s late)."""
+    and one worker (and on two of each): each cart's abandonment fires within a second of its
+    due time, while the traffic flows. Before the fix the tick was pushed back after every
+    batch and the timers waited for a pause in the traffic (15-91 s late)."""
     p = topic_prefix
-    setup(tmp_path, kafka_bootstrap, p)
-    worker = start_worker(tmp_path)
+    setup(tmp_path, kafka_bootstrap, p, web_partitions=workers)
+    worker = start_worker(tmp_path, "--workers", str(workers))
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 2})
     try:
         wait_ready(producer, p, tmp_path)
@@ -241,3 +245,46 @@ def test_a_state_poisoned_by_an_earlier_version_is_refused_with_the_way_out(
         assert not [c for c in changes(tmp_path) if c["segment_id"] == "abandoned"]
     finally:
         stop_worker(worker)
+
+
+def test_a_pending_timer_survives_sigkill(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """The worker is killed with a cart's timer pending and comes back after it was due: the
+    abandonment is emitted once, at the window's exact close; a cart added while the worker
+    was down fires at its own time."""
+    p = topic_prefix
+    setup(tmp_path, kafka_bootstrap, p)
+    worker = start_worker(tmp_path)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 2})
+    try:
+        wait_ready(producer, p, tmp_path)
+        first = wall_ms() - 15_000  # due in 5 s
+        producer.produce(f"{p}web", event("cart-a", "cart", first, "shopper-a"))
+        producer.flush(5)
+        deadline = time.monotonic() + 20
+        while not any(c["identities"]["ECID"] == ["shopper-a"] for c in changes(tmp_path)):
+            assert time.monotonic() < deadline, "the cart was never applied"
+            time.sleep(0.2)
+        time.sleep(1.5)  # a recovery snapshot covers the cart (epochs of 1 s)
+        worker.kill()
+        worker.wait()
+        assert not [c for c in changes(tmp_path) if c["segment_id"] == "abandoned"]
+        second = wall_ms() - 5_000  # due in 15 s, sent while the worker is down
+        producer.produce(f"{p}web", event("cart-b", "cart", second, "shopper-b"))
+        producer.flush(5)
+        time.sleep(6)  # the first cart's timer comes due while nobody runs
+        worker = start_worker(tmp_path)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            abandoned = [c for c in changes(tmp_path) if c["segment_id"] == "abandoned"]
+            if len({c["id"] for c in abandoned}) >= 2:
+                break
+            time.sleep(0.5)
+    finally:
+        output = stop_worker(worker)
+    by_id = {c["id"]: c for c in abandoned}
+    assert len(by_id) == 2, output[-3000:]
+    due = sorted((c["identities"]["ECID"][0], ms(c["event_time"])) for c in by_id.values())
+    assert due == [("shopper-a", first + 20_000), ("shopper-b", second + 20_000)]
+    assert all(c["reason"] == "timer" and c["status"] == "entered" for c in by_id.values())
