@@ -131,6 +131,7 @@ def test_live_worker_emits_changes(tmp_path: Path, kafka_bootstrap: str, topic_p
         assert scraped["cdp_identity_links_total"] >= 1
         assert scraped["cdp_cluster_size_count"] >= 1
         assert scraped["cdp_pipeline_latency_seconds_count"] >= 1
+        assert scraped["cdp_event_lag_seconds_count"] == 4  # every event with its time
         assert scraped["cdp_rocksdb_bytes"] > 0
     finally:
         # SIGTERM: the worker finishes its batch, flushes its destinations and exits cleanly.

@@ -156,6 +156,26 @@ def test_explain_shows_values_and_next_change(settings: Settings) -> None:
         explain(orjson.loads(raw), engine.index, "nope", 0)
 
 
+def test_explain_promises_no_timer_that_is_not_pending(settings: Settings) -> None:
+    """A rule that gives another answer than the stored membership, with no timer held (here:
+    a segment added to the config after the profile was evaluated), says so instead of
+    promising a timer."""
+    store = MemoryStore()
+    engine, feed = Engine(settings, store), Feed(settings)
+    engine.process(0, [feed("web", ev("b1", "buy", 0, "d1"))], 0)
+    raw = store.get(Keys(settings.shards).profile(("ECID", "d1")))
+    assert raw is not None
+    profile = orjson.loads(raw)
+    del profile["segs"]["buyers"]  # as if `buyers` were new to this state
+    report = explain(profile, engine.index, "buyers", engine.now_ms)
+    assert report.holds_now and not report.member and report.timer_ms is None
+    text = report.render()
+    assert "no timer is pending" in text and "profile timer: none" in text
+    assert "pending timer will" not in text
+    due = explain({**profile, "timer": 10}, engine.index, "buyers", 20)
+    assert "timer is due and applies it when the worker next runs" in due.render()
+
+
 def test_tombstone_drops_records_until_consent_returns(settings: Settings) -> None:
     engine, feed = Engine(settings, MemoryStore()), Feed(settings)
     engine.process(0, [feed("crm", {"email": "a@x.com", "tier": "vip"})], 0)
