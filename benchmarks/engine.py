@@ -23,8 +23,8 @@ from typing import Any
 import orjson
 
 from benchmarks.common import ROOT, machine
-from benchmarks.generator import generate
 from config.settings import load_settings
+from flows.generator import generate
 from operators.decode import Decoder
 from operators.engine import Engine
 from operators.store import open_store

@@ -33,7 +33,7 @@ from benchmarks.common import (
     run_cluster,
     run_id,
 )
-from benchmarks.generator import generate
+from flows.generator import generate
 from operators.store import open_state
 from tests.kafka_broker import broker_from_env, consume_all, create_topics, produce
 

@@ -11,6 +11,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -286,6 +287,30 @@ def _unique(what: str, names: Sequence[str]) -> None:
 
 def _looks_like_regex(value: str) -> bool:
     return value.startswith("^") or value.endswith("$")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What `python -m bytewax.run "flows.audience:build_flow()"` takes from the environment:
+    the settings file (`CDP_CONFIG`), the mode (`CDP_RUN_MODE`: live, replay or files) and
+    whether Bytewax recovers (`BYTEWAX_RECOVERY_DIRECTORY`, bytewax.run's own)."""
+
+    config: Path
+    mode: Literal["files", "replay", "live"]
+    recovery: bool
+
+
+def entry_from_env(
+    config: str | None, mode: str | None, env: Mapping[str, str] | None = None
+) -> Entry:
+    env = os.environ if env is None else env
+    path = config or env.get("CDP_CONFIG")
+    if not path:
+        raise ConfigError("set CDP_CONFIG to the settings file (or pass config=...)")
+    chosen = mode or env.get("CDP_RUN_MODE", "live")
+    if chosen not in ("files", "replay", "live"):
+        raise ConfigError(f"CDP_RUN_MODE must be live, replay or files, not {chosen!r}")
+    return Entry(Path(path), chosen, bool(env.get("BYTEWAX_RECOVERY_DIRECTORY")))  # type: ignore[arg-type]
 
 
 def load_settings(

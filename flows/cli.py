@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 
-from benchmarks.generator import generate, write_files
 from config.settings import ConfigError, Settings, load_settings
 from flows import feedback, io
 from flows.deliver import deliver
+from flows.generator import generate, write_files
 from flows.pipeline import RunOptions, build_flow, routing_name, wall_clock_ms
 from flows.progress import Progress
 from flows.redeliver import redeliver

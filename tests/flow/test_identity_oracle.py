@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from benchmarks.generator import generate, write_files
+from flows.generator import generate, write_files
 from tests.helpers import ROOT, export, run_cli
 
 BLOCKED_EXACT = {"", "null", "none", "undefined", "anonymous", "-1"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.generator import generate, write_files
+from flows.generator import generate, write_files
 from tests.helpers import ROOT, export, read_jsonl, run_cli
 
 JUNK = [

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.generator import generate, write_files
+from flows.generator import generate, write_files
 from tests.batch_oracle import (
     BatchResult,
     View,

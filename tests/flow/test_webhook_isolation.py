@@ -19,7 +19,7 @@ import orjson
 import pytest
 import yaml
 
-from benchmarks.generator import generate, write_files
+from flows.generator import generate, write_files
 from flows.spool import Spool
 from tests.helpers import ROOT, alternate, read_jsonl, run_cli
 from tests.http_server import Server

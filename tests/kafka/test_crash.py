@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from benchmarks.generator import generate
+from flows.generator import generate
 from tests.helpers import ROOT, alternate, export, read_jsonl
 from tests.kafka_broker import create_topics, produce
 

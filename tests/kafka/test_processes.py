@@ -22,7 +22,7 @@ import orjson
 import pytest
 import yaml
 
-from benchmarks.generator import generate, write_files
+from flows.generator import generate, write_files
 from tests.flow.test_identity_oracle import offline_clusters, records
 from tests.helpers import ROOT, export, read_jsonl, run_cli
 from tests.kafka_broker import consume_all, create_topics, produce

@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from benchmarks.generator import (
+from config.settings import load_settings
+from flows.generator import (
     JUNK_LINES,
     PRODUCTS,
     SOURCE_FILES,
@@ -23,7 +24,6 @@ from benchmarks.generator import (
     generate,
     write_files,
 )
-from config.settings import load_settings
 from operators.decode import Decoder
 from schemas.records import DeadLetter, Origin
 
