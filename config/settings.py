@@ -7,6 +7,7 @@ wrong (`ConfigError`).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import urllib.parse
@@ -18,14 +19,63 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "CDP_"
-DEFAULT_BLOCKED = ("", "null", "none", "undefined", "anonymous", "-1", "^[0-]+$")
+# Placeholders that forms, apps and exports put where an id is unknown. Matched without regard
+# to case, against the value as given and as normalised: "N/A" from three devices must not make
+# them one person. The e-mail patterns take only placeholder local parts or reserved domains, so
+# a real-looking address is never blocked.
+DEFAULT_BLOCKED = (
+    "",
+    "null",
+    "none",
+    "nil",
+    "undefined",
+    "unknown",
+    "anonymous",
+    "n/a",
+    "na",
+    "test",
+    "-1",
+    "^[0-]+$",  # all-zero ids: 0, 000-000, the zeroed ECID / IDFA / GAID
+    r"^(test|testing|noemail|no-email|no_email|none|null|nil|unknown|n/?a|noreply|no-reply"
+    r"|donotreply|do-not-reply|dummy|fake)@.*$",
+    r"^([a-z0-9])\1*@\1+\.[a-z]{2,3}$",  # a@a.com, xx@xx.com
+    r"^[^@]+@([^@]+\.)?(invalid|test)$",  # RFC 2606 reserved top-level domains
+)
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+FieldType = Literal["number", "integer", "string", "boolean", "timestamp"]
+Loc = tuple[str | int, ...]
 
 
 class ConfigError(ValueError):
-    """A configuration file that cannot be used; the message names file, line and problem."""
+    """A configuration file that cannot be used; the message names file, line and problem, one
+    line per problem (`problems`)."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.problems)
+
+
+class Problem(ValueError):
+    """One problem found by a cross-check, located in the settings tree (`loc`), so the file's
+    line can be named."""
+
+    def __init__(self, loc: Loc, message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+class Problems(ValueError):
+    """Every cross-check problem of a settings object (raised by its validator)."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(f"{_dotted(p.loc)}: {p.message}" for p in self.problems))
 
 
 def duration_ms(text: str) -> int:
@@ -44,6 +94,16 @@ class NamespaceSettings(_Frozen):
     name: str
     unique: bool = False
     normalize: Literal["email", "phone", "lower", "none"] = "none"
+    # person: names one person (CRMID, Email); device: a browser or phone (ECID, IDFA). The
+    # blob-user guard limits how many device ids one person identity gathers in a short time.
+    # Unset: person when unique or normalised as an email or phone, else device.
+    kind: Literal["person", "device"] | None = None
+
+    @property
+    def is_person(self) -> bool:
+        if self.kind is not None:
+            return self.kind == "person"
+        return self.unique or self.normalize in ("email", "phone")
 
     @field_validator("name")
     @classmethod
@@ -57,6 +117,11 @@ class IdentitySettings(_Frozen):
     max_identities_per_cluster: int = Field(default=50, ge=1)
     blocked_values: tuple[str, ...] = DEFAULT_BLOCKED
     max_value_length: int = Field(default=256, ge=1)
+    # The blob-user guard: a link that would give a cluster holding a person identity more
+    # than this many new device ids within `device_window` (event time) is refused and
+    # recorded as a conflict. null: no guard.
+    max_devices_per_identity: int | None = Field(default=10, ge=1)
+    device_window: str = "1h"
     # Several processes (`-i/-a`): moves of merged profiles between processes travel here.
     feedback_topic: str = "cdp.identity-feedback"
 
@@ -73,6 +138,16 @@ class IdentitySettings(_Frozen):
                     ) from exc
         return values
 
+    @field_validator("device_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        duration_ms(value)
+        return value
+
+    @property
+    def device_window_ms(self) -> int:
+        return duration_ms(self.device_window)
+
 
 class SourceSettings(_Frozen):
     name: str
@@ -82,6 +157,9 @@ class SourceSettings(_Frozen):
     priority: int = 0
     identities: dict[str, str] = Field(default_factory=dict)
     event_type: str | None = None
+    # Declared types of body fields (dotted paths, through lists like rule paths): numeric
+    # strings become numbers; a value of the wrong type makes the record a dead letter.
+    fields: dict[str, FieldType] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _where(self) -> SourceSettings:
@@ -222,15 +300,9 @@ class Settings(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        _unique("namespace", [n.name for n in self.namespaces])
-        _unique("source", [s.name for s in self.sources])
-        _unique("segment", [s.id for s in self.segments])
-        _unique("destination", [d.name for d in self.destinations])
-        known = {s.id for s in self.segments}
-        for dest in self.destinations:
-            for seg in dest.segments or ():
-                if seg not in known:
-                    raise ValueError(f"destination {dest.name!r} names unknown segment {seg!r}")
+        problems = cross_check(self)
+        if problems:
+            raise Problems(problems)
         return self
 
     def resolve(self, path: Path) -> Path:
@@ -248,12 +320,61 @@ class Settings(_Frozen):
         raise KeyError(name)
 
 
-def _unique(what: str, names: Sequence[str]) -> None:
+def cross_check(settings: Settings) -> list[Problem]:
+    """Every name that must refer to something defined elsewhere in the file, and every name
+    defined twice, each located where it is written."""
+    problems: list[Problem] = []
+    _unique(problems, "namespaces", "name", [n.name for n in settings.namespaces])
+    _unique(problems, "sources", "name", [s.name for s in settings.sources])
+    _unique(problems, "segments", "id", [s.id for s in settings.segments])
+    _unique(problems, "destinations", "name", [d.name for d in settings.destinations])
+    namespaces = [n.name for n in settings.namespaces]
+    for i, src in enumerate(settings.sources):
+        for path, namespace in src.identities.items():
+            loc: Loc = ("sources", i, "identities", path)
+            _known(problems, loc, "namespace", namespace, namespaces)
+    segments = [s.id for s in settings.segments]
+    for i, dest in enumerate(settings.destinations):
+        for j, seg in enumerate(dest.segments or ()):
+            _known(problems, ("destinations", i, "segments", j), "segment", seg, segments)
+        for key in ("identities", "hash_identities"):
+            for j, namespace in enumerate(getattr(dest, key) or ()):
+                loc = ("destinations", i, key, j)
+                _known(problems, loc, "namespace", namespace, namespaces)
+    return problems
+
+
+def _unique(problems: list[Problem], section: str, key: str, names: Sequence[str]) -> None:
     seen: set[str] = set()
-    for name in names:
+    for i, name in enumerate(names):
         if name in seen:
-            raise ValueError(f"{what} {name!r} is defined twice")
+            what = section.removesuffix("s")
+            problems.append(Problem((section, i, key), f"{what} {name!r} is defined twice"))
         seen.add(name)
+
+
+def _known(
+    problems: list[Problem], loc: Loc, what: str, name: str, known: Sequence[str]
+) -> None:
+    if name in known:
+        return
+    message = f"unknown {what} {name!r}"
+    guess = did_you_mean(name, known)
+    if guess is not None:
+        message += f"; did you mean {guess!r}?"
+    elif known:
+        message += f" (known: {', '.join(known)})"
+    problems.append(Problem(loc, message))
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str | None:
+    """The known name closest to a typo: one that differs only in case, else difflib's."""
+    for candidate in known:
+        if candidate.lower() == name.lower():
+            return candidate
+    lowered = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
 
 
 def _looks_like_regex(value: str) -> bool:
@@ -294,11 +415,35 @@ def parse_settings(
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = tuple(first["loc"])
-        field = ".".join(str(p) for p in loc) or "(top)"
-        line = _line_of(node, loc)
-        raise ConfigError(f"{path}: line {line}: {field}: {_message(first)}") from exc
+        raise ConfigError(*_problems(exc, node, path)) from exc
+
+
+def _problems(exc: ValidationError, node: yaml.Node | None, path: Path) -> list[str]:
+    """One line per problem: the file, the line of the offending node, the field, what."""
+    found: list[tuple[Loc, str]] = []
+    for error in exc.errors():
+        loc: Loc = tuple(error["loc"])
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, Problems):
+            found.extend(((*loc, *p.loc), p.message) for p in cause.problems)
+        else:
+            found.append((loc, _message(error)))
+    lines = [(_line_of(node, loc), loc, message) for loc, message in found]
+    lines.sort(key=lambda item: item[0])
+    return [f"{path}: line {line}: {_dotted(loc)}: {msg}" for line, loc, msg in lines]
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(p) for p in loc) or "(top)"
+
+
+def line_in_file(path: str | Path, loc: Loc) -> int:
+    """The 1-based line of the node at `loc` in a YAML file (best effort; 1 when unknown)."""
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return 1
+    return _line_of(node, loc)
 
 
 def _message(error: Any) -> str:
