@@ -138,3 +138,28 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int:
             break
         best = nxt
     return best.start_mark.line + 1 if best is not None else 1
+
+
+def rules_in_file(path: str | Path) -> list[tuple[str, str, int]]:
+    """`(segment id, rule, line of the rule)` of every segment written in a YAML file, read
+    without the settings' checks (so rules can be checked even when the file has other
+    problems). Best effort: entries that are not an id and a rule text are skipped."""
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return []
+    found: list[tuple[str, str, int]] = []
+    segments = _child(node, "segments")
+    if not isinstance(segments, yaml.SequenceNode):
+        return found
+    for item in segments.value:
+        seg_id, rule = _child(item, "id"), _child(item, "rule")
+        if isinstance(seg_id, yaml.ScalarNode) and isinstance(rule, yaml.ScalarNode):
+            found.append((str(seg_id.value), str(rule.value), rule.start_mark.line + 1))
+    return found
+
+
+def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((v for k, v in node.value if k.value == key), None)
