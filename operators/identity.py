@@ -34,15 +34,18 @@ class IdentityRules:
     person: frozenset[str] = frozenset()  # person namespaces; every other one is a device
     max_devices: int | None = None  # the blob-user guard; None: off
     device_window_ms: int = 3_600_000
+    # normalize's answers: a device's id comes back with every event of its session, and the
+    # blocked-value regexes cost more than a dict lookup. Bounded: cleared when full.
+    _seen: dict[tuple[str, str], str | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IdentityRules:
         ident = settings.identity
         blocked = ident.blocked_values
         # Blocked values match whatever the case: "N/A" is the placeholder "n/a".
-        patterns = tuple(
-            re.compile(b, re.IGNORECASE) for b in blocked if b.startswith("^") or b.endswith("$")
-        )
+        patterns = _blocked_patterns([b for b in blocked if b.startswith("^") or b.endswith("$")])
         exact = frozenset(
             b.strip().lower() for b in blocked if not (b.startswith("^") or b.endswith("$"))
         )
@@ -65,6 +68,16 @@ class IdentityRules:
 
     def normalize(self, namespace: str, raw: str) -> str | None:
         """The normalised value, or None when the value is no identity (empty or blocked)."""
+        key = (namespace, raw)
+        seen = self._seen
+        if key in seen:
+            return seen[key]
+        if len(seen) >= 1 << 16:
+            seen.clear()
+        value = seen[key] = self._normalize(namespace, raw)
+        return value
+
+    def _normalize(self, namespace: str, raw: str) -> str | None:
         kind = self.normalizers.get(namespace, "none")
         stripped = raw.strip()
         if kind == "email":
@@ -89,6 +102,27 @@ class IdentityRules:
             if pattern.fullmatch(value) or (stripped != value and pattern.fullmatch(stripped)):
                 return None
         return value
+
+
+_BACKREF = re.compile(r"\\[1-9]|\(\?P=")
+
+
+def _blocked_patterns(texts: list[str]) -> tuple[re.Pattern[str], ...]:
+    """The patterns, case-insensitive, those without back-references joined into one (one
+    regex call per identity on the hot path instead of one per pattern)."""
+    alone = [t for t in texts if _BACKREF.search(t)]
+    joinable = [t for t in texts if t not in alone]
+    compiled = [re.compile(t, re.IGNORECASE) for t in alone]
+    if len(joinable) > 1:
+        try:
+            joined = re.compile("|".join(f"(?:{t})" for t in joinable), re.IGNORECASE)
+        except re.error:  # e.g. an inline global flag, legal only at a pattern's start
+            compiled[:0] = [re.compile(t, re.IGNORECASE) for t in joinable]
+        else:
+            compiled.insert(0, joined)
+    elif joinable:
+        compiled.insert(0, re.compile(joinable[0], re.IGNORECASE))
+    return tuple(compiled)
 
 
 @lru_cache(maxsize=1 << 16)  # named by every output of a profile
