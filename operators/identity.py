@@ -241,12 +241,14 @@ def device_attachments(
     rules: IdentityRules, left: Cluster, right: Cluster, ts_ms: int | None
 ) -> tuple[Attachment, ...] | None:
     """The blob-user guard: the union's recent device attachments, or None when the union
-    would give its person identities more than `max_devices` device ids within the window.
+    would hold more than `max_devices` device ids attached within one `device_window`.
 
-    A person-only side gains the other side's devices at `ts_ms`; two person sides (a CRM row
-    joining an email and a loyalty id) pool what each gathered recently. Clusters with no
-    person identity keep no attachments. Records with no event time (profile rows) are not
-    counted: they cannot be placed in a window. Pure: only the clusters and the record's time.
+    A side with a person identity gains the other side's devices at `ts_ms` when that side has
+    none; two person sides (a CRM row joining an email and a loyalty id) pool what each
+    gathered, at the times they gathered it. Clusters with no person identity keep nothing.
+    Records with no event time (profile rows) are not counted: they cannot be placed in a
+    window. Pure: only the clusters and the record's time. What is kept reaches one window
+    back from the newest time seen, so a record later than that is judged on what is kept.
     """
     left_person = _has_person(rules, left)
     right_person = _has_person(rules, right)
@@ -260,13 +262,21 @@ def device_attachments(
     elif right_person and not left_person:
         pooled += tuple((m, ts_ms) for m in left.members if m[0] not in rules.person)
     window = rules.device_window_ms
-    near = {device for device, at in pooled if abs(at - ts_ms) < window}
-    if len(near) > rules.max_devices:
+    if _densest(sorted(at for _, at in pooled), window) > rules.max_devices:
         return None
-    newest = max(at for _, at in pooled) if pooled else ts_ms
+    newest = max(ts_ms, *(at for _, at in pooled)) if pooled else ts_ms
     kept = sorted((a for a in pooled if a[1] > newest - window), key=lambda a: (a[1], a[0]))
-    # Out-of-order times can leave a few more than max_devices inside a window: bounded still.
-    return tuple(kept[-4 * rules.max_devices :])
+    return tuple(kept)
+
+
+def _densest(times: list[int], window: int) -> int:
+    """The most of the (sorted) times that fall in one window `(t - window, t]`."""
+    best, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
 
 
 def _has_person(rules: IdentityRules, cluster: Cluster) -> bool:

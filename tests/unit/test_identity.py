@@ -286,3 +286,14 @@ def test_cluster_json_round_trips_recent_and_reads_old_clusters() -> None:
     old = {"members": [["Email", "p@x"]], "links": []}
     assert Cluster.from_json(old).recent == ()
     assert "recent" not in Cluster(members=(("Email", "p@x"),)).to_json()
+
+
+def test_blob_guard_pools_people_at_the_times_they_gathered_devices() -> None:
+    g = Graph()
+    at(g, BLOB, 0, ("CRMID", "c1"), ("ECID", "a"))
+    at(g, BLOB, 1, ("CRMID", "c1"), ("ECID", "b"))
+    at(g, BLOB, 2, ("Email", "p@x"), ("ECID", "c"))
+    at(g, BLOB, 3, ("Email", "p@x"), ("ECID", "d"))
+    # Joined an hour later: four devices attached within one window is still a blob.
+    res = at(g, BLOB, 10 + HOUR, ("CRMID", "c1"), ("Email", "p@x"))
+    assert [c.rule for c in res.conflicts] == ["max_devices_per_identity"]
