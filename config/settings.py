@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from config.checks import Problems, cross_check, problem_lines
+from config.checks import Problem, Problems, cross_check, problem_lines
 
 ENV_PREFIX = "CDP_"
 # Placeholders that forms, apps and exports put where an id is unknown. Matched without regard
@@ -189,8 +189,8 @@ class DestinationSettings(_Frozen):
         if self.url is not None:
             try:
                 http_url(self.url)
-            except ValueError as exc:
-                raise ValueError(f"destination {self.name!r}: {exc}") from None
+            except ValueError as exc:  # located at the url, not the destination's first line
+                raise Problems([Problem(("url",), f"destination {self.name!r}: {exc}")]) from None
         return self
 
 

@@ -205,3 +205,9 @@ def test_namespace_kind_defaults() -> None:
 def test_benchmark_configs_load() -> None:
     root = Path(__file__).resolve().parents[2] / "config"
     assert load_settings(root / "bench.yaml").segments
+
+
+def test_a_bad_url_names_the_url_line() -> None:
+    text = GOOD + "destinations:\n  - name: hook\n    kind: webhook\n    url: offers.example.com\n"
+    (problem,) = problems(text)
+    assert problem.startswith("/cfg/cdp.yaml: line 15: destinations.0.url: destination 'hook'")
