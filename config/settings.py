@@ -99,9 +99,9 @@ class IdentitySettings(_Frozen):
     max_identities_per_cluster: int = Field(default=50, ge=1)
     blocked_values: tuple[str, ...] = DEFAULT_BLOCKED
     max_value_length: int = Field(default=256, ge=1)
-    # The blob-user guard: a link that would give a cluster holding a person identity more
-    # than this many new device ids within `device_window` (event time) is refused and
-    # recorded as a conflict. null: no guard.
+    # The blob-user guard: a link that would leave a cluster holding a person identity with
+    # more than this many device ids attached within one `device_window` of event time is
+    # refused and recorded as a conflict (rule `max_devices_per_identity`). null: no guard.
     max_devices_per_identity: int | None = Field(default=10, ge=1)
     device_window: str = "1h"
     # Several processes (`-i/-a`): moves of merged profiles between processes travel here.
