@@ -138,10 +138,10 @@ class SourceSettings(_Frozen):
     path: Path | None = None
     priority: int = 0
     identities: dict[str, str] = Field(default_factory=dict)
-    event_type: str | None = None
     # Declared types of body fields (dotted paths, through lists like rule paths): numeric
     # strings become numbers; a value of the wrong type makes the record a dead letter.
     fields: dict[str, FieldType] = Field(default_factory=dict)
+    event_type: str | None = None
 
     @model_validator(mode="after")
     def _where(self) -> SourceSettings:

@@ -8,8 +8,6 @@ best first), the event time, the event id (derived when absent), the event type.
 from __future__ import annotations
 
 import hashlib
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +15,8 @@ from typing import Any
 
 import orjson
 
-from config.settings import FieldType, Settings, SourceSettings
+from config.settings import Settings, SourceSettings
+from operators.fields import FieldSpec, coerce_fields
 from operators.identity import IdentityRules
 from schemas.records import DeadLetter, Forget, Identity, Origin, Record
 
@@ -33,7 +32,7 @@ class SourceSpec:
     index: int
     settings: SourceSettings
     descriptors: tuple[tuple[tuple[str, ...], str, str], ...]  # (path, dotted, namespace)
-    fields: tuple[tuple[tuple[str, ...], str, FieldType], ...] = ()  # (path, dotted, type)
+    fields: tuple[FieldSpec, ...] = ()  # declared field types
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +99,10 @@ class Decoder:
         if not isinstance(body, dict):
             raise Rejected(f"a record must be a JSON object, not {_type_name(body)}")
         src = spec.settings
-        for path, dotted, kind in spec.fields:
-            _coerce(body, path, dotted, kind)
+        if spec.fields:
+            wrong = coerce_fields(body, spec.fields)
+            if wrong is not None:
+                raise Rejected(wrong)
         identities = self._identities(spec, body)
         if not identities:
             raise Rejected("no usable identity (none present, or all empty or blocked)")
@@ -181,93 +182,6 @@ def _lookup(body: Mapping[str, Any], path: tuple[str, ...]) -> Any:
             return None
         node = node.get(part)
     return node
-
-
-_NUMERIC = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_EXPECTED: dict[str, str] = {
-    "number": "a number",
-    "integer": "an integer",
-    "string": "a string",
-    "boolean": "true or false",
-    "timestamp": "an ISO-8601 string or epoch milliseconds",
-}
-
-
-def _coerce(node: Any, path: tuple[str, ...], dotted: str, kind: FieldType) -> None:
-    """Give the values at `path` (through lists, as rule paths go) their declared type, in
-    place (the body is decode's own freshly parsed dict). Missing and null stay as they are."""
-    if type(node) is list:
-        for item in node:
-            _coerce(item, path, dotted, kind)
-        return
-    if type(node) is not dict or path[0] not in node:
-        return
-    if len(path) > 1:
-        _coerce(node[path[0]], path[1:], dotted, kind)
-        return
-    node[path[0]] = _typed(node[path[0]], dotted, kind)
-
-
-def _typed(value: Any, dotted: str, kind: FieldType) -> Any:
-    if value is None:
-        return None
-    if type(value) is list:
-        return [_typed(item, dotted, kind) for item in value]
-    out = _convert(value, kind)
-    if out is _WRONG:
-        raise Rejected(f"field {_safe(dotted)} must be {_EXPECTED[kind]}")
-    return out
-
-
-_WRONG = object()
-
-
-def _convert(value: Any, kind: FieldType) -> Any:
-    """The value as `kind`, or _WRONG. Only lossless conversions: numeric strings to numbers,
-    numbers to strings (ids sent as numbers), "true"/"false" to booleans."""
-    if isinstance(value, bool):
-        return value if kind == "boolean" else _WRONG
-    if kind == "boolean":
-        text = value.strip().lower() if isinstance(value, str) else None
-        return {"true": True, "false": False}.get(text or "", _WRONG)
-    if kind == "string":
-        return value if isinstance(value, str) else str(value) if _real(value) else _WRONG
-    if kind == "timestamp":
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                datetime.fromisoformat(value)
-            except ValueError:
-                return _WRONG
-            return value
-        return _WRONG
-    number = _number(value)
-    if number is None:
-        return _WRONG
-    if kind == "integer":
-        if isinstance(number, float):
-            return int(number) if number.is_integer() else _WRONG
-        return number
-    return number
-
-
-def _real(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
-def _number(value: Any) -> int | float | None:
-    if isinstance(value, int | float):
-        return value if math.isfinite(value) else None
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if len(text) > 64 or not _NUMERIC.fullmatch(text):  # int() of 5000 digits would raise
-        return None
-    if text.lstrip("+-").isdigit():
-        return int(text)
-    number = float(text)
-    return number if math.isfinite(number) else None
 
 
 def _timestamp(value: Any, *, required: bool) -> int | None:

@@ -170,4 +170,4 @@ def test_declared_types_hold_or_the_record_is_a_dead_letter(
             elif kind == "boolean":
                 assert type(leaf) is bool
             else:
-                assert type(leaf) in (int, str)
+                assert type(leaf) in (int, float, str)
