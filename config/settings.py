@@ -18,15 +18,47 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from config.checks import Problem, Problems, cross_check, problem_lines
+
 ENV_PREFIX = "CDP_"
-DEFAULT_BLOCKED = ("", "null", "none", "undefined", "anonymous", "-1", "^[0-]+$")
+# Placeholders that forms, apps and exports put where an id is unknown. Matched without regard
+# to case, against the value as given and as normalised: "N/A" from three devices must not make
+# them one person. The e-mail patterns take only placeholder local parts or reserved domains, so
+# a real-looking address is never blocked.
+DEFAULT_BLOCKED = (
+    "",
+    "null",
+    "none",
+    "nil",
+    "undefined",
+    "unknown",
+    "anonymous",
+    "n/a",
+    "na",
+    "test",
+    "-1",
+    "^[0-]+$",  # all-zero ids: 0, 000-000, the zeroed ECID / IDFA / GAID
+    r"^(test|testing|noemail|no-email|no_email|none|null|nil|unknown|n/?a|noreply|no-reply"
+    r"|donotreply|do-not-reply|dummy|fake)@.*$",
+    r"^([a-z0-9])\1*@\1+\.[a-z]{2,3}$",  # a@a.com, xx@xx.com
+    r"^[^@]+@([^@]+\.)?(invalid|test)$",  # RFC 2606 reserved top-level domains
+)
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+FieldType = Literal["number", "integer", "string", "boolean", "timestamp"]
 
 
 class ConfigError(ValueError):
-    """A configuration file that cannot be used; the message names file, line and problem."""
+    """A configuration file that cannot be used; the message names file, line and problem, one
+    line per problem (`problems`)."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.problems)
 
 
 def duration_ms(text: str) -> int:
@@ -45,6 +77,16 @@ class NamespaceSettings(_Frozen):
     name: str
     unique: bool = False
     normalize: Literal["email", "phone", "lower", "none"] = "none"
+    # person: names one person (CRMID, Email); device: a browser or phone (ECID, IDFA). The
+    # blob-user guard limits how many device ids one person identity gathers in a short time.
+    # Unset: person when unique or normalised as an email or phone, else device.
+    kind: Literal["person", "device"] | None = None
+
+    @property
+    def is_person(self) -> bool:
+        if self.kind is not None:
+            return self.kind == "person"
+        return self.unique or self.normalize in ("email", "phone")
 
     @field_validator("name")
     @classmethod
@@ -58,6 +100,11 @@ class IdentitySettings(_Frozen):
     max_identities_per_cluster: int = Field(default=50, ge=1)
     blocked_values: tuple[str, ...] = DEFAULT_BLOCKED
     max_value_length: int = Field(default=256, ge=1)
+    # The blob-user guard: a link that would leave a cluster holding a person identity with
+    # more than this many device ids attached within one `device_window` of event time is
+    # refused and recorded as a conflict (rule `max_devices_per_identity`). null: no guard.
+    max_devices_per_identity: int | None = Field(default=10, ge=1)
+    device_window: str = "1h"
     # Several processes (`-i/-a`): moves of merged profiles between processes travel here.
     feedback_topic: str = "cdp.identity-feedback"
 
@@ -74,6 +121,16 @@ class IdentitySettings(_Frozen):
                     ) from exc
         return values
 
+    @field_validator("device_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        duration_ms(value)
+        return value
+
+    @property
+    def device_window_ms(self) -> int:
+        return duration_ms(self.device_window)
+
 
 class SourceSettings(_Frozen):
     name: str
@@ -82,6 +139,9 @@ class SourceSettings(_Frozen):
     path: Path | None = None
     priority: int = 0
     identities: dict[str, str] = Field(default_factory=dict)
+    # Declared types of body fields (dotted paths, through lists like rule paths): numeric
+    # strings become numbers; a value of the wrong type makes the record a dead letter.
+    fields: dict[str, FieldType] = Field(default_factory=dict)
     event_type: str | None = None
     # What a numeric `timestamp` counts: epoch milliseconds or seconds. A value that reads as
     # the other unit (seconds taken as ms land in January 1970) is a dead letter, not a guess.
@@ -150,8 +210,8 @@ class DestinationSettings(_Frozen):
         if self.url is not None:
             try:
                 http_url(self.url)
-            except ValueError as exc:
-                raise ValueError(f"destination {self.name!r}: {exc}") from None
+            except ValueError as exc:  # located at the url, not the destination's first line
+                raise Problems([Problem(("url",), f"destination {self.name!r}: {exc}")]) from None
         return self
 
 
@@ -251,15 +311,9 @@ class Settings(_Frozen):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
-        _unique("namespace", [n.name for n in self.namespaces])
-        _unique("source", [s.name for s in self.sources])
-        _unique("segment", [s.id for s in self.segments])
-        _unique("destination", [d.name for d in self.destinations])
-        known = {s.id for s in self.segments}
-        for dest in self.destinations:
-            for seg in dest.segments or ():
-                if seg not in known:
-                    raise ValueError(f"destination {dest.name!r} names unknown segment {seg!r}")
+        problems = cross_check(self)
+        if problems:
+            raise Problems(problems)
         return self
 
     def resolve(self, path: Path) -> Path:
@@ -275,14 +329,6 @@ class Settings(_Frozen):
             if src.name == name:
                 return src
         raise KeyError(name)
-
-
-def _unique(what: str, names: Sequence[str]) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ValueError(f"{what} {name!r} is defined twice")
-        seen.add(name)
 
 
 def _looks_like_regex(value: str) -> bool:
@@ -347,16 +393,7 @@ def parse_settings(
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = tuple(first["loc"])
-        field = ".".join(str(p) for p in loc) or "(top)"
-        line = _line_of(node, loc)
-        raise ConfigError(f"{path}: line {line}: {field}: {_message(first)}") from exc
-
-
-def _message(error: Any) -> str:
-    msg = str(error["msg"])
-    return msg.removeprefix("Value error, ")
+        raise ConfigError(*problem_lines(exc, node, path)) from exc
 
 
 def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -378,19 +415,3 @@ def _set_path(raw: dict[str, Any], parts: Sequence[str], value: Any) -> None:
             target[part] = child
         target = child
     target[parts[-1]] = value
-
-
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int:
-    """The 1-based line of the YAML node at a pydantic error location (best effort)."""
-    best = node
-    for part in loc:
-        if isinstance(best, yaml.MappingNode):
-            nxt = next((v for k, v in best.value if k.value == part), None)
-        elif isinstance(best, yaml.SequenceNode) and isinstance(part, int):
-            nxt = best.value[part] if part < len(best.value) else None
-        else:
-            nxt = None
-        if nxt is None:
-            break
-        best = nxt
-    return best.start_mark.line + 1 if best is not None else 1

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from config.checks import rules_in_file
 from config.settings import ConfigError, Settings, load_settings
 from flows import feedback, io
 from flows.deliver import deliver
@@ -36,7 +37,7 @@ from operators import queries
 from operators.engine import Engine, build_index
 from operators.explain import explain
 from operators.identity import IdentityRules
-from operators.rules import RuleErrors, compile_rules
+from operators.rules import CompiledRule, RuleErrors, compile_rules
 from operators.store import (
     WATERMARK_KEY,
     Keys,
@@ -460,15 +461,39 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
 
 
 def cmd_segments_check(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    """Every check a worker makes at start (the settings, their cross-references, the rules),
+    each problem with its file and line; exit 1 on any."""
+    problems: list[str] = []
+    settings: Settings | None = None
     try:
-        rules = compile_rules([(s.id, s.rule) for s in settings.segments])
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    written = rules_in_file(args.config)
+    lines = {seg_id: line for seg_id, _, line in written}
+    if settings is not None:
+        segments = [(s.id, s.rule) for s in settings.segments]
+    else:  # still check the rules the file holds
+        segments = [(seg_id, rule) for seg_id, rule, _ in written]
+    compiled: tuple[CompiledRule, ...] = ()
+    try:
+        compiled = compile_rules(segments)
     except RuleErrors as exc:
         for error in exc.errors:
-            print(f"{args.config}: {error}", file=sys.stderr)
+            problems.append(f"{args.config}: line {lines.get(error.segment_id, 1)}: {error}")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.config}", file=sys.stderr)
         return 1
-    for rule in rules:
+    for rule in compiled:
         print(f"ok  {rule.segment_id}: {rule.text}")
+    assert settings is not None
+    print(
+        f"{args.config}: ok ({len(settings.namespaces)} namespaces, "
+        f"{len(settings.sources)} sources, {len(compiled)} segments, "
+        f"{len(settings.destinations)} destinations)"
+    )
     return 0
 
 

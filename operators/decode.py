@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from config.settings import Settings, SourceSettings
+from operators.fields import FieldSpec, coerce_fields
 from operators.identity import IdentityRules
 from schemas.records import DeadLetter, Forget, Identity, Origin, Record
 
@@ -32,6 +33,7 @@ class SourceSpec:
     index: int
     settings: SourceSettings
     descriptors: tuple[tuple[tuple[str, ...], str, str], ...]  # (path, dotted, namespace)
+    fields: tuple[FieldSpec, ...] = ()  # declared field types
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,9 @@ class Decoder:
                 settings=src,
                 descriptors=tuple(
                     (tuple(path.split(".")), path, ns) for path, ns in src.identities.items()
+                ),
+                fields=tuple(
+                    (tuple(path.split(".")), path, kind) for path, kind in src.fields.items()
                 ),
             )
             for i, src in enumerate(settings.sources)
@@ -110,6 +115,10 @@ class Decoder:
         if not isinstance(body, dict):
             raise Rejected(f"a record must be a JSON object, not {_type_name(body)}")
         src = spec.settings
+        if spec.fields:
+            wrong = coerce_fields(body, spec.fields)
+            if wrong is not None:
+                raise Rejected(wrong)
         identities = self._identities(spec, body)
         if not identities:
             raise Rejected("no usable identity (none present, or all empty or blocked)")

@@ -31,11 +31,21 @@ class IdentityRules:
     blocked_patterns: tuple[re.Pattern[str], ...]
     max_members: int
     max_value_length: int
+    person: frozenset[str] = frozenset()  # person namespaces; every other one is a device
+    max_devices: int | None = None  # the blob-user guard; None: off
+    device_window_ms: int = 3_600_000
+    # normalize's answers: a device's id comes back with every event of its session, and the
+    # blocked-value regexes cost more than a dict lookup. Bounded: cleared when full.
+    _seen: dict[tuple[str, str], str | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IdentityRules:
-        blocked = settings.identity.blocked_values
-        patterns = tuple(re.compile(b) for b in blocked if b.startswith("^") or b.endswith("$"))
+        ident = settings.identity
+        blocked = ident.blocked_values
+        # Blocked values match whatever the case: "N/A" is the placeholder "n/a".
+        patterns = _blocked_patterns([b for b in blocked if b.startswith("^") or b.endswith("$")])
         exact = frozenset(
             b.strip().lower() for b in blocked if not (b.startswith("^") or b.endswith("$"))
         )
@@ -45,8 +55,11 @@ class IdentityRules:
             unique=frozenset(ns.name for ns in settings.namespaces if ns.unique),
             blocked_exact=exact,
             blocked_patterns=patterns,
-            max_members=settings.identity.max_identities_per_cluster,
-            max_value_length=settings.identity.max_value_length,
+            max_members=ident.max_identities_per_cluster,
+            max_value_length=ident.max_value_length,
+            person=frozenset(ns.name for ns in settings.namespaces if ns.is_person),
+            max_devices=ident.max_devices_per_identity,
+            device_window_ms=ident.device_window_ms,
         )
 
     def sort_key(self, identity: Identity) -> tuple[int, str, str]:
@@ -55,6 +68,16 @@ class IdentityRules:
 
     def normalize(self, namespace: str, raw: str) -> str | None:
         """The normalised value, or None when the value is no identity (empty or blocked)."""
+        key = (namespace, raw)
+        seen = self._seen
+        if key in seen:
+            return seen[key]
+        if len(seen) >= 1 << 16:
+            seen.clear()
+        value = seen[key] = self._normalize(namespace, raw)
+        return value
+
+    def _normalize(self, namespace: str, raw: str) -> str | None:
         kind = self.normalizers.get(namespace, "none")
         stripped = raw.strip()
         if kind == "email":
@@ -76,9 +99,30 @@ class IdentityRules:
             if raw_lowered != lowered and raw_lowered in blocked:
                 return None
         for pattern in self.blocked_patterns:
-            if pattern.fullmatch(value):
+            if pattern.fullmatch(value) or (stripped != value and pattern.fullmatch(stripped)):
                 return None
         return value
+
+
+_BACKREF = re.compile(r"\\[1-9]|\(\?P=")
+
+
+def _blocked_patterns(texts: list[str]) -> tuple[re.Pattern[str], ...]:
+    """The patterns, case-insensitive, those without back-references joined into one (one
+    regex call per identity on the hot path instead of one per pattern)."""
+    alone = [t for t in texts if _BACKREF.search(t)]
+    joinable = [t for t in texts if t not in alone]
+    compiled = [re.compile(t, re.IGNORECASE) for t in alone]
+    if len(joinable) > 1:
+        try:
+            joined = re.compile("|".join(f"(?:{t})" for t in joinable), re.IGNORECASE)
+        except re.error:  # e.g. an inline global flag, legal only at a pattern's start
+            compiled[:0] = [re.compile(t, re.IGNORECASE) for t in joinable]
+        else:
+            compiled.insert(0, joined)
+    elif joinable:
+        compiled.insert(0, re.compile(joinable[0], re.IGNORECASE))
+    return tuple(compiled)
 
 
 @lru_cache(maxsize=1 << 16)  # named by every output of a profile
@@ -97,10 +141,16 @@ class Link:
     ts_ms: int | None
 
 
+Attachment = tuple[Identity, int]  # a device id and the event time it joined a person
+
+
 @dataclass(frozen=True, slots=True)
 class Cluster:
     members: tuple[Identity, ...]  # sorted by IdentityRules.sort_key
     links: tuple[Link, ...] = ()
+    # The blob-user guard's memory: device ids that joined this (person) cluster within the
+    # last `device_window` of event time, oldest first; a few entries at most.
+    recent: tuple[Attachment, ...] = ()
 
     def by_namespace(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
@@ -109,10 +159,13 @@ class Cluster:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "members": [list(m) for m in self.members],
             "links": [[list(k.a), list(k.b), k.position, k.ts_ms] for k in self.links],
         }
+        if self.recent:  # absent in clusters written before the guard: read as none
+            out["recent"] = [[d[0], d[1], ts] for d, ts in self.recent]
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Cluster:
@@ -121,6 +174,7 @@ class Cluster:
             links=tuple(
                 Link((k[0][0], k[0][1]), (k[1][0], k[1][1]), k[2], k[3]) for k in data["links"]
             ),
+            recent=tuple(((r[0], r[1]), r[2]) for r in data.get("recent", ())),
         )
 
 
@@ -178,6 +232,56 @@ def refusal(rules: IdentityRules, left: Cluster, right: Cluster) -> str | None:
     if len(left.members) + len(right.members) > rules.max_members:
         return "max_identities_per_cluster"
     return None
+
+
+BLOB_RULE = "max_devices_per_identity"
+
+
+def device_attachments(
+    rules: IdentityRules, left: Cluster, right: Cluster, ts_ms: int | None
+) -> tuple[Attachment, ...] | None:
+    """The blob-user guard: the union's recent device attachments, or None when the union
+    would hold more than `max_devices` device ids attached within one `device_window`.
+
+    A side with a person identity gains the other side's devices at `ts_ms` when that side has
+    none; two person sides (a CRM row joining an email and a loyalty id) pool what each
+    gathered, at the times they gathered it. Clusters with no person identity keep nothing.
+    Records with no event time (profile rows) are not counted: they cannot be placed in a
+    window. Pure: only the clusters and the record's time. What is kept reaches one window
+    back from the newest time seen, so a record later than that is judged on what is kept.
+    """
+    left_person = _has_person(rules, left)
+    right_person = _has_person(rules, right)
+    if not (left_person or right_person):
+        return ()
+    pooled = (*left.recent, *right.recent)
+    if ts_ms is None or rules.max_devices is None:
+        return pooled
+    if left_person and not right_person:
+        pooled += tuple((m, ts_ms) for m in right.members if m[0] not in rules.person)
+    elif right_person and not left_person:
+        pooled += tuple((m, ts_ms) for m in left.members if m[0] not in rules.person)
+    window = rules.device_window_ms
+    if _densest(sorted(at for _, at in pooled), window) > rules.max_devices:
+        return None
+    newest = max(ts_ms, *(at for _, at in pooled)) if pooled else ts_ms
+    kept = sorted((a for a in pooled if a[1] > newest - window), key=lambda a: (a[1], a[0]))
+    return tuple(kept)
+
+
+def _densest(times: list[int], window: int) -> int:
+    """The most of the (sorted) times that fall in one window `(t - window, t]`."""
+    best, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+def _has_person(rules: IdentityRules, cluster: Cluster) -> bool:
+    person = rules.person
+    return any(ns in person for ns, _ in cluster.members)
 
 
 def resolve(
@@ -239,13 +343,15 @@ def resolve(
         if other_canonical is None:
             other_canonical = identity
         rule = refusal(rules, cluster, other)
-        if rule is not None:
-            resolution.conflicts.append(Conflict(primary, identity, rule, position, ts_ms))
+        recent = device_attachments(rules, cluster, other, ts_ms) if rule is None else None
+        if recent is None:
+            refused = rule or BLOB_RULE
+            resolution.conflicts.append(Conflict(primary, identity, refused, position, ts_ms))
             continue
         survivor, loser = sorted((current, other_canonical), key=rules.sort_key)
         members = tuple(sorted({*cluster.members, *other.members}, key=rules.sort_key))
         link = Link(primary, identity, position, ts_ms)
-        cluster = Cluster(members=members, links=(*cluster.links, *other.links, link))
+        cluster = Cluster(members, (*cluster.links, *other.links, link), recent)
         for member in members:
             pointers[member] = survivor
         clusters[loser] = None

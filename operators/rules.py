@@ -19,6 +19,9 @@ Semantics, where DESIGN §5 leaves a choice:
   right values. ``contains``: a left value equals the right value, or both are strings and the
   right is a substring of the left (paths are flattened, so a list-valued path contains its
   elements). ``startswith``: strings only.
+* ``iequals``, ``icontains``, ``istartswith``: ``==``, ``contains`` and ``startswith`` on strings
+  compared without regard to case (Unicode case folding); strings only on both sides. Exact
+  matching stays the default (``eventType`` values are case-sensitive by design).
 * ``last`` skips matching events without a value at its path: it is the last known value.
 * Column numbers are 1-based character offsets in the rule text (the column for a one-line rule).
 """
@@ -330,6 +333,7 @@ _GRAMMAR = r"""
 cmp: value op value
 bare: value
 !op: "==" | "!=" | "<" | "<=" | ">" | ">=" | "in" | "contains" | "startswith"
+   | "iequals" | "icontains" | "istartswith"
 ?value: path | name | literal | call
 path: PATH
 name: NAME
@@ -698,6 +702,22 @@ def _startswith(a: Any, b: Any) -> bool:
     return isinstance(a, str) and isinstance(b, str) and a.startswith(b)
 
 
+# The case-insensitive operators, on case-folded strings (the right side folded once when it
+# is a literal).
+_FOLDED: dict[str, Callable[[str, str], bool]] = {
+    "iequals": operator.eq,
+    "icontains": operator.contains,  # contains(a, b) is `b in a`
+    "istartswith": str.startswith,
+}
+
+
+def _folded(test: Callable[[str, str], bool]) -> Callable[[Any, Any], bool]:
+    def pair(a: Any, b: Any) -> bool:
+        return type(a) is str and type(b) is str and test(a.casefold(), b.casefold())
+
+    return pair
+
+
 _PAIR: dict[str, Callable[[Any, Any], bool]] = {
     "==": _eq,
     "in": _eq,
@@ -708,6 +728,7 @@ _PAIR: dict[str, Callable[[Any, Any], bool]] = {
     ">=": _ge,
     "contains": _contains,
     "startswith": _startswith,
+    **{op: _folded(test) for op, test in _FOLDED.items()},
 }
 
 
@@ -734,6 +755,16 @@ def _any_const(pair: Callable[[Any, Any], bool], lget: Getter, const: Any) -> Pr
         return False
 
     return test
+
+
+def _any_folded(test: Callable[[str, str], bool], lget: Getter, folded: str) -> Predicate:
+    def match(x: Any) -> bool:
+        for left in lget(x):  # noqa: SIM110 - as in _any_const
+            if type(left) is str and test(left.casefold(), folded):
+                return True
+        return False
+
+    return match
 
 
 _NUMBER_OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -811,6 +842,8 @@ def _make_test(
             return test_strings
         if op == "in":
             return _any_pair(_eq, lget, rget)
+        if op in _FOLDED and type(const) is str:
+            return _any_folded(_FOLDED[op], lget, const.casefold())
         return _any_const(_PAIR[op], lget, const)
     return _any_pair(_PAIR[op], lget, rget)
 
@@ -1025,10 +1058,10 @@ class _RuleCompiler:
                     self.error(
                         blame.start, f"cannot compare {_describe(ltypes)} with {_describe(rtypes)}"
                     )
-        elif op == "startswith":
+        elif op == "startswith" or op in _FOLDED:
             for side, types in ((left, ltypes), (right, rtypes)):
                 if not (types & frozenset("s")):
-                    self.error(side.start, f"'startswith' needs strings, not {_describe(types)}")
+                    self.error(side.start, f"'{op}' needs strings, not {_describe(types)}")
                     break
         elif not (ltypes & frozenset("so")):
             self.error(

@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from config.settings import DEFAULT_BLOCKED
+
 Identity = tuple[str, str]
 Json = dict[str, Any]
 EventFilter = Callable[[Json], bool]
@@ -41,7 +43,7 @@ SKIPPED_TOP_LEVEL = ("identityMap", "_id", "timestamp")  # record metadata, not 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _UNITS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
-_DEFAULT_BLOCKED = ("", "null", "none", "undefined", "anonymous", "-1", "^[0-]+$")
+_DEFAULT_BLOCKED = DEFAULT_BLOCKED  # a setting's value, not engine logic
 
 
 # ------------------------------------------------------------------------------ the config
@@ -90,7 +92,7 @@ class OracleConfig:
             namespaces=namespaces,
             normalizers=normalizers,
             blocked_exact=frozenset(b.lower() for b in blocked if b not in regexes),
-            blocked_patterns=tuple(re.compile(r) for r in regexes),
+            blocked_patterns=tuple(re.compile(r, re.IGNORECASE) for r in regexes),
             sources=sources,
         )
 
@@ -332,6 +334,15 @@ def contains(x: Any, const: Any) -> bool:
 
 def startswith(x: Any, const: str) -> bool:
     return any(isinstance(v, str) and v.startswith(const) for v in _as_values(x))
+
+
+def iequals(x: Any, const: str) -> bool:
+    """Case-insensitive ==, strings only (casefold: "Straße" iequals "STRASSE")."""
+    return any(isinstance(v, str) and v.casefold() == const.casefold() for v in _as_values(x))
+
+
+def icontains(x: Any, const: str) -> bool:
+    return any(isinstance(v, str) and const.casefold() in v.casefold() for v in _as_values(x))
 
 
 def is_null(x: Any) -> bool:

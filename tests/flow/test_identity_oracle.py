@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
+from config.settings import DEFAULT_BLOCKED
 from flows.generator import generate, write_files
 from tests.helpers import ROOT, export, run_cli
 
-BLOCKED_EXACT = {"", "null", "none", "undefined", "anonymous", "-1"}
-BLOCKED_RE = re.compile(r"^[0-]+$")
+BLOCKED_EXACT = {b.lower() for b in DEFAULT_BLOCKED if not b.startswith("^")}
+BLOCKED_RE = [re.compile(b, re.IGNORECASE) for b in DEFAULT_BLOCKED if b.startswith("^")]
 
 
 def normal(namespace: str, value: Any, how: str) -> str | None:
@@ -37,7 +38,10 @@ def normal(namespace: str, value: Any, how: str) -> str | None:
         v = ("+" + digits) if text.strip().startswith("+") and digits else digits
     else:
         v = text.strip()
-    if v.lower() in BLOCKED_EXACT or text.strip().lower() in BLOCKED_EXACT or BLOCKED_RE.match(v):
+    given = text.strip()
+    if v.lower() in BLOCKED_EXACT or given.lower() in BLOCKED_EXACT:
+        return None
+    if any(p.fullmatch(v) or p.fullmatch(given) for p in BLOCKED_RE):
         return None
     return v or None
 

@@ -32,6 +32,8 @@ from tests.batch_oracle import (
     event_is,
     ge,
     gt,
+    icontains,
+    iequals,
     is_null,
     isin,
     le,
@@ -82,6 +84,16 @@ SEGMENTS = (
         "example-com",
         'profile.personalEmail.address contains "@example.com"',
         lambda v: contains(v.profile("personalEmail.address"), "@example.com"),
+    ),
+    Segment(
+        "example-org-any-case",  # CRM rows write some domains as "Example.org"
+        'profile.personalEmail.address icontains "@EXAMPLE.ORG"',
+        lambda v: icontains(v.profile("personalEmail.address"), "@EXAMPLE.ORG"),
+    ),
+    Segment(
+        "portland-any-case",
+        'profile.homeAddress.city iequals "PORTLAND"',
+        lambda v: iequals(v.profile("homeAddress.city"), "PORTLAND"),
     ),
     Segment(
         "s-surnames",

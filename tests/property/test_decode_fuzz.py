@@ -118,3 +118,56 @@ def test_arbitrary_bytes(source: str, raw: bytes) -> None:
 def test_corrupted_json(source: str, body: dict[str, object], cut: int, noise: bytes) -> None:
     raw = orjson.dumps(body)
     check(source, raw[:cut] + noise + raw[cut:])
+
+
+TYPED = Decoder.from_settings(
+    parse_settings(
+        "namespaces: [{name: ECID}]\nsources:\n  - name: shop\n    kind: event\n    path: s\n"
+        "    fields: {a.n: number, a.i: integer, a.s: string, a.b: boolean, a.t: timestamp}\n",
+        Path("/c.yaml"),
+        {},
+        {},
+    )
+)
+_KINDS = {"n": "number", "i": "integer", "s": "string", "b": "boolean", "t": "timestamp"}
+typed_values = st.one_of(
+    json_values,
+    st.from_regex(r"\A *[+-]?[0-9]{0,6}(\.[0-9]{0,4})?([eE][+-]?[0-9]{1,3})? *\Z"),
+    st.sampled_from(["TRUE", "false", "2026-11-01T00:00:00Z", "1e999", SECRET]),
+)
+
+
+def _leaves(value: object) -> list[object]:
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [] if value is None else [value]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from("nisbt"), typed_values, max_size=5), st.booleans())
+def test_declared_types_hold_or_the_record_is_a_dead_letter(
+    fields: dict[str, object], in_list: bool
+) -> None:
+    """Whatever a declared field holds, decode never raises; a record it keeps has every
+    declared value of its type; a dead letter names the field and never the value."""
+    a: object = [fields, {}] if in_list else fields
+    body = {"_id": "e", "eventType": "x", "timestamp": 1, "identityMap": {"ECID": [{"id": "d"}]}}
+    out = TYPED.decode(Origin("shop", 0, 1), orjson.dumps({**body, "a": a}))
+    if isinstance(out, DeadLetter):
+        assert out.reason.startswith("field a.") and SECRET not in out.reason
+        return
+    assert isinstance(out, Record)
+    got = out.parsed["a"][0] if in_list else out.parsed["a"]
+    for key, value in got.items():
+        kind = _KINDS[key]
+        for leaf in _leaves(value):
+            if kind == "number":
+                assert type(leaf) in (int, float)
+            elif kind == "integer":
+                assert type(leaf) is int
+            elif kind == "string":
+                assert type(leaf) is str
+            elif kind == "boolean":
+                assert type(leaf) is bool
+            else:
+                assert type(leaf) in (int, float, str)

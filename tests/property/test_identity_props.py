@@ -115,3 +115,56 @@ def test_replaying_the_same_records_changes_nothing(recs: list[list[Identity]]) 
         assert not res.merges and not res.pointers
         graph.apply(res)
     assert (graph.pointers, graph.clusters) == before
+
+
+GUARDED = IdentityRules.from_settings(
+    parse_settings(
+        CONFIG.replace("max_identities_per_cluster: 1000", "max_devices_per_identity: 2"),
+        Path("/c.yaml"),
+        {},
+        {},
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(records, st.lists(st.integers(0, 5), min_size=30, max_size=30))
+def test_blob_guard_bounds_devices_per_person_within_a_window(
+    recs: list[list[Identity]], hours: list[int]
+) -> None:
+    """Whatever the order, no person cluster gathers more than the limit of device ids within
+    one window; all other invariants still hold."""
+    graph = Graph()
+    for i, ids in enumerate(recs):
+        ts = hours[i] * 3_600_000
+        res = resolve(graph, GUARDED, sorted(ids, key=GUARDED.sort_key), f"s:0:{i}", ts)
+        graph.apply(res)
+    seen = [m for c in graph.clusters.values() for m in c.members]
+    assert len(seen) == len(set(seen))
+    for cluster in graph.clusters.values():
+        if not any(ns in ("CRMID", "Email") for ns, _ in cluster.members):
+            continue
+        for unique in ("CRMID", "Email"):
+            assert len([m for m in cluster.members if m[0] == unique]) <= 1
+        # What the guard keeps is one window back from the newest: never over the limit.
+        assert len(cluster.recent) <= 2
+        times = sorted(t for _, t in cluster.recent)
+        assert not times or times[-1] - times[0] < 3_600_000
+    if len(set(hours[: len(recs)])) == 1:  # one window: no person cluster holds 3 devices
+        for cluster in graph.clusters.values():
+            if any(ns != "ECID" for ns, _ in cluster.members):
+                assert len([m for m in cluster.members if m[0] == "ECID"]) <= 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(records)
+def test_blob_guard_in_one_window_no_person_holds_more_devices_than_the_limit(
+    recs: list[list[Identity]],
+) -> None:
+    graph = Graph()
+    for i, ids in enumerate(recs):
+        res = resolve(graph, GUARDED, sorted(ids, key=GUARDED.sort_key), f"s:0:{i}", 1000 + i)
+        graph.apply(res)
+    for cluster in graph.clusters.values():
+        if any(ns != "ECID" for ns, _ in cluster.members):
+            assert len([m for m in cluster.members if m[0] == "ECID"]) <= 2

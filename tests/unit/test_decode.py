@@ -6,6 +6,7 @@ import pytest
 
 from config.settings import parse_settings
 from operators.decode import Decoder
+from operators.rules import event_values  # what sum(...) reads
 from schemas.records import DeadLetter, Origin, Record, record_from_stored, record_to_stored
 
 CONFIG = """\
@@ -211,3 +212,106 @@ def test_records_cross_processes_as_raw_json(decoder: Decoder, source: str, raw:
     )
     assert pickle.loads(pickle.dumps(bare)) == bare
     assert record_from_stored(orjson.loads(orjson.dumps(record_to_stored(bare)))) == bare
+
+
+TYPED = Decoder.from_settings(
+    parse_settings(
+        """\
+namespaces: [{name: ECID}]
+sources:
+  - name: shop
+    kind: event
+    path: s.json
+    fields:
+      commerce.order.priceTotal: number
+      productListItems.priceTotal: number
+      productListItems.quantity: integer
+      loyalty.number: string
+      consent.given: boolean
+      delivery.promised: timestamp
+      tags: string
+""",
+        Path("/c.yaml"),
+        {},
+        {},
+    )
+)
+
+
+def typed(body: dict[str, object]) -> Record | DeadLetter:
+    base = {"_id": "e1", "eventType": "commerce.purchases", "timestamp": 1000}
+    base["identityMap"] = {"ECID": [{"id": "d1"}]}
+    return dec(TYPED, "shop", {**base, **body})
+
+
+def test_declared_numbers_are_coerced_through_lists() -> None:
+    rec = typed(
+        {
+            "commerce": {"order": {"priceTotal": "450.00"}},
+            "productListItems": [
+                {"priceTotal": " 12.5 ", "quantity": "2"},
+                {"priceTotal": 7, "quantity": 3.0},
+                {"SKU": "no price"},
+                {"priceTotal": None},
+            ],
+            "loyalty": {"number": 5625458},
+            "consent": {"given": "TRUE"},
+            "delivery": {"promised": "2026-12-01T10:00:00Z"},
+            "tags": ["a", 1],
+        }
+    )
+    assert isinstance(rec, Record), rec
+    body = rec.parsed
+    assert body["commerce"]["order"]["priceTotal"] == 450.0
+    items = body["productListItems"]
+    assert [i.get("priceTotal") for i in items] == [12.5, 7, None, None]
+    assert [i.get("quantity") for i in items] == [2, 3, None, None]
+    assert type(items[1]["quantity"]) is int
+    assert body["loyalty"]["number"] == "5625458"
+    assert body["consent"]["given"] is True
+    assert body["tags"] == ["a", "1"]
+
+
+def test_a_sum_over_a_price_sent_as_a_string_counts_it() -> None:
+    rec = typed({"commerce": {"order": {"priceTotal": "450.00"}}})
+    assert isinstance(rec, Record)
+    assert event_values(rec.parsed, "commerce.order.priceTotal") == [450.0]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"commerce": {"order": {"priceTotal": "abc"}}}, "commerce.order.priceTotal"),
+        ({"commerce": {"order": {"priceTotal": "1,234.50"}}}, "must be a number"),
+        ({"commerce": {"order": {"priceTotal": True}}}, "must be a number"),
+        ({"commerce": {"order": {"priceTotal": {"v": 1}}}}, "must be a number"),
+        ({"commerce": {"order": {"priceTotal": "1e999"}}}, "must be a number"),
+        ({"commerce": {"order": {"priceTotal": "9" * 5000}}}, "must be a number"),
+        ({"productListItems": [{"quantity": "2.5"}]}, "productListItems.quantity must be an int"),
+        ({"loyalty": {"number": [{"x": 1}]}}, "loyalty.number must be a string"),
+        ({"consent": {"given": "maybe"}}, "consent.given must be true or false"),
+        ({"delivery": {"promised": "next tuesday"}}, "delivery.promised must be an ISO-8601"),
+    ],
+)
+def test_a_declared_field_of_the_wrong_type_is_a_dead_letter(
+    body: dict[str, object], reason: str
+) -> None:
+    dead = typed(body)
+    assert isinstance(dead, DeadLetter)
+    assert reason in dead.reason
+    assert "abc" not in dead.reason and "maybe" not in dead.reason  # never the value
+
+
+def test_undeclared_sources_keep_strings() -> None:
+    rec = dec(
+        Decoder.from_settings(parse_settings(CONFIG, Path("/c.yaml"), {}, {})),
+        "web",
+        {
+            "_id": "e",
+            "eventType": "x",
+            "timestamp": 1,
+            "identityMap": {"ECID": [{"id": "d"}]},
+            "commerce": {"order": {"priceTotal": "450.00"}},
+        },
+    )
+    assert isinstance(rec, Record) and rec.parsed["commerce"]["order"]["priceTotal"] == "450.00"

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from config.settings import DestinationSettings, Settings, parse_settings
+from operators import metrics, queries
 from operators.decode import Decoder
 from operators.destinations import render
 from operators.engine import Engine
@@ -198,3 +199,28 @@ def test_consent_denied_is_flagged_for_destinations(settings: Settings) -> None:
     lenient = DestinationSettings(name="log", kind="file", path=Path("y"))
     assert render(change, strict) is None
     assert render(change, lenient) is not None
+
+
+def test_blob_user_guard_refuses_and_records_the_link() -> None:
+    settings = parse_settings(
+        CONFIG.replace("sources:", "identity: {max_devices_per_identity: 3}\nsources:"),
+        Path("/c.yaml"),
+        {},
+        {},
+    )
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    refused = metrics.REFUSED.labels("max_devices_per_identity")
+    before = refused._value.get()
+    logins = [
+        feed("web", ev(f"e{n}", "login", 1000 + n, f"d{n}", "shared@x.com")) for n in range(5)
+    ]
+    engine.process(0, logins, 0)
+    report = queries.cluster_report(engine.store, Keys(settings.shards), ("Email", "shared@x.com"))
+    assert report is not None
+    assert report["members"] == {"Email": ["shared@x.com"], "ECID": ["d0", "d1", "d2"]}
+    assert [(r["b"], r["rule"]) for r in report["refused"]] == [
+        ("ECID:d3", "max_devices_per_identity"),
+        ("ECID:d4", "max_devices_per_identity"),
+    ]
+    assert engine.stats.conflicts == 2
+    assert refused._value.get() - before == 2

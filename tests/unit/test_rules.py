@@ -722,3 +722,61 @@ def test_aggregate_keys_are_shared_and_canonical() -> None:
 def test_rules_are_compiled_to_closures_not_eval() -> None:
     # A string that would do harm as Python is only ever data here.
     assert not holds("profile.x == \"__import__('os').system('false')\"", {"x": "y"})
+
+
+# ----------------------------------------------------------- case-insensitive operators
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('profile.name iequals "ALICE"', True),
+        ('profile.name iequals "alic"', False),
+        ('profile.name icontains "LIC"', True),
+        ('profile.name icontains "bob"', False),
+        ('profile.name istartswith "Al"', True),
+        ('profile.name istartswith "li"', False),
+        ('profile.tags iequals "VIP"', True),  # any value through a list
+        ('profile.city iequals "strasse"', True),  # case folding: ß is ss
+        ("profile.name iequals profile.upper", True),  # path against path
+        ('profile.age iequals "30"', False),  # strings only, never a number
+        ('profile.missing iequals "x"', False),
+        ('profile.name == "ALICE"', False),  # == stays exact
+    ],
+)
+def test_case_insensitive_operators(text: str, expected: bool) -> None:
+    profile = {"name": "alice", "upper": "ALICE", "tags": ["vip"], "city": "Straße", "age": 30}
+    assert holds(text, profile) is expected
+
+
+def test_case_insensitive_event_filters_and_aggregates() -> None:
+    events = [
+        (1, ev("Commerce.Purchases", price=10, note="Gift Wrap")),
+        (2, ev("commerce.purchases", price=5)),
+        (3, ev("web.pageView")),
+    ]
+
+    def check(text: str) -> bool:
+        return holds(text, events=events, now_ms=5)
+
+    assert check('count(event.eventType iequals "commerce.purchases") == 2')
+    assert check('count(event.eventType == "commerce.purchases") == 1')  # exact by design
+    assert check('sum(event.price, event.eventType istartswith "COMMERCE.") == 15')
+    assert check('exists(event.note icontains "gift")')
+    assert check('last(event.note, true) iequals "gift wrap"')
+    agg = rule('exists(event.eventType iequals "x")').aggregates[0]
+    assert agg.matches({"eventType": "X"}) and not agg.matches({"eventType": "y"})
+
+
+@pytest.mark.parametrize("op", ["iequals", "icontains", "istartswith"])
+def test_case_insensitive_operators_need_strings(op: str) -> None:
+    text = f"profile.x {op} 3"
+    assert one_error(text) == (col(text, "3"), f"'{op}' needs strings, not a number")
+
+
+def test_case_insensitive_operators_explain_and_render() -> None:
+    text = 'profile.level iequals "GOLD"'
+    r = rule(text)
+    assert r.text == text
+    (line,) = r.explain(Ctx({"level": "gold"}))
+    assert (line.value, line.detail) == (True, '"gold" iequals "GOLD"')

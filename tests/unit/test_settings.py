@@ -60,7 +60,14 @@ def test_environment_overrides_nested_values() -> None:
         (GOOD.replace("{id: all,", "{id: 'bad id',"), 10, "segment id"),
         (GOOD + "unknown_key: 1\n", 12, "unknown_key"),
         ("namespaces: [\n", 2, "not valid YAML"),
-        (GOOD.replace("name: Email", "name: CRMID"), 1, "defined twice"),
+        (GOOD.replace("name: Email", "name: CRMID"), 3, "defined twice"),
+        (GOOD.replace("crmId: CRMID", "crmId: CRMId"), 8, "did you mean 'CRMID'?"),
+        (
+            GOOD.replace("{id: all,", "{id: all, name: x,", 1) + "destinations: [{name: f, "
+            "kind: file, path: o.jsonl, segments: [al]}]\n",
+            12,
+            "unknown segment 'al'; did you",
+        ),
         (
             GOOD + "destinations: [{name: hook, kind: webhook, url: 'offers.example.com/cdp'}]\n",
             12,
@@ -92,3 +99,115 @@ def test_shipped_configs_load() -> None:
     for name in ("luma.yaml", "demo.yaml"):
         settings = load_settings(root / name)
         assert settings.sources
+
+
+def realistic(replace: str = "", by: str = "") -> str:
+    """The demo configuration with one line changed."""
+    text = (Path(__file__).resolve().parents[2] / "config" / "demo.yaml").read_text()
+    assert not replace or replace in text
+    return text.replace(replace, by) if replace else text
+
+
+def line_of(text: str, fragment: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if fragment in line)
+
+
+def problems(text: str) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as err:
+        parse(text)
+    return err.value.problems
+
+
+def test_a_namespace_typo_deep_in_a_real_file_names_its_own_line() -> None:
+    text = realistic(
+        "      _techmarketingdemos.systemIdentifier.loyaltyId: LoyaltyId\n\nsegments:",
+        "      _techmarketingdemos.systemIdentifier.loyaltyId: LoyaltyID\n\nsegments:",
+    )
+    line = line_of(text, "loyaltyId: LoyaltyID")
+    assert line > 40  # deep in the file, not at the top of its section
+    (problem,) = problems(text)
+    assert problem.startswith(f"/cfg/cdp.yaml: line {line}: sources.4.identities."), problem
+    assert "unknown namespace 'LoyaltyID'; did you mean 'LoyaltyId'?" in problem
+
+
+def test_every_reference_problem_is_reported_each_at_its_line() -> None:
+    text = realistic(
+        "  - {name: audiences, kind: file, path: audience-changes.jsonl}",
+        "  - {name: audiences, kind: file, path: audience-changes.jsonl,\n"
+        "     identities: [Emial, ECID], hash_identities: [phone],\n"
+        "     segments: [gold-buyer]}",
+    ).replace("crmId: CRMID\n      personalEmail", "crmId: CRMId\n      personalEmail")
+    found = problems(text)
+    assert len(found) == 4, found
+    expect = [
+        (line_of(text, "crmId: CRMId"), "unknown namespace 'CRMId'; did you mean 'CRMID'?"),
+        (line_of(text, "identities: [Emial"), "unknown namespace 'Emial'; did you mean 'Email'?"),
+        (line_of(text, "identities: [Emial"), "unknown namespace 'phone'; did you mean 'Phone'?"),
+        (line_of(text, "segments: [gold-buyer]"), "did you mean 'gold-buyers'?"),
+    ]
+    for (line, fragment), problem in zip(expect, found, strict=True):
+        assert problem.startswith(f"/cfg/cdp.yaml: line {line}:"), problem
+        assert fragment in problem, problem
+
+
+def test_unknown_namespace_without_a_close_match_lists_the_known() -> None:
+    (problem,) = problems(GOOD.replace("crmId: CRMID", "crmId: Zzz"))
+    assert "unknown namespace 'Zzz' (known: CRMID, Email)" in problem
+
+
+def test_namespaces_only_in_an_identity_map_stay_allowed() -> None:
+    # DESIGN §4: a namespace the file does not list may still arrive in an identityMap; only
+    # references written in the file must name a listed one.
+    assert parse(GOOD).sources[0].identities == {"crmId": "CRMID"}  # type: ignore[attr-defined]
+
+
+def test_field_types_and_guard_settings() -> None:
+    s = parse(
+        GOOD.replace(
+            "identities: {crmId: CRMID}",
+            "identities: {crmId: CRMID}\n    fields: {order.total: number, items.qty: integer}",
+        )
+        + "identity: {max_devices_per_identity: 5, device_window: 30m}\n"
+    )
+    assert s.sources[0].fields == {"order.total": "number", "items.qty": "integer"}  # type: ignore[attr-defined]
+    assert s.identity.device_window_ms == 1_800_000  # type: ignore[attr-defined]
+    (problem,) = problems(
+        GOOD.replace(
+            "identities: {crmId: CRMID}",
+            "identities: {crmId: CRMID}\n    fields: {order.total: money}",
+        )
+    )
+    assert problem.startswith("/cfg/cdp.yaml: line 9: sources.0.fields.order.total:"), problem
+    (problem,) = problems(GOOD + "identity: {device_window: soon}\n")
+    assert "bad duration" in problem
+
+
+def test_namespace_kind_defaults() -> None:
+    s = parse(
+        GOOD.replace(
+            "  - {name: Email, unique: true, normalize: email}\n",
+            "  - {name: Email, unique: true, normalize: email}\n"
+            "  - {name: Phone, normalize: phone}\n  - {name: ECID}\n"
+            "  - {name: Kiosk, kind: person}\n  - {name: Card, unique: true, kind: device}\n",
+        )
+    )
+    kinds = {n.name: n.is_person for n in s.namespaces}  # type: ignore[attr-defined]
+    assert kinds == {
+        "CRMID": True,
+        "Email": True,
+        "Phone": True,
+        "ECID": False,
+        "Kiosk": True,
+        "Card": False,
+    }
+
+
+def test_benchmark_configs_load() -> None:
+    root = Path(__file__).resolve().parents[2] / "config"
+    assert load_settings(root / "bench.yaml").segments
+
+
+def test_a_bad_url_names_the_url_line() -> None:
+    text = GOOD + "destinations:\n  - name: hook\n    kind: webhook\n    url: offers.example.com\n"
+    (problem,) = problems(text)
+    assert problem.startswith("/cfg/cdp.yaml: line 15: destinations.0.url: destination 'hook'")
