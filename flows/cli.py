@@ -38,9 +38,9 @@ from operators.engine import Engine, build_index
 from operators.explain import explain
 from operators.identity import IdentityRules
 from operators.rules import CompiledRule, RuleErrors, compile_rules
+from operators.steps.positions import WATERMARK_KEY
+from operators.steps.profiles import profile_key
 from operators.store import (
-    WATERMARK_KEY,
-    Keys,
     StoreError,
     decode,
     open_state,
@@ -321,10 +321,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_read(args: argparse.Namespace) -> tuple[Settings, Any, Keys]:
+def _open_read(args: argparse.Namespace) -> tuple[Settings, Any, int]:
     settings = load_settings(args.config)
     store = open_state(_state_dir(args, settings))
-    return settings, store, Keys(settings.shards)
+    return settings, store, settings.shards
 
 
 def _identity_arg(text: str) -> tuple[str, str]:
@@ -343,9 +343,9 @@ def _normalised(settings: Settings, text: str) -> tuple[str, str]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    settings, store, keys = _open_read(args)
+    settings, store, shards = _open_read(args)
     try:
-        doc = queries.find_profile(store, keys, _normalised(settings, args.identity))
+        doc = queries.find_profile(store, shards, _normalised(settings, args.identity))
     finally:
         store.close()
     if doc is None:
@@ -358,11 +358,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    _, store, keys = _open_read(args)
+    _, store, shards = _open_read(args)
     out = args.out.open("wb") if args.out else sys.stdout.buffer
     count = 0
     try:
-        for doc in queries.iter_profiles(store, keys):
+        for doc in queries.iter_profiles(store, shards):
             out.write(orjson.dumps(doc) + b"\n")
             count += 1
     finally:
@@ -374,9 +374,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_identity(args: argparse.Namespace) -> int:
-    settings, store, keys = _open_read(args)
+    settings, store, shards = _open_read(args)
     try:
-        report = queries.cluster_report(store, keys, _normalised(settings, args.identity))
+        report = queries.cluster_report(store, shards, _normalised(settings, args.identity))
     finally:
         store.close()
     if report is None:
@@ -387,11 +387,11 @@ def cmd_identity(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    settings, store, keys = _open_read(args)
+    settings, store, shards = _open_read(args)
     try:
         identity = _normalised(settings, args.identity)
-        canonical = queries.canonical_of(store, keys, identity)
-        stored = None if canonical is None else store.get(keys.profile(canonical))
+        canonical = queries.canonical_of(store, shards, identity)
+        stored = None if canonical is None else store.get(profile_key(canonical, shards))
         watermark = store.get(WATERMARK_KEY)
     finally:
         store.close()

@@ -25,7 +25,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from flows import io
-from operators.engine import FEEDBACK_SOURCE, FlowCounts
+from operators.steps.exchange import FEEDBACK_SOURCE, FlowCounts
 from schemas.records import Adopt, Origin, command_from_stored
 
 

@@ -41,7 +41,9 @@ from flows.webhook import WebhookSink
 from operators import metrics
 from operators.decode import Decoder
 from operators.destinations import render
-from operators.engine import GRAPH_KEY, Engine, Output, Role
+from operators.engine import Engine, Role
+from operators.steps.call import Output
+from operators.steps.exchange import GRAPH_KEY
 from operators.store import shard_of
 from schemas.records import (
     Adopt,

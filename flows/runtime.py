@@ -20,16 +20,13 @@ from config.settings import Settings
 from flows import io
 from operators import metrics
 from operators.engine import Engine, Role
-from operators.store import (
+from operators.steps.positions import (
     GRAPH_PARTITIONS_KEY,
     GRAPH_WATERMARK_KEY,
     PARTITIONS_KEY,
-    ROUTING_KEY,
     WATERMARK_KEY,
-    RocksStore,
-    StoreError,
-    open_store,
 )
+from operators.store import ROUTING_KEY, RocksStore, StoreError, open_store
 from schemas.records import iso_ms
 
 _lock = threading.Lock()

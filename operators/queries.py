@@ -6,41 +6,44 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from operators.engine import profile_document
-from operators.identity import Cluster
-from operators.store import Keys, Store, decode, identity_from_key
-from schemas.records import Identity, parse_identity
+from operators import profile as prof
+from operators.identity import Cluster, profile_id
+from operators.steps.graph import cluster_key, conflicts_prefix, pointer_key
+from operators.steps.profiles import PREFIX as PROFILES
+from operators.steps.profiles import profile_key
+from operators.store import Store, decode, identity_from_key
+from schemas.records import Identity, iso_ms, parse_identity
 
 
-def canonical_of(store: Store, keys: Keys, identity: Identity) -> Identity | None:
-    raw = store.get(keys.pointer(identity))
+def canonical_of(store: Store, shards: int, identity: Identity) -> Identity | None:
+    raw = store.get(pointer_key(identity, shards))
     return None if raw is None else parse_identity(decode(raw))
 
 
-def cluster_of(store: Store, keys: Keys, canonical: Identity) -> Cluster:
-    raw = store.get(keys.cluster(canonical))
+def cluster_of(store: Store, shards: int, canonical: Identity) -> Cluster:
+    raw = store.get(cluster_key(canonical, shards))
     return Cluster(members=(canonical,)) if raw is None else Cluster.from_json(decode(raw))
 
 
-def find_profile(store: Store, keys: Keys, identity: Identity) -> dict[str, Any] | None:
-    canonical = canonical_of(store, keys, identity)
+def find_profile(store: Store, shards: int, identity: Identity) -> dict[str, Any] | None:
+    canonical = canonical_of(store, shards, identity)
     if canonical is None:
         return None
-    raw = store.get(keys.profile(canonical))
+    raw = store.get(profile_key(canonical, shards))
     return profile_document(
-        canonical, cluster_of(store, keys, canonical), None if raw is None else decode(raw)
+        canonical, cluster_of(store, shards, canonical), None if raw is None else decode(raw)
     )
 
 
-def iter_profiles(store: Store, keys: Keys) -> Iterator[dict[str, Any]]:
-    for key, raw in store.scan(b"p/"):
+def iter_profiles(store: Store, shards: int) -> Iterator[dict[str, Any]]:
+    for key, raw in store.scan(PROFILES):
         canonical = identity_from_key(key)
-        yield profile_document(canonical, cluster_of(store, keys, canonical), decode(raw))
+        yield profile_document(canonical, cluster_of(store, shards, canonical), decode(raw))
 
 
 def segment_sizes(store: Store) -> Counter[str]:
     sizes: Counter[str] = Counter()
-    for _, raw in store.scan(b"p/"):
+    for _, raw in store.scan(PROFILES):
         for seg, held in decode(raw)["segs"].items():
             if held[0]:
                 sizes[seg] += 1
@@ -49,7 +52,7 @@ def segment_sizes(store: Store) -> Counter[str]:
 
 def graph_summary(store: Store) -> dict[str, int]:
     """Profiles, clusters of more than one identity, links that joined clusters, refused links."""
-    profiles = sum(1 for _ in store.scan(b"p/"))
+    profiles = sum(1 for _ in store.scan(PROFILES))
     multi = links = 0
     for _, raw in store.scan(b"c/"):
         cluster = decode(raw)
@@ -68,14 +71,14 @@ def graph_summary(store: Store) -> dict[str, int]:
     }
 
 
-def cluster_report(store: Store, keys: Keys, identity: Identity) -> dict[str, Any] | None:
-    canonical = canonical_of(store, keys, identity)
+def cluster_report(store: Store, shards: int, identity: Identity) -> dict[str, Any] | None:
+    canonical = canonical_of(store, shards, identity)
     if canonical is None:
         return None
-    cluster = cluster_of(store, keys, canonical)
+    cluster = cluster_of(store, shards, canonical)
     refused: list[dict[str, Any]] = []
     for member in cluster.members:
-        refused.extend(decode(raw) for _, raw in store.scan(Keys.conflicts_of(member)))
+        refused.extend(decode(raw) for _, raw in store.scan(conflicts_prefix(member)))
     return {
         "canonical": f"{canonical[0]}:{canonical[1]}",
         "members": cluster.by_namespace(),
@@ -97,4 +100,26 @@ def cluster_report(store: Store, keys: Keys, identity: Identity) -> dict[str, An
             }
             for c in refused
         ],
+    }
+
+
+def profile_document(
+    canonical: Identity, cluster: Cluster, profile: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The profile JSON of DESIGN §6."""
+    p = profile or prof.new_profile()
+    events = p["events"]
+    return {
+        "profile_id": profile_id(canonical),
+        "identities": cluster.by_namespace(),
+        "attributes": prof.nested_attributes(p),
+        "segments": {
+            seg: {"status": "entered" if held[0] else "exited", "since": iso_ms(held[1])}
+            for seg, held in sorted(p["segs"].items())
+        },
+        "events": {
+            "count": events[0] if events else 0,
+            "first": iso_ms(events[1]) if events else None,
+            "last": iso_ms(events[2]) if events else None,
+        },
     }

@@ -1,24 +1,11 @@
-"""State storage: one small interface, an in-memory and a RocksDB implementation, the key
-layout and the codec. This is the only module that imports `rocksdict`.
+"""State storage: one small interface, an in-memory and a RocksDB implementation, the
+transaction and the codec. This is the only module that imports `rocksdict`.
 
-Key layout (bytes, UTF-8; `ID` is `Namespace:value`, `SSSS` the logical shard, zero-padded):
-
-| key | value | what |
-| --- | --- | --- |
-| `meta/format` | `1` | format version, written on first open, checked on every open |
-| `meta/watermark` | int | the event-time watermark (epoch ms) |
-| `meta/partitions` | JSON | the highest event time seen per input partition |
-| `meta/routing` | text | how records were keyed (`single`, `shards:256`); a run must match |
-| `o/KKKK/SOURCE/PARTITION` | int | highest input offset applied by Bytewax key KKKK |
-| `q/KKKK/NNNNNNNNNNNNNNNN` | change | outbox: outputs of key KKKK, kept until a durable snapshot |
-| `q/KKKK/seq` | int | the last outbox sequence of key KKKK |
-| `i/SSSS/ID` | `ID` | identity -> canonical identity of its cluster (shard of the identity) |
-| `c/SSSS/ID` | cluster JSON | members and links of the cluster whose canonical is ID |
-| `p/SSSS/ID` | profile JSON | the profile of that cluster |
-| `x/EVENT_ID` | empty | an event id already applied (dedup) |
-| `k/ID/POSITION` | conflict JSON | refused links, once under each of the two identities |
-| `t/TTTTTTTTTTTTT/ID` | empty | a timer: re-evaluate the profile ID at event time T |
-| `d/ID` | tombstone JSON | a forgotten identity: its records are dropped until consent returns |
+Every step of a record's path declares the keys it owns next to its code
+(`operators.steps.*`; `docs/architecture.md` has the whole layout). Keys are bytes, UTF-8;
+identity-derived keys read `KIND/SSSS/Namespace:value`, `SSSS` the identity's logical shard.
+Here: `meta/format` (the format version, written on first open and checked on every open) and
+`meta/routing` (how records were keyed; a run must match).
 
 Values are orjson, never pickle. Writes go through `Txn`: reads see the transaction's own
 writes, and `commit` applies everything, offsets included, as one atomic WriteBatch.
@@ -36,14 +23,10 @@ from typing import Any, Protocol
 import orjson
 from rocksdict import AccessType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
-from schemas.records import Identity, identity_str, parse_identity
+from schemas.records import Identity, parse_identity
 
 FORMAT_VERSION = b"1"
 FORMAT_KEY = b"meta/format"
-WATERMARK_KEY = b"meta/watermark"
-PARTITIONS_KEY = b"meta/partitions"
-GRAPH_WATERMARK_KEY = b"meta/graph-watermark"  # the identity step's, with several processes
-GRAPH_PARTITIONS_KEY = b"meta/graph-partitions"
 ROUTING_KEY = b"meta/routing"
 
 
@@ -230,74 +213,10 @@ def _identity_key(kind: str, namespace: str, value: str, shards: int) -> bytes:
     return f"{kind}/{zlib.crc32(text.encode()) % shards:04d}/{text}".encode()
 
 
-class Keys:
-    """Key builders for one shard count (identity keys are memoised: they are built several
-    times per record)."""
-
-    def __init__(self, shards: int) -> None:
-        self.shards = shards
-
-    def pointer(self, identity: Identity) -> bytes:
-        return _identity_key("i", identity[0], identity[1], self.shards)
-
-    def cluster(self, canonical: Identity) -> bytes:
-        return _identity_key("c", canonical[0], canonical[1], self.shards)
-
-    def profile(self, canonical: Identity) -> bytes:
-        return _identity_key("p", canonical[0], canonical[1], self.shards)
-
-    @staticmethod
-    @lru_cache(maxsize=1 << 12)  # one per Bytewax key and input partition, built every record
-    def offset(shard: int, source: str, partition: int) -> bytes:
-        return f"o/{shard:04d}/{source}/{partition}".encode()
-
-    @staticmethod
-    def seen(event_id: str) -> bytes:
-        return f"x/{event_id}".encode()
-
-    @staticmethod
-    def outbox(key: int, seq: int) -> bytes:
-        return f"q/{key:04d}/{seq:016d}".encode()
-
-    @staticmethod
-    def outbox_prefix(key: int) -> bytes:
-        return f"q/{key:04d}/0".encode()  # sequences, not the `seq` counter
-
-    @staticmethod
-    def outbox_seq(key: int) -> bytes:
-        return f"q/{key:04d}/seq".encode()
-
-    @staticmethod
-    def conflict(identity: Identity, position: str) -> bytes:
-        return f"k/{identity_str(identity)}/{position}".encode()
-
-    @staticmethod
-    def conflicts_of(identity: Identity) -> bytes:
-        return f"k/{identity_str(identity)}/".encode()
-
-    @staticmethod
-    def tombstone(identity: Identity) -> bytes:
-        return f"d/{identity_str(identity)}".encode()
-
-    @staticmethod
-    def forward(canonical: Identity) -> bytes:
-        """Where a profile that merged away went (several processes: late moves follow it)."""
-        return f"f/{identity_str(canonical)}".encode()
-
-    @staticmethod
-    def merged(merge_id: str, into: Identity) -> bytes:
-        """A moved profile already merged into (or passed on from) `into`: several processes
-        apply each move once, however often it is delivered."""
-        return f"m/{identity_str(into)}/{merge_id}".encode()
-
-    @staticmethod
-    def timer(ts_ms: int, canonical: Identity) -> bytes:
-        return f"t/{ts_ms:013d}/{identity_str(canonical)}".encode()
-
-
-def parse_timer_key(key: bytes) -> tuple[int, Identity]:
-    _, ts, ident = key.decode().split("/", 2)
-    return int(ts), parse_identity(ident)
+def identity_key(kind: str, identity: Identity, shards: int) -> bytes:
+    """`KIND/SSSS/Namespace:value`: keys by identity land in their shard's range (memoised:
+    they are built several times per record)."""
+    return _identity_key(kind, identity[0], identity[1], shards)
 
 
 def identity_from_key(key: bytes) -> Identity:

@@ -16,7 +16,8 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from operators.store import WATERMARK_KEY, open_store
+from operators.steps.positions import WATERMARK_KEY
+from operators.store import open_store
 from tests.kafka_broker import consume_all, create_topics
 
 pytestmark = pytest.mark.kafka

@@ -15,7 +15,8 @@ from flows.pipeline import _DecodeBatch
 from flows.runtime import check_event_time
 from operators import metrics
 from operators.decode import Decoder
-from operators.store import PARTITIONS_KEY, WATERMARK_KEY, StoreError, open_store
+from operators.steps.positions import PARTITIONS_KEY, WATERMARK_KEY
+from operators.store import StoreError, open_store
 from schemas.records import DeadLetter, Origin, Record
 
 CONFIG = """\

@@ -14,7 +14,8 @@ from operators.decode import Decoder
 from operators.destinations import render
 from operators.engine import Engine
 from operators.explain import explain
-from operators.store import Keys, MemoryStore
+from operators.steps.profiles import profile_key
+from operators.store import MemoryStore
 from schemas.records import AudienceChange, Origin, Record
 
 CONFIG = """\
@@ -86,7 +87,7 @@ def test_login_merges_device_profile_and_moves_memberships(settings: Settings) -
         ("no-tier", "entered"),
     }
     assert person[0].identities == {"Email": ["a@x.com"], "ECID": ["d1"]}
-    assert engine.store.get(Keys(settings.shards).profile(("ECID", "d1"))) is None
+    assert engine.store.get(profile_key(("ECID", "d1"), settings.shards)) is None
 
 
 def test_profile_record_attributes_and_dedup_and_offsets(settings: Settings) -> None:
@@ -144,7 +145,7 @@ def test_explain_shows_values_and_next_change(settings: Settings) -> None:
     engine.process(
         0, [feed("web", ev("v1", "view", 0, "d1")), feed("web", ev("v2", "view", 60_000, "d1"))], 0
     )
-    raw = store.get(Keys(settings.shards).profile(("ECID", "d1")))
+    raw = store.get(profile_key(("ECID", "d1"), settings.shards))
     assert raw is not None
     report = explain(orjson.loads(raw), engine.index, "busy", engine.now_ms)
     assert report.member and report.holds_now
@@ -164,7 +165,7 @@ def test_explain_promises_no_timer_that_is_not_pending(settings: Settings) -> No
     store = MemoryStore()
     engine, feed = Engine(settings, store), Feed(settings)
     engine.process(0, [feed("web", ev("b1", "buy", 0, "d1"))], 0)
-    raw = store.get(Keys(settings.shards).profile(("ECID", "d1")))
+    raw = store.get(profile_key(("ECID", "d1"), settings.shards))
     assert raw is not None
     profile = orjson.loads(raw)
     del profile["segs"]["buyers"]  # as if `buyers` were new to this state
@@ -215,7 +216,7 @@ def test_blob_user_guard_refuses_and_records_the_link() -> None:
         feed("web", ev(f"e{n}", "login", 1000 + n, f"d{n}", "shared@x.com")) for n in range(5)
     ]
     engine.process(0, logins, 0)
-    report = queries.cluster_report(engine.store, Keys(settings.shards), ("Email", "shared@x.com"))
+    report = queries.cluster_report(engine.store, settings.shards, ("Email", "shared@x.com"))
     assert report is not None
     assert report["members"] == {"Email": ["shared@x.com"], "ECID": ["d0", "d1", "d2"]}
     assert [(r["b"], r["rule"]) for r in report["refused"]] == [

@@ -1,0 +1,222 @@
+"""Segments: a profile's rules evaluated when its inputs change or its timer comes due, the
+memberships that flip, and the audience changes they emit. Memberships live in the profile
+(`segs`); the timer of the next moment a windowed segment can flip in `operators.steps.timers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from operators import profile as prof
+from operators.identity import Cluster, profile_id
+from operators.segments import (
+    SegmentIndex,
+    Transition,
+    change_id,
+    due_at,
+    evaluate,
+    exit_all,
+    next_flip,
+    transitions,
+)
+from operators.steps.call import Call
+from operators.steps.positions import Positions
+from operators.steps.privacy import Consent
+from operators.steps.profiles import Profiles
+from operators.steps.stats import EngineStats, Published
+from operators.steps.timers import Timers
+from schemas.records import AudienceChange, Identity, Record
+
+
+class Membership:
+    def __init__(
+        self,
+        *,
+        index: SegmentIndex,
+        profiles: Profiles,
+        timers: Timers,
+        positions: Positions,
+        consent: Consent,
+        stats: EngineStats,
+        published: Published,
+    ) -> None:
+        self.index = index
+        self.profiles = profiles
+        self.timers = timers
+        self.positions = positions
+        self.consent = consent
+        self.stats = stats
+        self._published = published
+        # With no record applied every input has its initial value whatever the time, so
+        # which rules hold for an empty profile is known once.
+        empty = prof.new_profile()
+        self._true_when_empty = frozenset(
+            seg for seg, held in evaluate(empty, index, index.all_ids(), 0).items() if held
+        )
+
+    def apply_record(
+        self,
+        call: Call,
+        record: Record,
+        canonical: Identity,
+        *,
+        cluster: Cluster | None,
+        profile: prof.Profile,
+        fresh: bool,
+        merged: bool,
+        duplicate: bool,
+        at_ms: int,
+    ) -> None:
+        """A record applied to its profile, and the segments whose inputs it changed evaluated.
+
+        A merged profile is evaluated against every rule. A new one only against the rules
+        true for an empty profile (`profile.phone == null`) and those its record touches."""
+        index = self.index
+        if merged:
+            which: set[str] = set(index.all_ids())
+        elif fresh:
+            which = set(self._true_when_empty)
+        else:
+            which = set()
+        reason = "merge" if merged else ""
+        now_ms = self.positions.now_ms
+        if record.kind == "event":
+            if self.positions.live and record.ts_ms is not None and record.ts_ms > now_ms:
+                # A live event a little ahead of the wall clock (within time.max_future) is
+                # evaluated at its own time, so its change is emitted now with its reason.
+                now_ms = record.ts_ms
+            if not duplicate:
+                aggs, absents = index.candidates(record.event_type or "")
+                profile, changed = prof.apply_event(profile, record, aggs, absents)
+                which |= index.affected_by_inputs(changed)
+                reason = reason or f"event:{record.event_id}"
+        else:
+            profile, paths = prof.apply_attributes(profile, record)
+            which |= index.affected_by_attributes(paths)
+            reason = reason or f"profile:{record.origin.position}"
+        self.evaluate(
+            call,
+            canonical,
+            cluster=cluster,
+            profile=profile,
+            which=which,
+            at_ms=at_ms,
+            reason=reason,
+            now_ms=now_ms,
+            retime=False,  # only if a segment reading a window is evaluated (see `evaluate`)
+        )
+
+    def evaluate(
+        self,
+        call: Call,
+        canonical: Identity,
+        *,
+        cluster: Cluster | None,
+        profile: prof.Profile,
+        which: set[str],
+        at_ms: int,
+        reason: str,
+        now_ms: int | None = None,
+        retime: bool = True,
+    ) -> None:
+        """Evaluate `which` segments, emit the transitions, and prune the windows and
+        reschedule the profile's timer when a segment reading a window was evaluated (a
+        windowed input or another input of it changed: when it next flips may have moved), or
+        always with `retime` (a timer fired: the profile's timer is spent)."""
+        index, txn = self.index, call.txn
+        stream_now = self.positions.now_ms
+        now = stream_now if now_ms is None else now_ms
+        if which:
+            results = evaluate(profile, index, which, now)
+            retime = retime or not index.timed.isdisjoint(results)
+            segs, changes = transitions(profile["segs"], results, at_ms)
+            if changes:
+                profile = {**profile, "segs": segs}
+                if cluster is None:
+                    cluster = self.profiles.cluster_of(txn, canonical, profile)
+                self.emit(call, canonical, cluster, profile, changes, at_ms=at_ms, reason=reason)
+        if retime:
+            # Pruned only up to the stream's event time: a live event evaluated at its own,
+            # later time must not drop what a record of the same profile at now still reads.
+            pruned_at = min(now, stream_now)
+            profile = prof.prune(profile, index.aggregates, index.absents, pruned_at)
+            due = next_flip(profile, index, now)
+            if due != profile.get("timer"):
+                self.timers.set(txn, canonical, profile.get("timer"), due)
+                profile = {**profile, "timer": due}
+        self.profiles.put(txn, canonical, profile)
+
+    def fire_timers(self, call: Call, upto_ms: int) -> None:
+        for ts, canonical in self.timers.due(upto_ms):
+            # The profile's own `timer` is the truth; the heap may hold superseded entries
+            # (the profile moved, merged away or was rescheduled).
+            profile = self.profiles.get(call.txn, canonical)
+            if profile is None or profile.get("timer") != ts:
+                continue
+            self.timers.fired(call.txn, ts, canonical)
+            profile = {**profile, "timer": None}
+            self.stats.timers_fired += 1
+            self.evaluate(
+                call,
+                canonical,
+                cluster=None,
+                profile=profile,
+                # Only the segments whose windowed inputs change at this very moment.
+                which=due_at(profile, self.index, ts),
+                at_ms=ts,
+                reason="timer",
+                now_ms=ts,
+            )
+
+    def remove(
+        self,
+        call: Call,
+        canonical: Identity,
+        cluster: Cluster,
+        profile: prof.Profile,
+        *,
+        reason: str,
+        at_ms: int,
+    ) -> None:
+        """Every membership exits with `reason` (`merge`, `delete`); the profile and its timer
+        go."""
+        _, exits = exit_all(profile["segs"], at_ms)
+        self.emit(call, canonical, cluster, profile, exits, at_ms=at_ms, reason=reason)
+        self.timers.set(call.txn, canonical, profile.get("timer"), None)
+        self.profiles.delete(call.txn, canonical)
+
+    def emit(
+        self,
+        call: Call,
+        canonical: Identity,
+        cluster: Cluster,
+        profile: prof.Profile,
+        changes: Sequence[Transition],
+        *,
+        at_ms: int,
+        reason: str,
+    ) -> None:
+        pid = profile_id(canonical)
+        identities = cluster.by_namespace()
+        denied = self.consent.denied(profile)
+        counts = self._published.changes
+        out, wall_ms, read_ns = call.out, call.wall_ms, call.read_ns
+        for change in changes:
+            status: Literal["entered", "exited"] = "entered" if change.entered else "exited"
+            counts[change.segment_id, status] = counts.get((change.segment_id, status), 0) + 1
+            out.append(
+                AudienceChange(
+                    id=change_id(pid, change.segment_id, change.sequence),
+                    segment_id=change.segment_id,
+                    status=status,
+                    profile_id=pid,
+                    identities=identities,
+                    event_time_ms=at_ms,
+                    emitted_at_ms=wall_ms,
+                    reason=reason,
+                    sequence=change.sequence,
+                    read_ns=read_ns,
+                    consent_denied=denied,
+                )
+            )
