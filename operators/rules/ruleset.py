@@ -1,0 +1,149 @@
+"""A whole rule set: every segment parsed and compiled, then checked together.
+
+What only the set can tell: duplicate segment ids, and ``in_segment`` cycles (a segment that
+depends on itself has no well-defined membership). The result is ordered so that a segment
+comes after every segment it refers to, which lets the engine evaluate them in one pass.
+Errors from every segment are gathered and raised once, sorted by segment then column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from operators.rules.compile import Caches, RuleCompiler
+from operators.rules.compiled import CompiledRule
+from operators.rules.errors import RuleError, RuleErrors
+from operators.rules.parse import SyntaxProblem, parse_rule
+
+
+def _components(nodes: list[str], edges: Mapping[str, list[str]]) -> list[list[str]]:
+    """Tarjan's strongly connected components, iteratively; dependencies come out first."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    for root in nodes:
+        if root in index:
+            continue
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        work = [(root, iter(edges.get(root, ())))]
+        while work:
+            node, pending = work[-1]
+            descended = False
+            for nxt in pending:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(edges.get(nxt, ()))))
+                    descended = True
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            if descended:
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component: list[str] = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                out.append(component)
+    return out
+
+
+def _cycle_through(
+    start: str, first: str, edges: Mapping[str, list[str]], inside: set[str]
+) -> list[str]:
+    """The cycle start → first → … → start along a shortest path inside one component."""
+    previous: dict[str, str] = {}
+    frontier = [first]
+    seen = {first}
+    while frontier and start not in seen:
+        following: list[str] = []
+        for node in frontier:
+            for nxt in edges.get(node, ()):
+                if nxt in inside and nxt not in seen:
+                    seen.add(nxt)
+                    previous[nxt] = node
+                    following.append(nxt)
+        frontier = following
+    path = [start]
+    node = start
+    while node != first:
+        node = previous[node]
+        path.append(node)
+    return [start, *reversed(path)] if first != start else [start, start]
+
+
+def compile_rules(segments: Sequence[tuple[str, str]]) -> tuple[CompiledRule, ...]:
+    """Compile ``(segment_id, rule_text)`` pairs. The result lists every segment after the
+    segments it refers to with ``in_segment``. Raises RuleErrors with every problem found."""
+    items = list(segments)
+    errors: list[RuleError] = []
+    position: dict[str, int] = {}
+    for sid, _ in items:
+        if sid in position:
+            errors.append(RuleError(sid, 1, "duplicate segment id"))
+        else:
+            position[sid] = len(position)
+    known = frozenset(position)
+    caches: Caches = ({}, {})
+    compiled: dict[str, CompiledRule] = {}
+    edges: dict[str, list[str]] = {}
+    ref_pos: dict[str, dict[str, int]] = {}
+    done: set[str] = set()
+    for sid, text in items:
+        if sid in done:
+            continue
+        done.add(sid)
+        try:
+            tree = parse_rule(text)
+        except SyntaxProblem as problem:
+            errors.append(RuleError(sid, problem.pos + 1, problem.message))
+            continue
+        compiler = RuleCompiler(sid, text, known, caches)
+        root = compiler.expr(tree, "profile")
+        errors.extend(compiler.errors)
+        edges[sid] = sorted(compiler.refs, key=compiler.refs.__getitem__)
+        ref_pos[sid] = compiler.refs
+        if not compiler.errors:
+            compiled[sid] = CompiledRule(
+                segment_id=sid,
+                text=text,
+                aggregates=tuple(compiler.aggregates.values()),
+                absents=tuple(compiler.absents.values()),
+                profile_paths=frozenset(compiler.profile_paths),
+                segment_refs=frozenset(compiler.refs),
+                evaluate=root.fn,
+                _root=root,
+            )
+    order: list[str] = []
+    for component in _components(list(edges), edges):
+        members = set(component)
+        if len(component) == 1 and component[0] not in edges.get(component[0], ()):
+            order.append(component[0])
+            continue
+        for sid in sorted(component, key=position.__getitem__):
+            target = next(t for t in edges[sid] if t in members)
+            cycle = _cycle_through(sid, target, edges, members)
+            errors.append(
+                RuleError(
+                    sid,
+                    ref_pos[sid][target] + 1,
+                    "in_segment cycle: " + " → ".join(cycle),
+                )
+            )
+    if errors:
+        errors.sort(key=lambda e: (position.get(e.segment_id, 0), e.column))
+        raise RuleErrors(errors)
+    return tuple(compiled[sid] for sid in order)
