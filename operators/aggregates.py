@@ -12,7 +12,7 @@ States (``D`` = ``within_ms``):
 * windowed: entries sorted by time, one per distinct timestamp: ``[ts, n]`` (exists, count),
   ``[ts, int_total, float_partials]`` (sum), ``[ts, m]`` (min, max), ``[ts, value]`` (last).
   An entry counts at ``now`` when ``now - D < ts <= now``.
-* absent: ``[a_times, b_times]``, both sorted without duplicates.
+* absent: see `operators.absent`.
 
 Sums are exact and independent of arrival order: integers add exactly and floats are kept as
 Shewchuk partials (the non-overlapping floats ``math.fsum`` uses) whose exact total is rounded
@@ -26,24 +26,15 @@ order.
 from __future__ import annotations
 
 import json
-import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
-from fractions import Fraction
 from operator import itemgetter
 from typing import Any
 
-from operators.rules import Absent, Aggregate
+from operators.rules import Aggregate
+from operators.sums import SPILL, fadd, sum_add, sum_merge, sum_result
 
 __all__ = [
-    "absent_add",
-    "absent_add_known",
-    "absent_changes_at",
-    "absent_init",
-    "absent_merge",
-    "absent_next_change",
-    "absent_prune",
-    "absent_value",
     "agg_add",
     "agg_changes_at",
     "agg_init",
@@ -53,8 +44,6 @@ __all__ = [
     "agg_reader",
     "agg_value",
 ]
-
-_SPILL = 2**62  # an integer total this large moves into the float partials (orjson: 64 bits)
 
 
 _ts: Callable[[list[Any]], int] = itemgetter(0)  # an entry's time (C-speed bisect key)
@@ -88,58 +77,6 @@ def _extreme(values: Iterable[Any], smallest: bool) -> Any:
     return best
 
 
-# ------------------------------------------------------------------------- exact sums
-
-
-def _fadd(partials: list[float], x: float) -> list[float]:
-    """Shewchuk's algorithm (``math.fsum``): partials whose exact sum is sum + x."""
-    out: list[float] = []
-    for partial in partials:
-        y = partial
-        if abs(x) < abs(y):
-            x, y = y, x
-        hi = x + y
-        lo = y - (hi - x)
-        if lo:
-            out.append(lo)
-        x = hi
-    out.append(x)
-    return out
-
-
-def _sum_add(total: int, partials: list[float], values: list[Any]) -> tuple[int, list[float]]:
-    for value in values:
-        if type(value) is int:
-            total += value
-        else:
-            partials = _fadd(partials, float(value))
-    if abs(total) >= _SPILL:
-        # Far beyond any real amount; keeps the state storable at the cost of exactness.
-        partials = _fadd(partials, float(total))
-        total = 0
-    return total, partials
-
-
-def _sum_merge(
-    a_total: int, a_partials: list[float], b_total: int, b_partials: list[float]
-) -> tuple[int, list[float]]:
-    partials = list(a_partials)
-    for p in b_partials:
-        partials = _fadd(partials, p)
-    return _sum_add(a_total + b_total, partials, [])
-
-
-def _sum_result(total: int, partials: list[float]) -> int | float:
-    """The exact total rounded once; an int when no float was ever added."""
-    if not partials:
-        return total
-    as_float = float(total)
-    if int(as_float) == total:
-        return math.fsum([*partials, as_float])
-    exact = Fraction(total) + sum((Fraction(p) for p in partials), Fraction(0))
-    return float(exact)
-
-
 # ------------------------------------------------------------------- entry combinators
 
 
@@ -149,7 +86,7 @@ def _combine_entries(func: str, a: list[Any], b: list[Any]) -> list[Any]:
     if func in ("exists", "count"):
         return [ts, a[1] + b[1]]
     if func == "sum":
-        total, partials = _sum_merge(a[1], a[2], b[1], b[2])
+        total, partials = sum_merge(a[1], a[2], b[1], b[2])
         return [ts, total, partials]
     if func in ("min", "max"):
         return [ts, b[1] if _replaces(b[1], a[1], func == "min") else a[1]]
@@ -165,7 +102,7 @@ def _entry(agg: Aggregate, ts_ms: int, event: Mapping[str, Any]) -> list[Any] | 
     if not values:
         return None
     if func == "sum":
-        total, partials = _sum_add(0, [], values)
+        total, partials = sum_add(0, [], values)
         return [ts_ms, total, partials]
     if func in ("min", "max"):
         return [ts_ms, _extreme(values, func == "min")]
@@ -231,7 +168,7 @@ def _merge_running(func: str, a: Any, b: Any) -> Any:
     if func == "count":
         return a + b
     if func == "sum":
-        total, partials = _sum_merge(a[0], a[1], b[0], b[1])
+        total, partials = sum_merge(a[0], a[1], b[0], b[1])
         return [total, partials]
     if a is None:
         return b
@@ -262,11 +199,11 @@ def _windowed_sum(entries: list[list[Any]], lo: int, hi: int) -> int | float:
         entry = entries[k]
         total += entry[1]
         for p in entry[2]:
-            partials = _fadd(partials, p)
-        if total >= _SPILL or total <= -_SPILL:
-            partials = _fadd(partials, float(total))
+            partials = fadd(partials, p)
+        if total >= SPILL or total <= -SPILL:
+            partials = fadd(partials, float(total))
             total = 0
-    return _sum_result(total, partials)
+    return sum_result(total, partials)
 
 
 def agg_value(state: Any, agg: Aggregate, now_ms: int) -> Any:
@@ -276,7 +213,7 @@ def agg_value(state: Any, agg: Aggregate, now_ms: int) -> Any:
         if func == "exists":
             return bool(state)
         if func == "sum":
-            return _sum_result(state[0], state[1])
+            return sum_result(state[0], state[1])
         if func == "last":
             return None if state is None else state[1]
         return state
@@ -306,7 +243,7 @@ def agg_reader(agg: Aggregate) -> Callable[[Any, int], Any]:
         if func == "exists":
             return lambda state, now_ms: bool(state)
         if func == "sum":
-            return lambda state, now_ms: _sum_result(state[0], state[1])
+            return lambda state, now_ms: sum_result(state[0], state[1])
         if func == "last":
             return lambda state, now_ms: None if state is None else state[1]
         return lambda state, now_ms: state
@@ -447,128 +384,3 @@ def agg_changes_at(state: Any, agg: Aggregate, at_ms: int) -> bool:
 def _has_time(entries: list[list[Any]], ts_ms: int) -> bool:
     i = bisect_left(entries, ts_ms, key=_ts)
     return i < len(entries) and entries[i][0] == ts_ms
-
-
-# ----------------------------------------------------------------------------- absent
-#
-# absent(B, after=A, within=D) at now: let tA be the latest A with tA <= now. True when
-# now - tA >= D and no B has tB in (tA, tA + D]. False when there is no such A.
-
-
-def absent_init(a: Absent) -> Any:
-    return [[], []]
-
-
-def _with_time(times: list[int], ts_ms: int) -> list[int]:
-    if not times or times[-1] < ts_ms:  # the common case: in time order
-        return [*times, ts_ms]
-    i = bisect_left(times, ts_ms)
-    if times[i] == ts_ms:
-        return times
-    return [*times[:i], ts_ms, *times[i:]]
-
-
-def absent_add(state: Any, a: Absent, ts_ms: int, event: Mapping[str, Any]) -> Any:
-    """The state after an event that is an A, a B or both (each is checked here)."""
-    return absent_add_known(state, ts_ms, a.after(event), a.missing(event))
-
-
-def absent_add_known(state: Any, ts_ms: int, is_after: bool, is_missing: bool) -> Any:
-    """``absent_add`` when the caller has already tested the event: an A (``is_after``),
-    a B (``is_missing``), or both."""
-    a_times, b_times = state
-    if is_after:
-        a_times = _with_time(a_times, ts_ms)
-    if is_missing:
-        b_times = _with_time(b_times, ts_ms)
-    if a_times is state[0] and b_times is state[1]:
-        return state
-    return [a_times, b_times]
-
-
-def _latest_a(a_times: list[int], now_ms: int) -> tuple[int, int | None]:
-    i = bisect_right(a_times, now_ms)
-    return i, (a_times[i - 1] if i else None)
-
-
-def absent_value(state: Any, a: Absent, now_ms: int) -> bool:
-    a_times, b_times = state
-    i = bisect_right(a_times, now_ms)
-    if not i:
-        return False
-    t_a = a_times[i - 1]
-    within = a.within_ms
-    if now_ms - t_a < within:
-        return False
-    if not b_times:
-        return True
-    j = bisect_right(b_times, t_a)
-    return not (j < len(b_times) and b_times[j] <= t_a + within)
-
-
-def absent_merge(x: Any, y: Any, a: Absent) -> Any:
-    return [sorted(set(x[0]) | set(y[0])), sorted(set(x[1]) | set(y[1]))]
-
-
-def absent_prune(state: Any, a: Absent, now_ms: int) -> Any:
-    """Keep what values at ``now`` or later can need, whatever arrives later: the latest A at
-    or before now and every later A; and the Bs after that latest A (all of them while there
-    is no A), less those whose neighbours are within D of each other.
-
-    Bs cannot be pruned by time alone: an older A can still become the latest — a late event,
-    or the A of another profile merged into this one (an anonymous device's purchase 10
-    minutes after the cart add of the logged-in person it turns out to be) — and then every B
-    in ``(tA, tA + D]`` matters. The latest A only ever grows (adding and merging keep the
-    maximum), so Bs at or before it never matter again. Of three Bs ``b0 < b1 < b2`` with
-    ``b2 - b0 <= D``, ``b1`` is redundant: every window of length D that holds b1 holds b0 or
-    b2, so "some B in ``(t, t + D]``" keeps its answer for every t.
-    """
-    a_times, b_times = state
-    i = bisect_right(a_times, now_ms)
-    kept_a = a_times[i - 1 :] if i > 1 else a_times
-    if not b_times:
-        if len(kept_a) == len(a_times):
-            return state
-        return [kept_a, b_times]
-    j = bisect_right(b_times, a_times[i - 1]) if i else 0
-    candidates = b_times[j:] if j else b_times
-    kept_b = _thin(candidates, a.within_ms)
-    if len(kept_a) == len(a_times) and len(kept_b) == len(b_times):
-        return state
-    return [kept_a, kept_b]
-
-
-def _thin(times: list[int], within_ms: int) -> list[int]:
-    """Drop each time whose kept left neighbour and next time are within D of each other."""
-    if len(times) <= 2:
-        return times
-    out = [times[0]]
-    for k in range(1, len(times) - 1):
-        if times[k + 1] - out[-1] > within_ms:
-            out.append(times[k])
-    out.append(times[-1])
-    return out
-
-
-def absent_changes_at(state: Any, a: Absent, at_ms: int) -> bool:
-    """Whether an A becomes the latest (``tA == at``) or D old (``tA + D == at``) at exactly
-    ``at``: False means the value at ``at`` is the value just before it."""
-    a_times = state[0]
-    for t in (at_ms, at_ms - a.within_ms):
-        i = bisect_left(a_times, t)
-        if i < len(a_times) and a_times[i] == t:
-            return True
-    return False
-
-
-def absent_next_change(state: Any, a: Absent, now_ms: int) -> int | None:
-    """The earliest ``t > now`` when the value can change: the current A becoming D old, or
-    a later A becoming the latest."""
-    a_times, _ = state
-    i, t_a = _latest_a(a_times, now_ms)
-    candidates = []
-    if t_a is not None and t_a + a.within_ms > now_ms:
-        candidates.append(t_a + a.within_ms)
-    if i < len(a_times):
-        candidates.append(a_times[i])
-    return min(candidates) if candidates else None

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from operators.aggregates import absent_init, absent_next_change, agg_init, agg_next_change
+from operators.absent import absent_init, absent_next_change
+from operators.aggregates import agg_init, agg_next_change
 from operators.profile import Profile
 from operators.segments import SegmentIndex, context
 from schemas.records import iso_ms

@@ -19,13 +19,15 @@ import heapq
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from operators.aggregates import (
+from operators.absent import (
     absent_add_known,
     absent_changes_at,
     absent_init,
     absent_merge,
     absent_next_change,
     absent_prune,
+)
+from operators.aggregates import (
     agg_add,
     agg_changes_at,
     agg_init,

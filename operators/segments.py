@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from operators.aggregates import absent_init, absent_value, agg_init, agg_reader, agg_value
+from operators.absent import absent_init, absent_value
+from operators.aggregates import agg_init, agg_reader, agg_value
 from operators.profile import Profile, attribute_values, change_points, changes_at
 from operators.rules import Absent, Aggregate, CompiledRule
 

@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from operators.aggregates import absent_add, absent_init, absent_merge, absent_prune, absent_value
+from operators.absent import absent_add, absent_init, absent_merge, absent_prune, absent_value
 from operators.rules import Absent, compile_rules
 
 Event = tuple[int, bool, bool]  # (ts, is A, is B)

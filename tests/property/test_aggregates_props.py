@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from operators.aggregates import (
+from operators.absent import (
     absent_add,
     absent_add_known,
     absent_changes_at,
@@ -28,6 +28,8 @@ from operators.aggregates import (
     absent_next_change,
     absent_prune,
     absent_value,
+)
+from operators.aggregates import (
     agg_add,
     agg_changes_at,
     agg_init,

@@ -9,14 +9,8 @@ from typing import Any
 
 import pytest
 
-from operators.aggregates import (
-    absent_add,
-    absent_init,
-    absent_value,
-    agg_add,
-    agg_init,
-    agg_value,
-)
+from operators.absent import absent_add, absent_init, absent_value
+from operators.aggregates import agg_add, agg_init, agg_value
 from operators.rules import (
     Absent,
     Aggregate,
