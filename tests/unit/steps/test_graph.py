@@ -39,7 +39,7 @@ def pointer(store: MemoryStore, identity: Identity) -> Any:
     return None if raw is None else decode(raw)
 
 
-def members(store: MemoryStore, canonical: Identity) -> list[Identity] | None:
+def members(store: MemoryStore, canonical: Identity) -> tuple[Identity, ...] | None:
     raw = store.get(cluster_key(canonical, SHARDS))
     return None if raw is None else Cluster.from_json(decode(raw)).members
 
