@@ -72,7 +72,7 @@ class Engine:
         self.inputs = Positions(store, graph=graph, live=live, lateness_ms=lateness)
         self.timers = Timers(store, held=not graph)
         self.outbox = Outbox(store)
-        self.graph = Graph(store, rules, shards, self.stats)
+        self.graph = Graph(rules, shards, self.stats)
         self.profiles = Profiles(rules, shards, self.stats)
         consent = Consent(settings.privacy)
         self.privacy = Privacy(

@@ -261,6 +261,16 @@ class Txn:
         self._objects[key] = value
         return value
 
+    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """The store's keys under `prefix` as this transaction sees them (its own writes and
+        deletes included), in key order."""
+        keys = {k for k, _ in self.store.scan(prefix)}
+        keys.update(k for k in (*self._raw, *self._objects) if k.startswith(prefix))
+        for key in sorted(keys):
+            value = self.get(key)
+            if value is not None:
+                yield key, value
+
     def put(self, key: bytes, value: bytes) -> None:
         self._objects.pop(key, None)
         self._dirty.discard(key)

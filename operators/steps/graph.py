@@ -15,7 +15,7 @@ from __future__ import annotations
 from operators import metrics
 from operators.identity import Cluster, IdentityRules, Merge, Resolution, resolve
 from operators.steps.stats import EngineStats
-from operators.store import Store, Txn, decode, identity_key
+from operators.store import Txn, decode, identity_key
 from schemas.records import Identity, Record, identity_str, parse_identity
 
 
@@ -57,8 +57,7 @@ class GraphView:
 
 
 class Graph:
-    def __init__(self, store: Store, rules: IdentityRules, shards: int, stats: EngineStats):
-        self.store = store
+    def __init__(self, rules: IdentityRules, shards: int, stats: EngineStats):
         self.rules = rules
         self.shards = shards
         self.stats = stats
@@ -111,7 +110,8 @@ class Graph:
         txn.delete(cluster_key(canonical, self.shards))
         for member in cluster.members:
             txn.delete(pointer_key(member, self.shards))
-            for _, raw in self.store.scan(conflicts_prefix(member)):
+            # Through the transaction: a link refused earlier in this call goes too.
+            for _, raw in txn.scan(conflicts_prefix(member)):
                 entry = decode(raw)
                 for side in (entry["a"], entry["b"]):
                     txn.delete(conflict_key((side[0], side[1]), entry["position"]))

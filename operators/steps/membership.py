@@ -71,7 +71,11 @@ class Membership:
         """A record applied to its profile, and the segments whose inputs it changed evaluated.
 
         A merged profile is evaluated against every rule. A new one only against the rules
-        true for an empty profile (`profile.phone == null`) and those its record touches."""
+        true for an empty profile (`profile.phone == null`) and those its record touches. An
+        event applied before (its `_id`) makes no new profile, as with several processes,
+        where it is never routed."""
+        if duplicate and fresh and not merged:
+            return
         index = self.index
         if merged:
             which: set[str] = set(index.all_ids())

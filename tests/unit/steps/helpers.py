@@ -136,7 +136,7 @@ def build(
     positions = Positions(store, graph=graph_role, live=live, lateness_ms=lateness_ms)
     timers = Timers(store, held=not graph_role)
     outbox = Outbox(store)
-    graph = Graph(store, rules, shards, stats)
+    graph = Graph(rules, shards, stats)
     profiles = Profiles(rules, shards, stats)
     consent = Consent(config.privacy)
     privacy = Privacy(

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from operators.identity import Cluster, IdentityRules
 from operators.steps.graph import Graph, cluster_key, conflicts_prefix, pointer_key
 from operators.steps.stats import EngineStats
@@ -23,7 +21,7 @@ D2: Identity = ("ECID", "d2")
 
 def setup() -> tuple[MemoryStore, Graph, Feed]:
     store = MemoryStore()
-    graph = Graph(store, IdentityRules.from_settings(CONF), SHARDS, EngineStats())
+    graph = Graph(IdentityRules.from_settings(CONF), SHARDS, EngineStats())
     return store, graph, Feed(CONF)
 
 
@@ -139,11 +137,6 @@ def test_remove_heals_a_pointer_whose_cluster_is_missing() -> None:
     assert pointer(store, D1) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Graph.remove reads refused links from the store, not the transaction: a link "
-    "refused earlier in the same call survives the delete (operators/steps/graph.py:114)",
-)
 def test_remove_deletes_conflicts_refused_earlier_in_the_same_call() -> None:
     store, graph, feed = setup()
     link(store, graph, feed("web", ev("e1", "view", 1, "d1", "a@x.com")))

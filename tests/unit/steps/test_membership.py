@@ -3,8 +3,6 @@ applied to a profile, transitions, timers firing, exits, consent."""
 
 from __future__ import annotations
 
-import pytest
-
 from operators.identity import Cluster, profile_id
 from operators.segments import change_id
 from operators.steps.call import Call
@@ -114,12 +112,6 @@ def test_a_duplicate_event_changes_nothing_on_a_known_profile() -> None:
     assert stored is not None and "buyers" not in stored["segs"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a duplicate event (same _id) reaching a new profile enters the rules true for an "
-    "empty profile with reason '' (operators/steps/membership.py:78-93: `fresh` adds them, "
-    "`duplicate` leaves the reason unset); several processes never route it (exchange.route)",
-)
 def test_a_duplicate_event_on_a_new_profile_emits_no_change_without_a_reason() -> None:
     steps, feed = build(CONF), Feed(CONF)
     run(steps, feed("web", ev("e1", "view", 1_000, "d1")))
