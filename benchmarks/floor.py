@@ -26,14 +26,10 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
 from config.settings import Settings, load_settings
-from flows.pipeline import (
-    RunOptions,
-    decoded_records,
-    wall_clock_ms,
-    write_changes,
-    write_dead_letters,
-)
+from flows.options import RunOptions, wall_clock_ms
+from flows.read import decoded_records
 from flows.runtime import run_flow
+from flows.write import write_changes, write_dead_letters
 from operators.identity import profile_id
 from schemas.records import AudienceChange, Forget, Record
 

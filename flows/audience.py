@@ -8,7 +8,7 @@ from __future__ import annotations
 from bytewax.dataflow import Dataflow
 
 from config.settings import entry_from_env, load_settings
-from flows.pipeline import RunOptions
+from flows.options import RunOptions
 from flows.pipeline import build_flow as _build
 
 

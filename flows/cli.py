@@ -21,7 +21,8 @@ from config.settings import ConfigError, Settings, load_settings
 from flows import feedback, io
 from flows.deliver import deliver
 from flows.generator import generate, write_files
-from flows.pipeline import RunOptions, build_flow, routing_name, wall_clock_ms
+from flows.options import RunOptions, routing_name, wall_clock_ms
+from flows.pipeline import build_flow
 from flows.progress import Progress
 from flows.redeliver import redeliver
 from flows.runtime import (

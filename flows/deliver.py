@@ -9,8 +9,8 @@ from confluent_kafka import Producer
 
 from config.settings import Settings
 from flows import io
-from flows.pipeline import dead_letter_writer
 from flows.webhook import WebhookSink
+from flows.write import dead_letter_writer
 from operators.destinations import render
 from schemas.records import AudienceChange
 

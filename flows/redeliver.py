@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.settings import DestinationSettings, Settings
-from flows.pipeline import dead_letter_writer
 from flows.webhook import WebhookDestination
+from flows.write import dead_letter_writer
 
 
 @dataclass

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from config.settings import parse_settings
-from flows.pipeline import _DecodeBatch
+from flows.read import _DecodeBatch
 from flows.runtime import check_event_time
 from operators import metrics
 from operators.decode import Decoder

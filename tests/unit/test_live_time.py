@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from config.settings import Settings, parse_settings
-from flows.pipeline import RunOptions, _ApplyRecords
+from flows.apply import _ApplyRecords
+from flows.options import RunOptions
 from flows.runtime import close_engines
 from operators.decode import Decoder
 from operators.engine import Engine

@@ -1,4 +1,4 @@
-"""The read side of the pipeline in one call a batch (`flows.pipeline._DecodeBatch`): what
+"""The read side of the pipeline in one call a batch (`flows.read._DecodeBatch`): what
 each input message becomes, and the read-order numbers the engine's event time relies on."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from config.settings import parse_settings
 from flows import io
-from flows.pipeline import _DecodeBatch
+from flows.read import _DecodeBatch
 from operators.decode import Decoder
 from schemas.records import DeadLetter, Forget, Origin, Record
 
