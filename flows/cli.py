@@ -18,7 +18,7 @@ import orjson
 
 from benchmarks.generator import generate, write_files
 from config.settings import ConfigError, Settings, load_settings
-from flows import feedback, io
+from flows import feedback, io, startup
 from flows.deliver import deliver
 from flows.pipeline import RunOptions, build_flow, routing_name, wall_clock_ms
 from flows.progress import Progress
@@ -264,6 +264,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         recovery=settings.recovery.enabled,
         **_cluster_options(args, root, args.files),
     )
+    if not args.files:
+        startup.check_sources(settings, root)
     started = time.monotonic()
     _run_flow(settings, options, progress=not args.quiet, addresses=args.addresses)
     print(
@@ -282,6 +284,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         recovery=settings.recovery.enabled,
         **_cluster_options(args, _state_dir(args, settings), False),
     )
+    startup.check_sources(settings, _state_dir(args, settings))
     _run_flow(settings, options, addresses=args.addresses)
     return 0
 

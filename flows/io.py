@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import (
     DynamicSink,
@@ -20,8 +21,9 @@ from bytewax.outputs import (
     StatefulSinkPartition,
     StatelessSinkPartition,
 )
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 
+from flows import broker
 from schemas.records import Origin
 
 Raw = tuple[Origin, bytes]
@@ -130,9 +132,10 @@ class FilesSource(FixedPartitionedSource[Raw, tuple[int, int]]):
 class _Stoppable(StatefulSourcePartition[Any, Any]):
     """A source partition that ends when `STOP` is set, counted in `RAW`."""
 
-    def __init__(self, inner: StatefulSourcePartition[Any, Any]) -> None:
+    def __init__(self, inner: StatefulSourcePartition[Any, Any], config: dict[str, str]) -> None:
         self._inner = inner
         self._ended = False
+        self._health = broker.health_for(config)
 
     def next_batch(self) -> Iterable[Any]:
         if STOP.is_set():
@@ -144,6 +147,8 @@ class _Stoppable(StatefulSourcePartition[Any, Any]):
                 self._ended = True
                 RAW.parts_ended += 1
             raise
+        if batch:
+            self._health.consumed()
         RAW.read += len(batch)
         return batch
 
@@ -158,8 +163,26 @@ class _Stoppable(StatefulSourcePartition[Any, Any]):
 
 
 class StoppableKafkaSource(KafkaSource):
+    """Bytewax's KafkaSource whose partitions end on `STOP`, whose clients report to the
+    process's broker health (`flows.broker`) and which never creates a topic."""
+
+    def __init__(self, config: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(add_config=config, **kwargs)
+        self._plain = config
+
+    def _hooked(self) -> None:
+        # Added on the worker, not in the factory: the hooks hold locks and threads.
+        full = {"bootstrap.servers": ",".join(self._brokers), **self._plain}
+        self._add_config = {**self._plain, **broker.client_hooks(full)}
+
+    def list_parts(self) -> list[str]:
+        self._hooked()
+        return super().list_parts()
+
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Stoppable:  # type: ignore[override]
-        return _Stoppable(super().build_part(step_id, for_part, resume_state))
+        self._hooked()
+        full = {"bootstrap.servers": ",".join(self._brokers), **self._plain}
+        return _Stoppable(super().build_part(step_id, for_part, resume_state), full)
 
 
 def kafka_source(
@@ -170,11 +193,13 @@ def kafka_source(
     config: dict[str, str],
     batch_size: int = 1000,
 ) -> KafkaSource:
+    # Without this, the metadata request of Bytewax's `list_parts` (an admin client, whose
+    # default is true) creates a mistyped topic on brokers that allow it (tansu does).
     return StoppableKafkaSource(
+        {**config, "allow.auto.create.topics": "false"},
         brokers=brokers.split(","),
         topics=list(topics),
         tail=tail,
-        add_config=config,
         batch_size=batch_size,
     )
 
@@ -238,52 +263,152 @@ def close_files() -> None:
 # What the pipeline's Kafka sinks take: key, value, and the wall-clock time the causing record
 # was read (None: no latency headers). A plain tuple: messages cross workers, and Bytewax
 # pickles what crosses.
-Message = tuple[bytes, bytes, int | None]
+Message = tuple[bytes | None, bytes, int | None]
 
 
-class _ProducerPartition(StatefulSinkPartition[Message, None]):
-    """Produces without waiting; waits for every delivery in `snapshot`, which Bytewax calls
-    at the end of each epoch before the epoch's snapshot can become durable. So nothing is
-    acknowledged to the recovery store before the broker has it (at-least-once), and the
-    worker is not held up by a broker round trip on every batch."""
+class _ProducerPartition(StatefulSinkPartition[Message, list[Message]]):
+    """Produces without waiting for the broker; its snapshot is the messages the broker has
+    not acknowledged yet.
 
-    def __init__(self, config: dict[str, str], topic: str) -> None:
-        self._producer = Producer(config)
+    Bytewax stores that snapshot with the epoch, so every message emitted up to a durable epoch
+    is at the broker or in the recovery store (at-least-once; later ones are emitted again
+    from the engine's outbox), and a partition resumed from a snapshot produces them again.
+    librdkafka retries without end (`message.timeout.ms` 0). At the end of an epoch it waits
+    a bounded time for deliveries (a healthy broker acknowledges in milliseconds, so the
+    snapshot is empty) and not at all while the broker is known to be down: the worker goes on,
+    timers fire and other destinations keep receiving changes. Memory is bounded: above
+    `MAX_PENDING` unacknowledged messages, or when librdkafka's queue is full, it waits."""
+
+    FLUSH_S = 5.0  # the longest wait at the end of an epoch while the broker is up
+    MAX_PENDING = 20_000  # more unacknowledged: wait (snapshots and memory stay bounded)
+    STOP_WAIT_S = 10.0  # a stop (SIGTERM) during an outage: what is left is in the snapshot
+
+    def __init__(self, config: dict[str, str], topic: str, resume: list[Message] | None) -> None:
+        self._health = broker.health_for(config)
+        # At-least-once: a message is never given up on locally, whatever the config says.
+        self._producer = Producer(
+            {**config, **broker.client_hooks(config), "message.timeout.ms": "0"}
+        )
         self._topic = topic
-        self._errors: list[str] = []
+        self._pending: dict[int, Message] = {}
+        self._next = 0
+        self._retry: list[int] = []
+        self._failed: list[str] = []
+        if resume:
+            self.write_batch(resume)
 
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(str(err))
+    def _delivered(self, n: int, err: Any, _msg: Any) -> None:
+        if err is None:
+            self._pending.pop(n, None)
+            self._health.acknowledged()
+        elif err.retriable() or err.code() in _RETRY_CODES:
+            self._retry.append(n)
+        else:  # the broker refuses it (too large, not authorised...): an operator must act
+            self._failed.append(str(err))
+
+    def _send(self, n: int, item: Message) -> None:
+        key, value, read_ns = item
+        headers = None if read_ns is None else _latency_headers(read_ns)
+        on_delivery = partial(self._delivered, n)
+        while True:
+            try:
+                self._producer.produce(
+                    self._topic, value, key, headers=headers, on_delivery=on_delivery
+                )
+                return
+            except BufferError:  # the local queue is full: let the broker catch up
+                self._producer.poll(0.1)
+                self._waiting("the producer's queue is full")
 
     def write_batch(self, items: list[Message]) -> None:
-        produce = self._producer.produce
-        for key, value, read_ns in items:
-            headers = None if read_ns is None else _latency_headers(read_ns)
-            while True:
-                try:
-                    produce(self._topic, value, key, headers=headers, on_delivery=self._delivered)
-                    break
-                except BufferError:  # the local queue is full: let the broker catch up
-                    self._producer.poll(0.05)
+        for item in items:
+            n = self._next
+            self._next += 1
+            self._pending[n] = item
+            self._send(n, item)
         self._producer.poll(0)
+        self._resend()
 
-    def snapshot(self) -> None:
-        self.flush()
+    def _resend(self) -> None:
+        while self._retry:
+            retry, self._retry = self._retry, []
+            for n in retry:
+                if n in self._pending:
+                    self._send(n, self._pending[n])
+            self._producer.poll(0)
 
-    def flush(self) -> None:
-        while self._producer.flush(10) > 0:
-            pass
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise RuntimeError(f"Kafka did not take {len(errors)} messages: {errors[0]}")
+    def _waiting(self, why: str) -> None:
+        held = self._health.limit.admit(f"waiting:{self._topic}", time.monotonic())
+        if held is not None:
+            broker.LOG.warning(
+                "Kafka sink of topic %s waits: %s (%d messages not yet acknowledged)",
+                self._topic,
+                why,
+                len(self._pending),
+            )
+
+    def _check(self) -> None:
+        self._health.pending[id(self)] = len(self._pending)
+        if self._failed:
+            errors, self._failed = self._failed, []
+            raise RuntimeError(
+                f"Kafka topic {self._topic!r} refused {len(errors)} messages: {errors[0]} "
+                "(they are sent again at the next start)"
+            )
+
+    def snapshot(self) -> list[Message]:
+        self._resend()
+        if self._pending:
+            self._producer.flush(self.FLUSH_S if self._health.up else 0.0)
+            self._resend()
+        while len(self._pending) > self.MAX_PENDING:
+            self._waiting(f"over {self.MAX_PENDING} messages are waiting for the broker")
+            self._producer.flush(1.0)
+            self._resend()
+        self._check()
+        return [self._pending[n] for n in sorted(self._pending)]
 
     def close(self) -> None:
-        self.flush()
+        """End of input: deliver everything, waiting for the broker as long as it takes; after a
+        stop was asked, at most `STOP_WAIT_S` (the rest is in the last snapshot)."""
+        self.deliver_all(stop_wait_s=self.STOP_WAIT_S)
+
+    def deliver_all(self, stop_wait_s: float | None = None) -> None:
+        """Wait until the broker has acknowledged every message (with `stop_wait_s`: at most
+        that long once a stop was asked)."""
+        deadline = time.monotonic() + (stop_wait_s or 0.0)
+        while self._pending and not self._failed:
+            if stop_wait_s is not None and STOP.is_set() and time.monotonic() > deadline:
+                broker.LOG.warning(
+                    "stopping with %d messages for topic %s not acknowledged: they are in "
+                    "the recovery store and are sent at the next start",
+                    len(self._pending),
+                    self._topic,
+                )
+                break
+            self._producer.flush(1.0)
+            self._resend()
+            if self._pending:
+                self._waiting("the broker has not acknowledged everything yet")
+        self._check()
 
 
-class KafkaTopicSink(FixedPartitionedSink[Message, None]):
-    """One topic; a single sink partition, flushed once per epoch."""
+# Delivery errors to retry (librdkafka marks most transient ones retriable itself).
+_RETRY_CODES = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+    }
+)
+
+
+class KafkaTopicSink(FixedPartitionedSink[Message, list[Message]]):
+    """One topic; a single sink partition, whose snapshot holds what the broker has not
+    acknowledged (see `_ProducerPartition`)."""
 
     def __init__(self, config: dict[str, str], topic: str) -> None:
         self._config = config
@@ -292,18 +417,20 @@ class KafkaTopicSink(FixedPartitionedSink[Message, None]):
     def list_parts(self) -> list[str]:
         return ["0"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ProducerPartition:
-        return _ProducerPartition(self._config, self._topic)
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: list[Message] | None
+    ) -> _ProducerPartition:
+        return _ProducerPartition(self._config, self._topic, resume_state)
 
 
-def dead_letter_message(value: bytes) -> KafkaSinkMessage[bytes, bytes]:
-    """For `kafka_sink`, which writes from every worker (nothing crosses)."""
-    return KafkaSinkMessage(key=b"dead", value=value)
+def dead_letter_message(value: bytes) -> tuple[str, Message]:
+    """For `kafka_sink`: dead letters go to its one partition (they are few)."""
+    return ("0", (b"dead", value, None))
 
 
-def kafka_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaSink:
-    producer = {"linger.ms": "5", "enable.idempotence": "true", **config}
-    return KafkaSink(brokers=brokers.split(","), topic=topic, add_config=producer)
+def kafka_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaTopicSink:
+    """The dead letters' topic: the same at-least-once producer as the destinations."""
+    return kafka_topic_sink(brokers, topic, config)
 
 
 def kafka_topic_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaTopicSink:
@@ -344,15 +471,14 @@ def append_lines(path: Path) -> Callable[[list[bytes]], None]:
 
 
 def produce_to(config: dict[str, str], topic: str) -> Callable[[list[bytes]], None]:
-    """A writer that produces to a Kafka topic (the producer is made on first use)."""
-    holder: list[Producer] = []
+    """A writer that produces to a Kafka topic and returns once the broker has every item
+    (the producer is made on first use); while the broker is away it waits, saying so."""
+    holder: list[_ProducerPartition] = []
 
     def write(items: list[bytes]) -> None:
         if not holder:
-            holder.append(Producer({"enable.idempotence": "true", **config}))
-        producer = holder[0]
-        for item in items:
-            producer.produce(topic, item)
-        producer.flush()
+            holder.append(_ProducerPartition({"enable.idempotence": "true", **config}, topic, None))
+        holder[0].write_batch([(None, item, None) for item in items])
+        holder[0].deliver_all()
 
     return write

@@ -78,3 +78,13 @@ def changes(segment: str, status: str) -> Any:
 
 def watch_state_size(size: Callable[[], float]) -> None:
     STATE_BYTES.set_function(size)
+
+# Kafka broker health (flows.broker): one process's view of its broker.
+BROKER_UP = Gauge("cdp_broker_up", "1 while the Kafka broker answers this process, 0 while not")
+BROKER_ERRORS = Counter(
+    "cdp_broker_errors", "Errors the Kafka clients reported (librdkafka), by kind", ["kind"]
+)
+KAFKA_PENDING = Gauge(
+    "cdp_kafka_pending_messages",
+    "Messages handed to a Kafka producer that the broker has not acknowledged yet",
+)

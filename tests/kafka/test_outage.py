@@ -1,0 +1,112 @@
+"""Broker outages: a live worker keeps running, timers keep firing into a file destination, the
+Kafka destination catches up after the broker is back, and the log says so once (issue #12).
+
+Every client reaches the broker through a `TcpProxy` (bootstrap and advertised address), so
+`proxy.cut()` is an outage for the worker; the tests' own clients wait until it is restored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kafka.outage import Worker, during, ids, outage_lines, page_view, wait_until
+from tests.kafka_broker import LocalBroker, proxied_broker
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.kafka
+
+DEVICES = 8
+
+
+@pytest.fixture(scope="module")
+def proxied() -> Iterator[tuple[LocalBroker, TcpProxy]]:
+    with proxied_broker() as pair:
+        yield pair
+
+
+@pytest.fixture
+def worker(
+    tmp_path: Path, proxied: tuple[LocalBroker, TcpProxy], topic_prefix: str
+) -> Iterator[Worker]:
+    _, proxy = proxied
+    proxy.restore()
+    w = Worker(tmp_path, topic_prefix, f"127.0.0.1:{proxy.port}")
+    yield w
+    proxy.restore()
+    if w.alive():
+        w.stop()
+
+
+def outage(worker: Worker, proxy: TcpProxy, seconds: float) -> dict[str, float]:
+    """A live worker with traffic before the cut; timers fall due during the outage. Returns
+    what was measured; asserts that nothing was lost and the log stayed quiet."""
+    worker.write_config(window="10s")
+    worker.start("run")
+    worker.produce([page_view(i, f"dev-{i}") for i in range(DEVICES)])
+    # Every device entered both segments, on the file and on Kafka.
+    wait_until("entries", lambda: len(worker.file_rows()) >= 2 * DEVICES, 90, worker)
+    wait_until("entries on Kafka", lambda: len(worker.kafka_changes(2)) >= 2 * DEVICES, 60)
+    # More views just before the cut: their devices' `recent` exits fall due during it.
+    worker.produce([page_view(100 + i, f"late-{i}") for i in range(DEVICES)])
+    wait_until("late entries", lambda: len(worker.file_rows()) >= 4 * DEVICES, 60, worker)
+    lines_before = len(worker.log_lines())
+    rows_at_cut = len(worker.file_rows())
+    broker_up: list[float | None] = []
+    file_during: list[int] = []
+    for elapsed in during(proxy, seconds, worker):
+        if elapsed > 15 and len(broker_up) < 3:
+            broker_up.append(worker.metric("cdp_broker_up"))
+        file_during.append(len(worker.file_rows()))
+    during_lines = worker.log_lines()[lines_before:]
+    # Timers fired into the file while the broker was away: every device exited `recent`.
+    assert file_during[-1] >= rows_at_cut + 2 * DEVICES, (rows_at_cut, file_during[-1])
+    assert 0.0 in broker_up, broker_up
+    file_ids = ids(worker.file_rows())
+    took = wait_until(
+        "every change on Kafka",
+        lambda: ids(worker.kafka_changes(3)) >= file_ids,
+        120,
+        worker,
+    )
+    wait_until("cdp_broker_up back to 1", lambda: worker.metric("cdp_broker_up") == 1.0, 30)
+    after_lines = worker.log_lines()[lines_before:]
+    about = outage_lines(after_lines)
+    assert sum("broker unreachable" in line for line in about) == 1, "\n".join(about)
+    assert sum("broker back" in line for line in about) == 1, "\n".join(about)
+    assert len(about) <= 10, "\n".join(about)
+    # And the flow resumed by itself: new traffic flows to both destinations.
+    worker.produce([page_view(200, "after-outage")])
+    wait_until(
+        "a change after the outage",
+        lambda: any(c["profile_id"] and "e200" in c["reason"] for c in worker.kafka_changes(2)),
+        60,
+        worker,
+    )
+    assert worker.stop() == 0, worker.tail()
+    kafka = worker.kafka_changes()
+    assert ids(kafka) == ids(worker.file_rows())
+    return {
+        "log_lines_during": len(during_lines),
+        "log_lines_about_broker": len(about),
+        "file_rows_during": file_during[-1] - rows_at_cut,
+        "delivery_after_restore_s": took,
+        "broker_errors": worker.metric("cdp_broker_errors_total") or 0.0,
+    }
+
+
+def test_worker_survives_a_45s_outage(
+    worker: Worker, proxied: tuple[LocalBroker, TcpProxy]
+) -> None:
+    measured = outage(worker, proxied[1], 45)
+    print(measured)
+
+
+@pytest.mark.slow
+def test_worker_survives_a_6min_outage(
+    worker: Worker, proxied: tuple[LocalBroker, TcpProxy]
+) -> None:
+    measured = outage(worker, proxied[1], 360)
+    print(measured)
