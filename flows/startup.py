@@ -51,7 +51,7 @@ class PartitionStart:
         )
         return (
             f"reads topic {self.topic} partition {self.partition} (source {self.source}) "
-            f"from {where}; the broker reports its end at offset {self.end}"
+            f"from {where}; high watermark {self.end}"
         )
 
 

@@ -7,13 +7,16 @@ Every client reaches the broker through a `TcpProxy` (bootstrap and advertised a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
+from tests.helpers import read_jsonl
 from tests.kafka.outage import Worker, during, ids, outage_lines, page_view, wait_until
-from tests.kafka_broker import LocalBroker, proxied_broker
+from tests.kafka_broker import LocalBroker, consume_all, create_topics, proxied_broker
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.kafka
@@ -110,3 +113,91 @@ def test_worker_survives_a_6min_outage(
 ) -> None:
     measured = outage(worker, proxied[1], 360)
     print(measured)
+
+
+def test_a_kill_during_an_outage_loses_nothing(
+    worker: Worker, proxied: tuple[LocalBroker, TcpProxy]
+) -> None:
+    """Changes made while the broker is away live only in the Kafka sink's snapshot (and the
+    engine's outbox): a SIGKILL then a restart after the outage still delivers every one."""
+    proxy = proxied[1]
+    worker.write_config(window="5s")
+    worker.start("run")
+    worker.produce([page_view(i, f"dev-{i}") for i in range(DEVICES)])
+    wait_until("entries", lambda: len(worker.file_rows()) >= 2 * DEVICES, 90, worker)
+    wait_until("entries on Kafka", lambda: len(worker.kafka_changes(2)) >= 2 * DEVICES, 60)
+    proxy.cut()
+    try:
+        # The `recent` exits fire into the file while Kafka is away; a few epochs later the
+        # worker dies.
+        wait_until("exits in the file", lambda: len(worker.file_rows()) >= 3 * DEVICES, 60, worker)
+        time.sleep(3)
+        assert worker.proc is not None
+        worker.proc.kill()
+        worker.proc.wait()
+    finally:
+        proxy.restore()
+    emitted = ids(worker.file_rows())
+    on_kafka = ids(worker.kafka_changes(3))
+    assert not emitted <= on_kafka  # the exits had not reached Kafka when it died
+    worker.start("run")
+    took = wait_until(
+        "every change on Kafka after the restart",
+        lambda: ids(worker.kafka_changes(3)) >= emitted,
+        120,
+        worker,
+    )
+    print({"delivered_after_restart_s": took})
+    assert worker.stop() == 0, worker.tail()
+
+
+REPLAY_CONFIG = """\
+namespaces:
+  - {{name: ECID}}
+sources:
+  - {{name: web, kind: event, path: events.jsonl}}
+segments:
+  - id: recent
+    rule: 'count(event.eventType == "web.webpagedetails.pageViews", within="1m") >= 1'
+destinations:
+  - {{name: changes, kind: kafka, topic: {p}changes}}
+dead_letters: {{kind: kafka, topic: {p}dead}}
+kafka: {{bootstrap_servers: "{bootstrap}"}}
+state: {{dir: state}}
+"""
+
+
+def test_a_files_replay_waits_out_an_outage(
+    worker: Worker, proxied: tuple[LocalBroker, TcpProxy]
+) -> None:
+    proxy = proxied[1]
+    p = worker.prefix
+    create_topics(worker.bootstrap, [f"{p}changes", f"{p}dead"])
+    worker.config.write_text(REPLAY_CONFIG.format(p=p, bootstrap=worker.bootstrap))
+    start = 1_700_000_000_000
+    rows = [page_view(i, f"dev-{i % 50}", start + i * 10_000) for i in range(300)]
+    (worker.tmp / "events.jsonl").write_bytes(b"\n".join([*rows, b"not json"]) + b"\n")
+    out = worker.tmp / "all.jsonl"
+    proxy.cut()
+    try:
+        worker.start(
+            "replay", "--files", "--quiet", "--audience-out", str(out),
+            "--state-dir", str(worker.tmp / "state"),
+        )  # fmt: skip
+        for _ in range(40):  # ~20 s
+            time.sleep(0.5)
+            assert worker.alive(), worker.tail()
+    finally:
+        proxy.restore()
+    assert worker.proc is not None
+    code = worker.proc.wait(timeout=120)
+    assert code == 0, worker.tail()
+    every = read_jsonl(out)
+    assert len(every) > 50
+    kafka = worker.kafka_changes()
+    assert ids(kafka) == ids(every)
+    dead = consume_all(worker.bootstrap, f"{p}dead", expected=1)
+    assert [orjson.loads(d)["reason"].split(":")[0] for d in dead] == ["not JSON"]
+    about = outage_lines(worker.log_lines())
+    assert sum("broker unreachable" in line for line in about) == 1, "\n".join(about)
+    assert len(about) <= 10, "\n".join(about)
