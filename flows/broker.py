@@ -39,10 +39,22 @@ _CONNECTION_FACILITIES = frozenset({"FAIL", "ERROR", "BROKERFAIL", "CONNECT", "R
 _NUMBERS = re.compile(r"\d+")
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a line is written (not when it was made)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def ensure_log_handler() -> None:
     """The CLI configures no logging: give `cdp.kafka` a stderr handler of its own."""
-    if not LOG.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _Stderr) for h in LOG.handlers):
+        handler = _Stderr()
         handler.setFormatter(
             logging.Formatter("%(asctime)s cdp %(levelname)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
         )

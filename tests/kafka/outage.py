@@ -117,10 +117,12 @@ class Worker:
                 text = response.read().decode()
         except OSError:
             return None
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return None
+        found = [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith((name + " ", name + "{"))
+        ]
+        return sum(found) if found else None  # summed over the labels
 
     def stop(self, timeout: float = 30) -> int:
         assert self.proc is not None

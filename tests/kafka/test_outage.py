@@ -88,6 +88,8 @@ def outage(worker: Worker, proxy: TcpProxy, seconds: float) -> dict[str, float]:
         60,
         worker,
     )
+    errors = worker.metric("cdp_broker_errors_total")
+    assert errors is not None and errors > 0
     assert worker.stop() == 0, worker.tail()
     kafka = worker.kafka_changes()
     assert ids(kafka) == ids(worker.file_rows())
@@ -96,7 +98,7 @@ def outage(worker: Worker, proxy: TcpProxy, seconds: float) -> dict[str, float]:
         "log_lines_about_broker": len(about),
         "file_rows_during": file_during[-1] - rows_at_cut,
         "delivery_after_restore_s": took,
-        "broker_errors": worker.metric("cdp_broker_errors_total") or 0.0,
+        "broker_errors": errors,
     }
 
 
