@@ -79,6 +79,7 @@ def changes(segment: str, status: str) -> Any:
 def watch_state_size(size: Callable[[], float]) -> None:
     STATE_BYTES.set_function(size)
 
+
 # Kafka broker health (flows.broker): one process's view of its broker.
 BROKER_UP = Gauge("cdp_broker_up", "1 while the Kafka broker answers this process, 0 while not")
 BROKER_ERRORS = Counter(
