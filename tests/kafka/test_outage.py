@@ -203,3 +203,30 @@ def test_a_files_replay_waits_out_an_outage(
     about = outage_lines(worker.log_lines())
     assert sum("broker unreachable" in line for line in about) == 1, "\n".join(about)
     assert len(about) <= 10, "\n".join(about)
+
+
+def test_a_stop_during_an_outage_keeps_the_rest_for_the_next_start(
+    worker: Worker, proxied: tuple[LocalBroker, TcpProxy]
+) -> None:
+    """SIGTERM while the broker is away: the worker waits a bounded time for it, then exits
+    cleanly; what Kafka had not taken is sent by the next start."""
+    proxy = proxied[1]
+    worker.write_config(window="5s")
+    worker.start("run")
+    worker.produce([page_view(i, f"dev-{i}") for i in range(DEVICES)])
+    wait_until("entries", lambda: len(worker.file_rows()) >= 2 * DEVICES, 90, worker)
+    wait_until("entries on Kafka", lambda: len(worker.kafka_changes(2)) >= 2 * DEVICES, 60)
+    proxy.cut()
+    try:
+        wait_until("exits in the file", lambda: len(worker.file_rows()) >= 3 * DEVICES, 60, worker)
+        started = time.monotonic()
+        assert worker.stop(timeout=60) == 0, worker.tail()
+        stopped_in = time.monotonic() - started
+    finally:
+        proxy.restore()
+    assert stopped_in < 40, stopped_in
+    assert "sent at the next start" in worker.tail()
+    emitted = ids(worker.file_rows())
+    worker.start("run")
+    wait_until("every change on Kafka", lambda: ids(worker.kafka_changes(3)) >= emitted, 120)
+    assert worker.stop() == 0, worker.tail()
