@@ -75,6 +75,8 @@ class RateLimit:
     def admit(self, kind: str, now: float) -> int | None:
         """None: hold this line back; else how many of its kind were held back before it."""
         with self._lock:
+            if len(self._last) > 10_000:  # kinds come from messages: keep the memory bounded
+                self._last.clear()
             last = self._last.get(kind)
             if last is not None and now - last < self.every_s:
                 self._held[kind] = self._held.get(kind, 0) + 1
@@ -107,6 +109,11 @@ class BrokerHealth:
         self.pending: dict[int, Any] = {}  # producers' unacknowledged counts, by producer id
         self.logger = _LibrdkafkaLog(self)
         metrics.BROKER_UP.set(1)
+
+    @property
+    def healthy(self) -> bool:
+        """Up and not suspected: worth waiting for."""
+        return self.up and self.suspect_since is None
 
     # -- signals from the clients ----------------------------------------------------------
 

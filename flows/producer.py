@@ -28,9 +28,10 @@ class ProducerPartition(StatefulSinkPartition[Message, list[Message]]):
     from the engine's outbox), and a partition resumed from a snapshot produces them again.
     librdkafka retries without end (`message.timeout.ms` 0). At the end of an epoch it waits
     a bounded time for deliveries (a healthy broker acknowledges in milliseconds, so the
-    snapshot is empty) and not at all while the broker is known to be down: the worker goes on,
-    timers fire and other destinations keep receiving changes. Memory is bounded: above
-    `MAX_PENDING` unacknowledged messages, or when librdkafka's queue is full, it waits."""
+    snapshot is empty) and not at all while the broker is suspected or known to be down: the
+    worker goes on, timers fire and other destinations keep receiving changes. Memory is
+    bounded: above `MAX_PENDING` unacknowledged messages, or when librdkafka's queue is full,
+    it waits."""
 
     FLUSH_S = 5.0  # the longest wait at the end of an epoch while the broker is up
     MAX_PENDING = 20_000  # more unacknowledged: wait (snapshots and memory stay bounded)
@@ -119,9 +120,13 @@ class ProducerPartition(StatefulSinkPartition[Message, list[Message]]):
 
     def snapshot(self) -> list[Message]:
         self._resend()
-        if self._pending:
-            self._producer.flush(self.FLUSH_S if self._health.up else 0.0)
+        # Wait for the broker in short steps, and not at all once it looks away: the first
+        # connection error ends the wait, so an outage holds the worker up for milliseconds.
+        deadline = time.monotonic() + self.FLUSH_S
+        while self._pending and self._health.healthy and time.monotonic() < deadline:
+            self._producer.flush(0.1)
             self._resend()
+        self._producer.poll(0)
         while len(self._pending) > self.MAX_PENDING:
             self._waiting(f"over {self.MAX_PENDING} messages are waiting for the broker")
             self._producer.flush(1.0)

@@ -59,14 +59,18 @@ def outage(worker: Worker, proxy: TcpProxy, seconds: float) -> dict[str, float]:
     rows_at_cut = len(worker.file_rows())
     broker_up: list[float | None] = []
     file_during: list[int] = []
+    pending: list[float | None] = []
     for elapsed in during(proxy, seconds, worker):
         if elapsed > 15 and len(broker_up) < 3:
             broker_up.append(worker.metric("cdp_broker_up"))
+        if elapsed > seconds - 5 and not pending:
+            pending.append(worker.metric("cdp_kafka_pending_messages"))
         file_during.append(len(worker.file_rows()))
     during_lines = worker.log_lines()[lines_before:]
     # Timers fired into the file while the broker was away: every device exited `recent`.
     assert file_during[-1] >= rows_at_cut + 2 * DEVICES, (rows_at_cut, file_during[-1])
     assert 0.0 in broker_up, broker_up
+    assert pending and (pending[0] or 0) >= DEVICES, pending  # the exits wait for Kafka
     file_ids = ids(worker.file_rows())
     took = wait_until(
         "every change on Kafka",
