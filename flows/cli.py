@@ -256,6 +256,8 @@ def _parse_time(text: str) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     root = _state_dir(args, settings)
+    if not args.files:  # refuse missing topics, say where each partition is read from
+        startup.check_sources(settings, root)
     options = RunOptions(
         mode="files" if args.files else "replay",
         audience_out=args.audience_out,
@@ -264,8 +266,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
         recovery=settings.recovery.enabled,
         **_cluster_options(args, root, args.files),
     )
-    if not args.files:
-        startup.check_sources(settings, root)
     started = time.monotonic()
     _run_flow(settings, options, progress=not args.quiet, addresses=args.addresses)
     print(
@@ -277,6 +277,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    startup.check_sources(settings, _state_dir(args, settings))
     options = RunOptions(
         mode="live",
         audience_out=args.audience_out,
@@ -284,7 +285,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         recovery=settings.recovery.enabled,
         **_cluster_options(args, _state_dir(args, settings), False),
     )
-    startup.check_sources(settings, _state_dir(args, settings))
     _run_flow(settings, options, addresses=args.addresses)
     return 0
 
