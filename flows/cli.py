@@ -18,7 +18,7 @@ import orjson
 
 from config.checks import rules_in_file
 from config.settings import ConfigError, Settings, load_settings
-from flows import feedback, io
+from flows import feedback, io, startup
 from flows.deliver import deliver
 from flows.generator import generate, write_files
 from flows.options import RunOptions, routing_name, wall_clock_ms
@@ -286,6 +286,8 @@ def _parse_time(text: str) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     root = _state_dir(args, settings)
+    if not args.files:  # refuse missing topics, say where each partition is read from
+        startup.check_sources(settings, root)
     options = RunOptions(
         mode="files" if args.files else "replay",
         audience_out=args.audience_out,
@@ -311,6 +313,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    startup.check_sources(settings, _state_dir(args, settings))
     options = RunOptions(
         mode="live",
         audience_out=args.audience_out,

@@ -4,7 +4,6 @@ that write bytes. No business logic lives here."""
 from __future__ import annotations
 
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -13,16 +12,15 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
-from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import (
     DynamicSink,
-    FixedPartitionedSink,
-    StatefulSinkPartition,
     StatelessSinkPartition,
 )
-from confluent_kafka import Producer
 
+from flows import broker
+from flows.producer import KafkaTopicSink, Message, ProducerPartition
 from schemas.records import Origin
 
 Raw = tuple[Origin, bytes]
@@ -177,9 +175,10 @@ class FilesSource(FixedPartitionedSource[Raw, FilePositions]):
 class _Stoppable(StatefulSourcePartition[Any, Any]):
     """A source partition that ends when `STOP` is set, counted in `RAW`."""
 
-    def __init__(self, inner: StatefulSourcePartition[Any, Any]) -> None:
+    def __init__(self, inner: StatefulSourcePartition[Any, Any], config: dict[str, str]) -> None:
         self._inner = inner
         self._ended = False
+        self._health = broker.health_for(config)
 
     def next_batch(self) -> Iterable[Any]:
         if STOP.is_set():
@@ -191,6 +190,8 @@ class _Stoppable(StatefulSourcePartition[Any, Any]):
                 self._ended = True
                 RAW.parts_ended += 1
             raise
+        if batch:
+            self._health.consumed()
         RAW.read += len(batch)
         return batch
 
@@ -205,8 +206,26 @@ class _Stoppable(StatefulSourcePartition[Any, Any]):
 
 
 class StoppableKafkaSource(KafkaSource):
+    """Bytewax's KafkaSource whose partitions end on `STOP`, whose clients report to the
+    process's broker health (`flows.broker`) and which never creates a topic."""
+
+    def __init__(self, config: dict[str, str], **kwargs: Any) -> None:
+        super().__init__(add_config=config, **kwargs)
+        self._plain = config
+
+    def _hooked(self) -> None:
+        # Added on the worker, not in the factory: the hooks hold locks and threads.
+        full = {"bootstrap.servers": ",".join(self._brokers), **self._plain}
+        self._add_config = {**self._plain, **broker.client_hooks(full)}
+
+    def list_parts(self) -> list[str]:
+        self._hooked()
+        return super().list_parts()
+
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Stoppable:  # type: ignore[override]
-        return _Stoppable(super().build_part(step_id, for_part, resume_state))
+        self._hooked()
+        full = {"bootstrap.servers": ",".join(self._brokers), **self._plain}
+        return _Stoppable(super().build_part(step_id, for_part, resume_state), full)
 
 
 def kafka_source(
@@ -217,11 +236,13 @@ def kafka_source(
     config: dict[str, str],
     batch_size: int = 1000,
 ) -> KafkaSource:
+    # Without this, the metadata request of Bytewax's `list_parts` (an admin client, whose
+    # default is true) creates a mistyped topic on brokers that allow it (tansu does).
     return StoppableKafkaSource(
+        {**config, "allow.auto.create.topics": "false"},
         brokers=brokers.split(","),
         topics=list(topics),
         tail=tail,
-        add_config=config,
         batch_size=batch_size,
     )
 
@@ -282,75 +303,14 @@ def close_files() -> None:
     _SharedFile.close_all()
 
 
-# What the pipeline's Kafka sinks take: key, value, and the wall-clock time the causing record
-# was read (None: no latency headers). A plain tuple: messages cross workers, and Bytewax
-# pickles what crosses.
-Message = tuple[bytes, bytes, int | None]
+def dead_letter_message(value: bytes) -> tuple[str, Message]:
+    """For `kafka_sink`: dead letters go to its one partition (they are few)."""
+    return ("0", (b"dead", value, None))
 
 
-class _ProducerPartition(StatefulSinkPartition[Message, None]):
-    """Produces without waiting; waits for every delivery in `snapshot`, which Bytewax calls
-    at the end of each epoch before the epoch's snapshot can become durable. So nothing is
-    acknowledged to the recovery store before the broker has it (at-least-once), and the
-    worker is not held up by a broker round trip on every batch."""
-
-    def __init__(self, config: dict[str, str], topic: str) -> None:
-        self._producer = Producer(config)
-        self._topic = topic
-        self._errors: list[str] = []
-
-    def _delivered(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(str(err))
-
-    def write_batch(self, items: list[Message]) -> None:
-        produce = self._producer.produce
-        for key, value, read_ns in items:
-            headers = None if read_ns is None else _latency_headers(read_ns)
-            while True:
-                try:
-                    produce(self._topic, value, key, headers=headers, on_delivery=self._delivered)
-                    break
-                except BufferError:  # the local queue is full: let the broker catch up
-                    self._producer.poll(0.05)
-        self._producer.poll(0)
-
-    def snapshot(self) -> None:
-        self.flush()
-
-    def flush(self) -> None:
-        while self._producer.flush(10) > 0:
-            pass
-        if self._errors:
-            errors, self._errors = self._errors, []
-            raise RuntimeError(f"Kafka did not take {len(errors)} messages: {errors[0]}")
-
-    def close(self) -> None:
-        self.flush()
-
-
-class KafkaTopicSink(FixedPartitionedSink[Message, None]):
-    """One topic; a single sink partition, flushed once per epoch."""
-
-    def __init__(self, config: dict[str, str], topic: str) -> None:
-        self._config = config
-        self._topic = topic
-
-    def list_parts(self) -> list[str]:
-        return ["0"]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ProducerPartition:
-        return _ProducerPartition(self._config, self._topic)
-
-
-def dead_letter_message(value: bytes) -> KafkaSinkMessage[bytes, bytes]:
-    """For `kafka_sink`, which writes from every worker (nothing crosses)."""
-    return KafkaSinkMessage(key=b"dead", value=value)
-
-
-def kafka_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaSink:
-    producer = {"linger.ms": "5", "enable.idempotence": "true", **config}
-    return KafkaSink(brokers=brokers.split(","), topic=topic, add_config=producer)
+def kafka_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaTopicSink:
+    """The dead letters' topic: the same at-least-once producer as the destinations."""
+    return kafka_topic_sink(brokers, topic, config)
 
 
 def kafka_topic_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaTopicSink:
@@ -360,7 +320,7 @@ def kafka_topic_sink(brokers: str, topic: str, config: dict[str, str]) -> KafkaT
         **config,
         "bootstrap.servers": brokers,
     }
-    return KafkaTopicSink(producer, topic)
+    return KafkaTopicSink(producer, topic, STOP)
 
 
 def keyed_message(key: str, value: bytes) -> Message:
@@ -369,12 +329,6 @@ def keyed_message(key: str, value: bytes) -> Message:
 
 def timed_message(key: str, value: bytes, read_ns: int) -> Message:
     return (key.encode(), value, read_ns)
-
-
-def _latency_headers(read_ns: int) -> list[tuple[str, str | bytes | None]]:
-    """Headers `cdp-read-ns` (the causing record was read) and `cdp-out-ns` (handed to the
-    producer), wall-clock nanoseconds: the pipeline's own share of the latency."""
-    return [("cdp-read-ns", str(read_ns).encode()), ("cdp-out-ns", str(time.time_ns()).encode())]
 
 
 def append_lines(path: Path) -> Callable[[list[bytes]], None]:
@@ -391,15 +345,15 @@ def append_lines(path: Path) -> Callable[[list[bytes]], None]:
 
 
 def produce_to(config: dict[str, str], topic: str) -> Callable[[list[bytes]], None]:
-    """A writer that produces to a Kafka topic (the producer is made on first use)."""
-    holder: list[Producer] = []
+    """A writer that produces to a Kafka topic and returns once the broker has every item
+    (the producer is made on first use); while the broker is away it waits, saying so."""
+    holder: list[ProducerPartition] = []
 
     def write(items: list[bytes]) -> None:
         if not holder:
-            holder.append(Producer({"enable.idempotence": "true", **config}))
-        producer = holder[0]
-        for item in items:
-            producer.produce(topic, item)
-        producer.flush()
+            idempotent = {"enable.idempotence": "true", **config}
+            holder.append(ProducerPartition(idempotent, topic, None, STOP))
+        holder[0].write_batch([(None, item, None) for item in items])
+        holder[0].deliver_all()
 
     return write

@@ -38,6 +38,16 @@ EVENT_LAG = Histogram(
 WATERMARK = Gauge("cdp_watermark_seconds", "Event-time watermark (epoch seconds)")
 STATE_BYTES = Gauge("cdp_rocksdb_bytes", "Live size of the RocksDB state (SST files + memtables)")
 
+# Kafka broker health (flows.broker): one process's view of its broker.
+BROKER_UP = Gauge("cdp_broker_up", "1 while the Kafka broker answers this process, 0 while not")
+BROKER_ERRORS = Counter(
+    "cdp_broker_errors", "Errors the Kafka clients reported (librdkafka), by kind", ["kind"]
+)
+KAFKA_PENDING = Gauge(
+    "cdp_kafka_pending_messages",
+    "Messages handed to a Kafka producer that the broker has not acknowledged yet",
+)
+
 _KINDS = (
     ("not JSON", "not_json"),
     ("JSON object", "not_object"),

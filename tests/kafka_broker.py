@@ -8,9 +8,18 @@ Quirks seen with it (see DESIGN.md section 8):
 * ``get_watermark_offsets`` may report less than the true end of a partition (the last batch's
   base offset + 1), so "read until the high watermark" loses records; :func:`consume_all` reads
   until partition EOF instead, which works on tansu and on real Kafka alike.
+  Seen: ten records produced in one batch give a high watermark of 1, and 11 after one more
+  record; flows.startup therefore confirms a saved position past the watermark by reading.
 * ``offsets_for_times`` returns the earliest offset whatever the time.
 * Producing to an unknown topic auto-creates it with 4 partitions (a consumer's metadata
   request or subscribe() does not): create topics explicitly with :func:`create_topics`.
+  A metadata request *for that topic* from an admin client or producer (librdkafka's
+  ``allow.auto.create.topics`` defaults to true there, e.g. Bytewax's ``KafkaSource.list_parts``)
+  creates it too; with ``allow.auto.create.topics=false`` it answers UNKNOWN_TOPIC_OR_PART.
+  A metadata request for all topics creates nothing.
+* tansu advertises exactly the ``--advertised-listener-url`` it is given: with
+  ``LocalBroker(advertised_port=...)`` every client connection after the bootstrap one goes to
+  that port (:func:`proxied_broker` puts a cuttable ``tests.tcp_proxy.TcpProxy`` there).
 * A new topic is in metadata within milliseconds of CreateTopics returning.
 * Partition EOF is reported for empty partitions too, so reading an empty topic ends at once.
 * librdkafka's idempotent producer waits 0.5-1 s for its producer id before the first send.
@@ -36,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -49,6 +58,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+if TYPE_CHECKING:
+    from tests.tcp_proxy import TcpProxy
+
 __all__ = [
     "BrokerStartError",
     "LocalBroker",
@@ -58,6 +70,7 @@ __all__ = [
     "create_topics",
     "find_tansu",
     "produce",
+    "proxied_broker",
 ]
 
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
@@ -129,8 +142,13 @@ class LocalBroker:
         start_timeout_s: float = _START_TIMEOUT_S,
         stop_timeout_s: float = _STOP_TIMEOUT_S,
         binary: Path | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.port = port
+        # Clients are told to connect here (e.g. a tests.tcp_proxy in front of the broker):
+        # tansu advertises exactly the URL it is given, so with a proxy every connection after
+        # the bootstrap one goes through the proxy as well.
+        self.advertised_port = advertised_port
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.binary = binary
@@ -168,7 +186,7 @@ class LocalBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://127.0.0.1:{self.advertised_port}" if self.advertised_port else url,
             "--storage-engine",
             "memory://tansu/",
         ]
@@ -465,3 +483,20 @@ def consume_messages(
     finally:
         consumer.close()
     return out
+
+
+@contextlib.contextmanager
+def proxied_broker() -> Iterator[tuple[LocalBroker, TcpProxy]]:
+    """A fresh LocalBroker that every client reaches through a `TcpProxy` (bootstrap and the
+    advertised address alike): `proxy.cut()` is a broker outage, `proxy.restore()` its end.
+    Clients use ``f"127.0.0.1:{proxy.port}"``."""
+    from tests.tcp_proxy import TcpProxy  # noqa: PLC0415  (tests only; benchmarks need no proxy)
+
+    proxy = TcpProxy()
+    try:
+        with LocalBroker(advertised_port=proxy.port) as broker:
+            proxy.upstream = ("127.0.0.1", broker.port or 0)
+            proxy.start()
+            yield broker, proxy
+    finally:
+        proxy.close()
