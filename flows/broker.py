@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import threading
 import time
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from confluent_kafka import KafkaError
 from confluent_kafka.admin import AdminClient
 
+from flows import logs
 from operators import metrics
 
 LOG = logging.getLogger("cdp.kafka")
@@ -39,28 +39,8 @@ _CONNECTION_FACILITIES = frozenset({"FAIL", "ERROR", "BROKERFAIL", "CONNECT", "R
 _NUMBERS = re.compile(r"\d+")
 
 
-class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever `sys.stderr` is when a line is written (not when it was made)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
-
-
 def ensure_log_handler() -> None:
-    """The CLI configures no logging: give `cdp.kafka` a stderr handler of its own."""
-    if not any(isinstance(h, _Stderr) for h in LOG.handlers):
-        handler = _Stderr()
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s cdp %(levelname)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-        )
-        LOG.addHandler(handler)
-        LOG.setLevel(logging.INFO)
-        LOG.propagate = False
+    logs.ensure_handler()
 
 
 class RateLimit:

@@ -18,7 +18,7 @@ import orjson
 
 from config.checks import rules_in_file
 from config.settings import ConfigError, Settings, load_settings
-from flows import feedback, io, startup
+from flows import feedback, io, logs, startup
 from flows.deliver import deliver
 from flows.generator import generate, write_files
 from flows.options import RunOptions, routing_name, wall_clock_ms
@@ -58,6 +58,7 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    logs.ensure_handler()
     try:
         return int(args.handler(args))
     except (ConfigError, RuleErrors, StoreError, UsageError, FileNotFoundError) as exc:

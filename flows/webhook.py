@@ -113,7 +113,7 @@ class WebhookDestination:
             )
         elif change == "up":
             metrics.DESTINATION_UP.labels(name).set(1)
-            log.warning("destination %s is back up; delivering its spool", name)
+            log.info("destination %s is back up; delivering its spool", name)
 
     def _spool_path(self) -> Path | None:
         return None if self.spool is None else self.spool.path

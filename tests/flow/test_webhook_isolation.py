@@ -133,7 +133,7 @@ def test_webhook_that_fails_then_comes_back_gets_everything_once_in_order(
     }  # fmt: skip
     config = write_config(tmp_path, hook)
     try:
-        with caplog.at_level(logging.WARNING, "cdp.destinations"):
+        with caplog.at_level(logging.INFO, "cdp.destinations"):
             replay(config, tmp_path)
     finally:
         server.close()

@@ -115,7 +115,7 @@ def test_a_dead_endpoint_is_down_soon_and_its_changes_wait_in_the_spool(
     dead: list[bytes] = []
     part = WebhookSink(dest, dead.extend, tmp_path).build("w", 0, 1)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, "cdp.destinations"):
+    with caplog.at_level(logging.INFO, "cdp.destinations"):
         try:
             for batch in range(20):
                 part.write_batch(
@@ -146,7 +146,7 @@ def test_an_endpoint_that_comes_back_gets_everything_once_in_order(
     dead: list[bytes] = []
     part = WebhookSink(dest, dead.extend, tmp_path).build("w", 0, 1)
     sent: list[bytes] = []
-    with caplog.at_level(logging.WARNING, "cdp.destinations"):
+    with caplog.at_level(logging.INFO, "cdp.destinations"):
         try:
             for batch in range(40):
                 items = [(f"p_{n % 5}", body(batch * 10 + n, f"p_{n % 5}")) for n in range(10)]
