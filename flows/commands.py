@@ -1,0 +1,215 @@
+"""The commands over a state directory: profiles, export, identity clusters, explanations,
+segment sizes and checks, GDPR deletes and webhook redelivery."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import orjson
+
+from config.checks import rules_in_file
+from config.settings import ConfigError, Settings, load_settings
+from flows.deliver import deliver
+from flows.options import wall_clock_ms
+from flows.redeliver import redeliver
+from flows.spool import SpoolBusy
+from flows.usage import UsageError, settings_of, state_dir_of
+from operators import queries
+from operators.engine import Engine, build_index
+from operators.explain import explain
+from operators.identity import IdentityRules
+from operators.rules import CompiledRule, RuleErrors, compile_rules
+from operators.steps.positions import WATERMARK_KEY
+from operators.steps.profiles import profile_key
+from operators.store import decode, open_state, open_store, process_dirs
+from schemas.records import AudienceChange, parse_identity
+
+
+def _open_read(args: argparse.Namespace) -> tuple[Settings, Any, int]:
+    settings = load_settings(args.config)
+    store = open_state(state_dir_of(args, settings))
+    return settings, store, settings.shards
+
+
+def _identity_arg(text: str) -> tuple[str, str]:
+    try:
+        return parse_identity(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _normalised(settings: Settings, text: str) -> tuple[str, str]:
+    namespace, value = _identity_arg(text)
+    normal = IdentityRules.from_settings(settings).normalize(namespace, value)
+    if not normal:
+        raise UsageError(f"{namespace} value is empty or blocked: it is no identity")
+    return namespace, normal
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    settings, store, shards = _open_read(args)
+    try:
+        doc = queries.find_profile(store, shards, _normalised(settings, args.identity))
+    finally:
+        store.close()
+    if doc is None:
+        print(
+            f"cdp: no profile has the identity {args.identity.split(':', 1)[0]}:…", file=sys.stderr
+        )
+        return 1
+    sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _, store, shards = _open_read(args)
+    out = args.out.open("wb") if args.out else sys.stdout.buffer
+    count = 0
+    try:
+        for doc in queries.iter_profiles(store, shards):
+            out.write(orjson.dumps(doc) + b"\n")
+            count += 1
+    finally:
+        store.close()
+        if args.out:
+            out.close()
+    print(f"exported {count} profiles", file=sys.stderr)
+    return 0
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    settings, store, shards = _open_read(args)
+    try:
+        report = queries.cluster_report(store, shards, _normalised(settings, args.identity))
+    finally:
+        store.close()
+    if report is None:
+        print("cdp: that identity is in no cluster", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    settings, store, shards = _open_read(args)
+    try:
+        identity = _normalised(settings, args.identity)
+        canonical = queries.canonical_of(store, shards, identity)
+        stored = None if canonical is None else store.get(profile_key(canonical, shards))
+        watermark = store.get(WATERMARK_KEY)
+    finally:
+        store.close()
+    if stored is None:
+        print(f"cdp: no profile has the identity {identity[0]}:…", file=sys.stderr)
+        return 1
+    index = build_index(settings)
+    now = 0 if watermark is None else int(watermark) - settings.time.allowed_lateness_ms
+    try:
+        report = explain(decode(stored), index, args.segment, now)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from exc
+    print(report.render())
+    return 0 if report.member else 3
+
+
+OFFLINE_KEY = 9999  # the outbox key of commands run outside a dataflow
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    identity = _normalised(settings, args.identity)
+    if process_dirs(state_dir_of(args, settings)):
+        raise UsageError(
+            "this state was built by several processes: send the delete to the privacy topic "
+            "of the running cluster instead"
+        )
+    store = open_store(state_dir_of(args, settings))
+    sent: dict[str, int] = {}
+    try:
+        engine = Engine(settings, store)
+        found = engine.forget(OFFLINE_KEY, identity, wall_clock_ms())
+        changes = None if found is None else [c for c in found if isinstance(c, AudienceChange)]
+        if changes:
+            sent = deliver(settings, changes, state_dir_of(args, settings) / "spool")
+        engine.prune_outbox(OFFLINE_KEY, engine.outbox_seq(OFFLINE_KEY))
+    finally:
+        store.close()
+    if changes is None:
+        print(
+            f"no profile holds that {identity[0]}; it is tombstoned so none will", file=sys.stderr
+        )
+        return 1
+    print(f"forgot the person; {len(changes)} memberships exited (reason delete)", file=sys.stderr)
+    for name, count in sent.items():
+        print(f"  {name}: {count} changes sent", file=sys.stderr)
+    return 0
+
+
+def cmd_redeliver(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    state_dir = state_dir_of(args, settings)
+    try:
+        outcome = redeliver(settings, args.destination, state_dir)
+    except (ValueError, SpoolBusy) as exc:
+        raise UsageError(str(exc)) from exc
+    if not outcome.spools:
+        print(f"{args.destination}: no spool in {state_dir}: nothing to deliver", file=sys.stderr)
+        return 0
+    print(
+        f"{args.destination}: {outcome.delivered} delivered, {outcome.refused} refused (to the "
+        f"dead letters), {outcome.delivered_before} delivered before (not sent again), "
+        f"{outcome.left} left in the spool",
+        file=sys.stderr,
+    )
+    return 1 if outcome.left else 0
+
+
+def cmd_segments_check(args: argparse.Namespace) -> int:
+    """Every check a worker makes at start (the settings, their cross-references, the rules),
+    each problem with its file and line; exit 1 on any."""
+    problems: list[str] = []
+    settings: Settings | None = None
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    written = rules_in_file(args.config)
+    lines = {seg_id: line for seg_id, _, line in written}
+    if settings is not None:
+        segments = [(s.id, s.rule) for s in settings.segments]
+    else:  # still check the rules the file holds
+        segments = [(seg_id, rule) for seg_id, rule, _ in written]
+    compiled: tuple[CompiledRule, ...] = ()
+    try:
+        compiled = compile_rules(segments)
+    except RuleErrors as exc:
+        for error in exc.errors:
+            problems.append(f"{args.config}: line {lines.get(error.segment_id, 1)}: {error}")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.config}", file=sys.stderr)
+        return 1
+    for rule in compiled:
+        print(f"ok  {rule.segment_id}: {rule.text}")
+    assert settings is not None
+    print(
+        f"{args.config}: ok ({len(settings.namespaces)} namespaces, "
+        f"{len(settings.sources)} sources, {len(compiled)} segments, "
+        f"{len(settings.destinations)} destinations)"
+    )
+    return 0
+
+
+def cmd_segments_sizes(args: argparse.Namespace) -> int:
+    settings, store, _ = _open_read(args)
+    try:
+        sizes = queries.segment_sizes(store)
+    finally:
+        store.close()
+    width = max((len(s.id) for s in settings.segments), default=10)
+    for seg in settings.segments:
+        print(f"{seg.id:<{width}}  {sizes.get(seg.id, 0)}")
+    return 0
