@@ -8,17 +8,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from config.settings import Settings, parse_settings
 from flows.apply import _ApplyRecords
 from flows.options import RunOptions
 from flows.runtime import close_engines
-from operators.decode import Decoder
 from operators.engine import Engine
 from operators.store import MemoryStore
-from schemas.records import AudienceChange, Origin, Record
+from schemas.records import AudienceChange, Record
+from tests.unit.steps.helpers import Feed as StepFeed
+from tests.unit.steps.helpers import ev
 
 CONFIG = """\
 namespaces: [{name: ECID}]
@@ -42,21 +42,15 @@ def settings() -> Settings:
 
 
 class Feed:
+    """Events of the web source, numbered e1, e2, … in the order they are made."""
+
     def __init__(self, settings: Settings) -> None:
-        self.decoder = Decoder.from_settings(settings)
-        self.offset = 0
+        self.decoded = StepFeed(settings)
+        self.n = 0
 
     def __call__(self, kind: str, ts: int, device: str) -> Record:
-        self.offset += 1
-        body = {
-            "_id": f"e{self.offset}",
-            "eventType": kind,
-            "timestamp": ts,
-            "identityMap": {"ECID": [{"id": device}]},
-        }
-        rec = self.decoder.decode(Origin("web", 0, self.offset), orjson.dumps(body))
-        assert isinstance(rec, Record)
-        return rec
+        self.n += 1
+        return self.decoded("web", ev(f"e{self.n}", kind, ts, device))
 
 
 def seen(out: list[Any]) -> list[tuple[str, str, str, int]]:
