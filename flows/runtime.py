@@ -60,8 +60,7 @@ def engine_for(
             _stores[path] = store
             metrics.watch_state_size(store.size_bytes)
         if (path, role) not in _engines:
-            engine = Engine(settings, _stores[path], role=role, live=live)
-            engine.keep_outbox = outbox
+            engine = Engine(settings, _stores[path], role=role, live=live, keep_outbox=outbox)
             _engines[(path, role)] = engine
         return _engines[(path, role)]
 

@@ -47,7 +47,8 @@ class Engine:
     """`role` "all": one process applies everything in one step (`process`). With several
     processes, a "graph" engine applies the identity graph (`route`) and a "profile" engine
     (one per process, same store) the profiles and segments (`process_commands`). `live`:
-    event time follows the wall clock (`operators.steps.positions`)."""
+    event time follows the wall clock (`operators.steps.positions`). `keep_outbox`: outputs are
+    kept for re-sending (Bytewax recovery on)."""
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class Engine:
         role: Role = "all",
         *,
         live: bool = False,
+        keep_outbox: bool = True,
     ) -> None:
         self.settings = settings
         self.role = role
@@ -71,7 +73,7 @@ class Engine:
         lateness = settings.time.allowed_lateness_ms
         self.inputs = Positions(store, graph=graph, live=live, lateness_ms=lateness)
         self.timers = Timers(store, held=not graph)
-        self.outbox = Outbox(store)
+        self.outbox = Outbox(store, keep=keep_outbox)
         self.graph = Graph(rules, shards, self.stats)
         self.profiles = Profiles(rules, shards, self.stats)
         consent = Consent(settings.privacy)
@@ -194,14 +196,6 @@ class Engine:
             return out if found else None
 
     # -- the outbox, for the Bytewax step's snapshots -----------------------------------------
-
-    @property
-    def keep_outbox(self) -> bool:
-        return self.outbox.keep
-
-    @keep_outbox.setter
-    def keep_outbox(self, keep: bool) -> None:
-        self.outbox.keep = keep
 
     def outbox_seq(self, key: int) -> int:
         return self.outbox.seq(key)
