@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 
 from config.settings import ConfigError, Settings
 from flows import broker, io
-from operators.store import open_state, process_dirs
+from operators.store import StoreError, open_state, process_dirs
 
 LOG = broker.LOG
 
@@ -163,7 +163,13 @@ def saved_positions(state_dir: Path) -> dict[tuple[str, int], int]:
     there is none). With several Bytewax keys, the highest over the keys."""
     if not (state_dir / "rocksdb").exists() and not process_dirs(state_dir):
         return {}
-    store = open_state(state_dir)
+    try:
+        store = open_state(state_dir)
+    except StoreError as exc:
+        # Several processes start together: another one may be creating its store right now.
+        # The positions are only reported here; the run itself reads its own.
+        LOG.info("saved positions not read: %s", exc)
+        return {}
     try:
         out: dict[tuple[str, int], int] = {}
         for key, value in store.scan(b"o/"):

@@ -85,9 +85,15 @@ class RocksStore:
         if read_only:
             if not path.exists():
                 raise StoreError(f"no state at {path}: run a replay or a worker first")
-            self._db = Rdict(
-                str(path), options, column_families=_cf(options), access_type=AccessType.read_only()
-            )
+            try:
+                self._db = Rdict(
+                    str(path),
+                    options,
+                    column_families=_cf(options),
+                    access_type=AccessType.read_only(),
+                )
+            except Exception as exc:  # rocksdict raises a bare Exception (e.g. no CURRENT yet)
+                raise StoreError(f"state at {path} cannot be read (yet): {exc}") from exc
         else:
             path.mkdir(parents=True, exist_ok=True)
             options.create_if_missing(True)
