@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -49,17 +50,25 @@ def _normalised(settings: Settings, text: str) -> tuple[str, str]:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    namespace = args.identity.split(":", 1)[0]
+    return _by_identity(args, queries.find_profile, f"no profile has the identity {namespace}:…")
+
+
+def _by_identity(
+    args: argparse.Namespace,
+    query: Callable[[Any, int, tuple[str, str]], dict[str, Any] | None],
+    missing: str,
+) -> int:
+    """One JSON document about the person holding `--identity` (exit 1 when there is none)."""
     settings, store, shards = _open_read(args)
     try:
-        doc = queries.find_profile(store, shards, _normalised(settings, args.identity))
+        found = query(store, shards, _normalised(settings, args.identity))
     finally:
         store.close()
-    if doc is None:
-        print(
-            f"cdp: no profile has the identity {args.identity.split(':', 1)[0]}:…", file=sys.stderr
-        )
+    if found is None:
+        print(f"cdp: {missing}", file=sys.stderr)
         return 1
-    sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.buffer.write(orjson.dumps(found, option=orjson.OPT_INDENT_2) + b"\n")
     return 0
 
 
@@ -80,16 +89,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_identity(args: argparse.Namespace) -> int:
-    settings, store, shards = _open_read(args)
-    try:
-        report = queries.cluster_report(store, shards, _normalised(settings, args.identity))
-    finally:
-        store.close()
-    if report is None:
-        print("cdp: that identity is in no cluster", file=sys.stderr)
-        return 1
-    sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
-    return 0
+    return _by_identity(args, queries.cluster_report, "that identity is in no cluster")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -121,17 +121,23 @@ def test_worker_survives_a_6min_outage(
     print(measured)
 
 
+def run_until_entries_reach_kafka(worker: Worker) -> None:
+    """A live worker with a 5 s window: every device's entries written to the file and to
+    Kafka (its exits come 5 s later, by timer)."""
+    worker.write_config(window="5s")
+    worker.start("run")
+    worker.produce([page_view(i, f"dev-{i}") for i in range(DEVICES)])
+    wait_until("entries", lambda: len(worker.file_rows()) >= 2 * DEVICES, 90, worker)
+    wait_until("entries on Kafka", lambda: len(worker.kafka_changes(2)) >= 2 * DEVICES, 60)
+
+
 def test_a_kill_during_an_outage_loses_nothing(
     worker: Worker, proxied: tuple[LocalBroker, TcpProxy]
 ) -> None:
     """Changes made while the broker is away live only in the Kafka sink's snapshot (and the
     engine's outbox): a SIGKILL then a restart after the outage still delivers every one."""
     proxy = proxied[1]
-    worker.write_config(window="5s")
-    worker.start("run")
-    worker.produce([page_view(i, f"dev-{i}") for i in range(DEVICES)])
-    wait_until("entries", lambda: len(worker.file_rows()) >= 2 * DEVICES, 90, worker)
-    wait_until("entries on Kafka", lambda: len(worker.kafka_changes(2)) >= 2 * DEVICES, 60)
+    run_until_entries_reach_kafka(worker)
     proxy.cut()
     try:
         # The `recent` exits fire into the file while Kafka is away; a few epochs later the
@@ -215,11 +221,7 @@ def test_a_stop_during_an_outage_keeps_the_rest_for_the_next_start(
     """SIGTERM while the broker is away: the worker waits a bounded time for it, then exits
     cleanly; what Kafka had not taken is sent by the next start."""
     proxy = proxied[1]
-    worker.write_config(window="5s")
-    worker.start("run")
-    worker.produce([page_view(i, f"dev-{i}") for i in range(DEVICES)])
-    wait_until("entries", lambda: len(worker.file_rows()) >= 2 * DEVICES, 90, worker)
-    wait_until("entries on Kafka", lambda: len(worker.kafka_changes(2)) >= 2 * DEVICES, 60)
+    run_until_entries_reach_kafka(worker)
     proxy.cut()
     try:
         wait_until("exits in the file", lambda: len(worker.file_rows()) >= 3 * DEVICES, 60, worker)
