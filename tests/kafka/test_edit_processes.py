@@ -1,0 +1,146 @@
+"""Audiences edited on two processes (issue #14): `cdp replay` over Kafka topics with config A
+on a cluster of two processes, then the same cluster with the edited config B into the same
+state. Each process rolls the edit out over its own shards; the memberships equal the batch
+evaluation of B (tests/batch_oracle.py), the removed segment is gone, and the changes of both
+runs and both processes fold to the exported memberships.
+
+The edit is the one of tests/flow/test_edits.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from flows.generator import generate, write_files
+from tests.batch_oracle import evaluate
+from tests.flow.test_edits import (
+    ADDED,
+    CHANGED,
+    CONFIG_A,
+    CONFIG_B,
+    REMOVED,
+    fold,
+    reason,
+    rules,
+)
+from tests.flow.test_stream_batch import CONFIG_HEAD, Segment, members_of, segments_yaml
+from tests.helpers import alternate, export, read_jsonl
+from tests.kafka.test_processes import _addresses, _ecid_key, _finish, _replay
+from tests.kafka_broker import create_topics, produce
+
+pytestmark = pytest.mark.kafka
+
+PEOPLE = 300
+EVENTS = 4000
+SEED = 12
+SOURCES = ("crm", "loyalty", "web", "voice", "store")
+
+
+def _config(
+    data: Path, segments: tuple[Segment, ...], name: str, prefix: str, bootstrap: str
+) -> Path:
+    """The sources read their topics (the oracle reads the same records from the files)."""
+    raw = yaml.safe_load(CONFIG_HEAD + segments_yaml(segments))
+    for src in raw["sources"]:
+        src["topic"] = prefix + src["name"]
+    raw["identity"] = {"feedback_topic": prefix + "feedback"}
+    raw["dead_letters"] = {"kind": "kafka", "topic": prefix + "dead"}
+    raw["kafka"] = {"bootstrap_servers": bootstrap}
+    raw["recovery"] = {"epoch_interval_ms": 200}
+    path = data / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _cluster_run(config: Path, state: Path, changes: str) -> list[str]:
+    """Both processes of a cluster, to their end; process i writes `changes` with `{i}`."""
+    addresses = _addresses(2)
+    procs = [
+        _replay(config, state, state.parent / changes.format(i=i), "-i", str(i), *addresses)
+        for i in range(2)
+    ]
+    return [_finish(p, timeout=180) for p in procs]
+
+
+@pytest.fixture(scope="module")
+def edited(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("edit-procs")
+    prefix = f"edits{tmp.name[-6:]}."
+    stream = generate(PEOPLE, EVENTS, seed=SEED)
+    data = tmp / "data"
+    write_files(stream, data, junk=False)
+    create_topics(kafka_bootstrap, [prefix + n for n in SOURCES if n != "web"] + [prefix + "dead"])
+    create_topics(kafka_bootstrap, [prefix + "web"], partitions=2)
+    for name in SOURCES:
+        values = [orjson.dumps(r) for r in getattr(stream, name)]
+        produce(kafka_bootstrap, prefix + name, values, _ecid_key if name == "web" else None)
+    config_a = _config(data, CONFIG_A, "a.yaml", prefix, kafka_bootstrap)
+    config_b = _config(data, CONFIG_B, "b.yaml", prefix, kafka_bootstrap)
+    state = tmp / "state"
+    _cluster_run(config_a, state, "a-{i}.jsonl")
+    profiles_a = export(config_a, state, tmp, "export-a.jsonl")
+    printed = _cluster_run(config_b, state, "b-{i}.jsonl")
+    profiles_b = export(config_b, state, tmp, "export-b.jsonl")
+    per_process = [
+        len(export(config_b, d, tmp, f"{d.name}.jsonl")) for d in sorted(state.glob("process-*"))
+    ]
+    return {
+        "profiles_a": profiles_a,
+        "profiles_b": profiles_b,
+        "per_process": per_process,
+        "printed": printed,
+        "oracle_a": evaluate(config_a, profiles_a, rules(CONFIG_A)),
+        "oracle_b": evaluate(config_b, profiles_b, rules(CONFIG_B)),
+        "changes_a": read_jsonl(tmp / "a-0.jsonl") + read_jsonl(tmp / "a-1.jsonl"),
+        "changes_b": [read_jsonl(tmp / "b-0.jsonl"), read_jsonl(tmp / "b-1.jsonl")],
+    }
+
+
+def _mismatched(profiles: list[dict[str, Any]], members: dict[str, set[str]]) -> dict[str, Any]:
+    stream = members_of(profiles)
+    return {
+        sid: (len(stream.get(sid, set()) - want), len(want - stream.get(sid, set())))
+        for sid, want in members.items()
+        if stream.get(sid, set()) != want
+    }
+
+
+def test_before_the_edit_two_processes_equal_the_batch(edited: dict[str, Any]) -> None:
+    assert edited["oracle_a"].unplaced == []
+    assert _mismatched(edited["profiles_a"], edited["oracle_a"].members) == {}
+
+
+def test_after_the_edit_two_processes_equal_the_batch_evaluation_of_b(
+    edited: dict[str, Any],
+) -> None:
+    oracle = edited["oracle_b"]
+    assert oracle.unplaced == []
+    print({sid: len(m) for sid, m in oracle.members.items()})
+    assert _mismatched(edited["profiles_b"], oracle.members) == {}
+    assert [p["profile_id"] for p in edited["profiles_b"] if REMOVED in p["segments"]] == []
+    # Both processes hold profiles, and both rolled the edit out over their own.
+    assert len(edited["per_process"]) == 2 and min(edited["per_process"]) > 0
+    for changes in edited["changes_b"]:
+        reasons = {(c["segment_id"], reason(c)) for c in changes}
+        assert (REMOVED, "removed") in reasons
+        assert any(sid in ADDED | CHANGED and r == "definition" for sid, r in reasons)
+
+
+def test_each_former_member_exited_once_with_reason_removed(edited: dict[str, Any]) -> None:
+    former = members_of(edited["profiles_a"])[REMOVED]
+    told = [c for changes in edited["changes_b"] for c in changes if c["segment_id"] == REMOVED]
+    assert all(c["status"] == "exited" and reason(c) == "removed" for c in told)
+    assert Counter(c["profile_id"] for c in told) == Counter(former)
+
+
+def test_changes_of_both_runs_fold_to_the_export(edited: dict[str, Any]) -> None:
+    changes = edited["changes_a"] + [c for part in edited["changes_b"] for c in part]
+    assert alternate(changes, in_order=False)
+    assert len({c["id"] for c in changes}) == len(changes)
+    assert fold(changes) == dict(members_of(edited["profiles_b"]))
