@@ -1,0 +1,113 @@
+"""A rollout killed in the middle (issue #14): the edited config B's run into config A's state
+is SIGKILLed while it rolls the edit out (small batches: `profile.rollout_batch: 20`), then
+started again with the same command. The final state equals an uninterrupted B run into a copy
+of A's state, and the changes, after dedup by `id`, are the same set.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.generator import generate, write_files
+from tests.flow.test_edits import CONFIG_A, CONFIG_B
+from tests.flow.test_stream_batch import CONFIG_HEAD, Segment, segments_yaml
+from tests.helpers import ROOT, export, read_jsonl, replay_files
+
+pytestmark = pytest.mark.slow
+
+PEOPLE = 1500
+EVENTS = 9000
+SEED = 21
+ROLLOUT = "profile: {rollout_batch: 20}\n"
+KILL_AT = (0.2, 0.6)  # of the uninterrupted run's changes: where each attempt is killed
+
+
+def _config(path: Path, segments: tuple[Segment, ...]) -> Path:
+    path.write_text(CONFIG_HEAD + segments_yaml(segments) + ROLLOUT)
+    return path
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _start(config: Path, state: Path, out: Path, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable, "-m", "flows.cli", "replay", "--config", str(config), "--files",
+        "--state-dir", str(state), "--audience-out", str(out),
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, stderr=log.open("wb"))
+
+
+def _comparable(change: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in change.items() if k != "emitted_at"}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A's state, and the uninterrupted B run into a copy of it (the reference)."""
+    tmp = tmp_path_factory.mktemp("edit-kill")
+    data = tmp / "data"
+    write_files(generate(PEOPLE, EVENTS, seed=SEED), data, junk=False)
+    config_a = _config(data / "a.yaml", CONFIG_A)
+    config_b = _config(data / "b.yaml", CONFIG_B)
+    replay_files(config_a, tmp / "a", 1, tmp / "changes-a.jsonl")
+    shutil.copytree(tmp / "a", tmp / "ref")
+    started = time.monotonic()
+    replay_files(config_b, tmp / "ref", 1, tmp / "changes-ref.jsonl")
+    took = time.monotonic() - started
+    changes = read_jsonl(tmp / "changes-ref.jsonl")
+    print(f"\nreference B run: {len(changes)} changes in {took:.1f}s")
+    return {
+        "tmp": tmp,
+        "config_b": config_b,
+        "ref_export": export(config_b, tmp / "ref", tmp, "export-ref.jsonl"),
+        "ref_changes": changes,
+    }
+
+
+def test_a_rollout_killed_midway_finishes_with_the_same_result(prepared: dict[str, Any]) -> None:
+    tmp, config = prepared["tmp"], prepared["config_b"]
+    total = len(prepared["ref_changes"])
+    assert total > 200, "the rollout takes many batches"
+    state = tmp / "killed"
+    shutil.copytree(tmp / "a", state)
+    midway: list[int] = []  # changes written when a kill landed
+    for attempt, fraction in enumerate((*KILL_AT, None)):
+        out, log = tmp / f"changes-{attempt}.jsonl", tmp / f"stderr-{attempt}.txt"
+        proc = _start(config, state, out, log)
+        if fraction is None:
+            assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+            break
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if _lines(out) >= fraction * total:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=60)
+        if proc.returncode == -signal.SIGKILL:
+            midway.append(_lines(out))
+        else:
+            assert proc.returncode == 0, log.read_text()[-3000:]
+    print(f"killed with {midway} of {total} changes written")
+    assert any(0 < n < total for n in midway), "at least one kill landed during the rollout"
+
+    assert export(config, state, tmp, "export-killed.jsonl") == prepared["ref_export"]
+    written = [c for f in sorted(tmp.glob("changes-[0-9]*.jsonl")) for c in read_jsonl(f)]
+    by_id: dict[str, dict[str, Any]] = {}
+    for change in written:
+        seen = by_id.setdefault(change["id"], _comparable(change))
+        assert seen == _comparable(change), "a change sent again is the same change"
+    assert by_id == {c["id"]: _comparable(c) for c in prepared["ref_changes"]}
