@@ -340,3 +340,31 @@ def test_changes_of_both_runs_alternate_and_fold_to_the_export(run: dict[str, An
     ids = Counter(c["id"] for c in changes)
     assert [i for i, n in ids.items() if n > 1] == []
     assert fold(changes) == dict(members_of(run["profiles_b"]))
+
+
+def test_again_changes_nothing_and_editing_back_restores_a(
+    run: dict[str, Any], tmp_path: Path
+) -> None:
+    """B once more: the edit is rolled out already, nothing is sent. Then A again: the removed
+    segment comes back from the kept history, the added ones go (reason `removed`), and the
+    memberships equal A's rules over the whole input. (Last: it edits the module's state.)"""
+    state, workers = run["state"], run["workers"]
+    replay_files(run["config_b"], state, workers, tmp_path / "again.jsonl")
+    assert read_jsonl(tmp_path / "again.jsonl") == []
+    assert export(run["config_b"], state, tmp_path, "again.jsonl") == run["profiles_b"]
+
+    replay_files(run["config_a"], state, workers, tmp_path / "back.jsonl")
+    back = read_jsonl(tmp_path / "back.jsonl")
+    profiles = export(run["config_a"], state, tmp_path, "export-back.jsonl")
+    oracle = evaluate(run["config_a"], profiles, rules(CONFIG_A))
+    assert _mismatches(profiles, oracle, CONFIG_A, "back to A") == {}
+    assert [p["profile_id"] for p in profiles if set(p["segments"]) & ADDED] == []
+    gone = [c for c in back if c["segment_id"] in ADDED]
+    assert gone and all(c["status"] == "exited" and reason(c) == "removed" for c in gone)
+    returned = [c for c in back if c["segment_id"] == REMOVED]
+    assert returned and all(reason(c) == "definition" for c in returned)
+    changes = run["changes_a"] + run["changes_b"] + back
+    # A segment removed and added again continues its sequence: no id is used twice.
+    assert len({c["id"] for c in changes}) == len(changes)
+    assert alternate(changes, in_order=workers == 1)
+    assert fold(changes) == dict(members_of(profiles))
