@@ -15,8 +15,7 @@ import orjson
 from operators import profile as prof
 from operators.engine import Engine
 from operators.steps.call import Call
-from operators.steps.exchange import GRAPH_KEY
-from operators.steps.history import META_KEY, History, entry_time, history_prefix
+from operators.steps.history import META_KEY, entry_time, history_prefix
 from operators.store import MemoryStore, RocksStore, Store, Txn
 from schemas.records import Adopt, Command, Drop, Identity, Move, Record, Routed
 from tests.unit.steps.helpers import CONFIG, MIN, Feed, H, Steps, build, changes, ev, new_call
@@ -91,7 +90,9 @@ def test_a_duplicate_event_is_not_kept_twice() -> None:
     # The same `_id` again (a producer's retry: a new offset), alone and in a batch.
     engine.process(0, [feed("web", ev("e1", "view", 1_000, "d1"))], 0)
     engine.process(
-        0, [feed("web", ev("e2", "view", 2_000, "d1")), feed("web", ev("e2", "view", 2_000, "d1"))], 0
+        0,
+        [feed("web", ev("e2", "view", 2_000, "d1")), feed("web", ev("e2", "view", 2_000, "d1"))],
+        0,
     )
     assert [(ts, eid) for ts, eid, _ in kept(engine.store, D1)] == [(1_000, "e1"), (2_000, "e2")]
     assert stored(engine, D1)["hist"] == [2, 1_000]
