@@ -20,7 +20,7 @@ from operators.steps.call import Call, Output
 from operators.steps.profiles import profile_key
 from operators.steps.rollout import CURRENT_KEY, cursor_key
 from operators.store import MemoryStore, RocksStore, Store, Txn
-from schemas.records import AudienceChange, Identity, Record, Routed, Tick
+from schemas.records import Adopt, AudienceChange, Identity, Move, Record, Routed, Tick
 from tests.unit.steps.helpers import MIN, Feed, H, audience, ev
 from tests.unit.steps.helpers import settings as make_settings
 
@@ -414,3 +414,21 @@ def test_a_routed_record_on_a_stale_profile_applies_after_the_upgrade() -> None:
     out = audience(engine.process_commands(0, [Routed(3, D1, (), 2 * MIN, carts[2])], 0))
     assert [(c.segment_id, c.status, c.reason) for c in out] == [("carts", "entered", "definition")]
     assert profile(store, D1)["aggs"][input_key(engine, "carts")] == 3
+
+
+def test_an_adopt_shipped_under_the_old_definitions_counts_the_moved_events() -> None:
+    """Several processes, restarted with B while a profile that merged away under A is still on
+    the feedback topic: its carts (no rule of A read them, so its `aggs` lack them) travel in
+    its history and must count for the survivor's `carts` like every other event."""
+    store = MemoryStore()
+    engine, feed = Engine(A, store, role="profile"), Feed(A)
+    carts = [feed("web", ev(f"c{n}", "cart", n * MIN, "d1")) for n in range(2)]
+    engine.process_commands(
+        0, [Routed(1, D1, (D1,), 0, carts[0]), Routed(2, D1, (), MIN, carts[1])], 0
+    )
+    out = engine.process_commands(0, [Move(3, D1, A_ID, (A_ID, D1), "m1", 2 * MIN, MIN)], 0)
+    (adopt,) = [o for o in out if isinstance(o, Adopt)]
+    engine = Engine(B, store, role="profile")
+    merged = audience(engine.process_commands(1, [adopt], 0))
+    assert [(c.segment_id, c.status, c.reason) for c in merged] == [("carts", "entered", "merge")]
+    assert profile(store, A_ID)["aggs"][input_key(engine, "carts")] == 2
