@@ -127,6 +127,22 @@ def test_a_merge_into_a_new_profile_keeps_the_losers_summary() -> None:
     assert stored(engine, A)["hist"] == [2, 1_000]
 
 
+def test_a_merge_trims_the_joined_history_to_the_newest() -> None:
+    config = conf(max_events=3)
+    engine, feed = Engine(config, MemoryStore()), Feed(config)
+    engine.process(0, [feed("web", ev(f"d{n}", "view", n * 2 * MIN, "d1")) for n in range(3)], 0)
+    engine.process(
+        0,
+        [feed("web", ev(f"a{n}", "view", (n * 2 + 1) * MIN, None, "a@x.com")) for n in range(3)],
+        0,
+    )
+    engine.process(0, [feed("web", ev("lg", "login", 6 * MIN, "d1", "a@x.com"))], 0)
+    assert viewed(engine, A) == [(4 * MIN, "d2"), (5 * MIN, "a2"), (6 * MIN, "lg")]
+    held = kept(engine.store, A)
+    assert len(held) <= 3 + 1 and stored(engine, A)["hist"] == [len(held), held[0][0]]
+    assert view_from(engine, A) is not None  # the older ones are gone
+
+
 # -- several processes: the events travel in the Adopt ----------------------------------------
 
 
