@@ -201,7 +201,8 @@ class History:
                 ts = entry_time(prefix, key)
                 if ts > cutoff:
                     events.append((ts, orjson.loads(raw)))
-        capped = len(events) > self.max_events
+        # At max_events the count trim may already have deleted older events from the store.
+        capped = 0 < self.max_events <= len(events)
         if capped:
             events = events[len(events) - self.max_events :]
         summary = profile.get("events")
