@@ -266,6 +266,7 @@ class Exchange:
             hist=moved.get("hist"),
             now_ms=self.positions.now_ms,
         )
+        profile = self.rollout.merged_in(txn, adopt.survivor, profile, moved, self.positions.now_ms)
         profile = self.profiles.with_members(profile, adopt.members)
         self.membership.evaluate(
             call,

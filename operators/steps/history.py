@@ -211,8 +211,11 @@ class History:
         if self.since is not None:
             lower = max(lower, self.since)
         if capped:
-            lower = max(lower, events[0][0] - 1)
+            # An event of the same millisecond as the oldest kept one may have been trimmed.
+            lower = max(lower, events[0][0])
         if not self.on:
             lower = now_ms
-        complete = first_ever is None or first_ever > lower
+        # Every event the profile ever had is in the view: nothing is missing.
+        everything = summary is not None and summary[0] == len(events) and self.since is None
+        complete = first_ever is None or first_ever > lower or everything
         return View(events, None if complete else lower + 1)

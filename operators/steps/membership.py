@@ -165,6 +165,9 @@ class Membership:
                 continue
             self.timers.fired(call.txn, ts, canonical)
             profile = {**profile, "timer": None}
+            # Only the segments whose windowed inputs change at this very moment (known before
+            # an upgrade to edited definitions prunes what leaves the windows then).
+            which = due_at(profile, self.index, ts)
             if self.upgrade is not None:
                 profile = self.upgrade(call, canonical, profile, ts)
             self.stats.timers_fired += 1
@@ -173,8 +176,7 @@ class Membership:
                 canonical,
                 cluster=None,
                 profile=profile,
-                # Only the segments whose windowed inputs change at this very moment.
-                which=due_at(profile, self.index, ts),
+                which=which,
                 at_ms=ts,
                 reason="timer",
                 now_ms=ts,

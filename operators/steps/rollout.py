@@ -203,6 +203,16 @@ class Rollout:
             retime=True,
         )
 
+    def merged_in(self, txn: Txn, canonical: Identity, profile: prof.Profile,
+                  moved: prof.Profile, at_ms: int) -> prof.Profile:  # fmt: skip
+        """`profile` (current) after a profile built for older definitions merged into it
+        (moved between processes across a restart with edited audiences): the inputs the
+        moved one lacked are rebuilt from the merged history."""
+        if not self.stale(moved) or not profile["events"]:
+            return profile
+        keys = self.defs.inputs - self._definitions(txn, moved.get("v", self.base)).inputs
+        return self._rebuilt(txn, canonical, profile, keys, at_ms) if keys else profile
+
     def _rebuilt(self, txn: Txn, canonical: Identity, profile: prof.Profile,
                  keys: frozenset[str], at_ms: int) -> prof.Profile:  # fmt: skip
         index = self.index
