@@ -90,10 +90,14 @@ class Positions:
         records read after it that were already applied.
         """
         part = partition_name(record.origin.source, record.origin.partition)
+        # Only events move event time. A profile record's time (its `timestamp_field`, or
+        # when its message was written) orders its attributes and stamps its changes, but a
+        # CRM export written today must not drag a replay of last year's events to today.
+        ts = record.ts_ms if record.kind == "event" else None
         if not record.seq:
-            return part, record.ts_ms, record.ts_ms
+            return part, ts, ts
         run = self._runs.setdefault(part, _PartitionRun())
-        return (part, *run.applied(record.seq, record.ts_ms))
+        return (part, *run.applied(record.seq, ts))
 
     def advance(self, part: str, ts_ms: int | None) -> bool:
         """Raise a partition's event time; the watermark is the lowest over the partitions,
