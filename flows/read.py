@@ -64,7 +64,7 @@ class _DecodeBatch:
                 # The message timestamp is also the time of a profile record whose body has
                 # none: fixed by the broker, whatever order the partitions are read in.
                 message = None if stamp is None else at
-                decoded = decoder.decode(origin, raw, read_ns, seq, at, message)
+                decoded = decoder.decode(origin, raw, read_ns, seq, at, message_ms=message)
                 if isinstance(decoded, Record):
                     # Events only: a profile record's time is not event time (`Record.ts_ms`);
                     # a replay `--from` a time still needs every profile record.

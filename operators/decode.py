@@ -76,6 +76,7 @@ class Decoder:
         read_ns: int = 0,
         seq: int = 0,
         written_ms: int | None = None,
+        *,
         message_ms: int | None = None,
     ) -> Record | DeadLetter:
         """`seq`: the record's number in its partition's read order, when known.
@@ -84,7 +85,7 @@ class Decoder:
         `message_ms`: the Kafka message timestamp (None: a file's record, or none); the time of
         a profile record whose body has none."""
         try:
-            return self._decode(origin, raw, read_ns, seq, written_ms, message_ms)
+            return self._decode(origin, raw, read_ns, seq, written_ms, message_ms=message_ms)
         except Rejected as exc:
             return DeadLetter(origin, raw, str(exc))
 
@@ -112,6 +113,7 @@ class Decoder:
         read_ns: int,
         seq: int,
         written_ms: int | None,
+        *,
         message_ms: int | None = None,
     ) -> Record:
         spec = self.sources.get(origin.source)

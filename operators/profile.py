@@ -10,7 +10,8 @@
 ```
 Attribute merge policy (DESIGN §4): per field path the higher-priority source wins; between
 equal priorities the later record wins (`Record.order`: the record's time where it has one, else
-its place in its source, never the order sources were read in). Nulls never overwrite. Every function returns a new dict and leaves its arguments alone.
+its place in its source, never the order sources were read in). Nulls never overwrite. Every
+function returns a new dict and leaves its arguments alone.
 """
 
 from __future__ import annotations

@@ -78,8 +78,10 @@ def data(tmp: Path) -> None:
     )
     write(
         tmp / "web.jsonl",
-        [view(1, "p1", 0), view(2, "p1", 10), view(3, "p2", 20), view(4, "p3", 50)]
-        + [view(5, "p3", 100), view(6, "p2", 119)],  # event time moves on: p1's window closes
+        [
+            *(view(1, "p1", 0), view(2, "p1", 10), view(3, "p2", 20), view(4, "p3", 50)),
+            *(view(5, "p3", 100), view(6, "p2", 119)),  # event time moves on: windows close
+        ],
     )
 
 
