@@ -295,6 +295,36 @@ class TimeSettings(_Frozen):
         return duration_ms(self.max_future)
 
 
+class HistorySettings(_Frozen):
+    """Each profile's raw events, kept to rebuild the inputs of an audience added or edited
+    later (DESIGN §13): the newest `max_events` within `max_age` of event time. 0 events: off."""
+
+    max_age: str = "90d"
+    max_events: int = Field(default=5000, ge=0)
+
+    @field_validator("max_age")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if duration_ms(value) <= 0:
+            raise ValueError("max_age must be longer than 0")
+        return value
+
+    @property
+    def max_age_ms(self) -> int:
+        return duration_ms(self.max_age)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_events > 0
+
+
+class ProfileSettings(_Frozen):
+    history: HistorySettings = HistorySettings()
+    # Profiles brought to edited audience definitions per write batch: a record waits at most
+    # one batch for the rollout (DESIGN §13).
+    rollout_batch: int = Field(default=500, ge=1)
+
+
 class PrivacySettings(_Frozen):
     """Consent and deletion. `consent_attribute` is a profile field path; a profile whose value
     is in `denied` is kept out of destinations with `requires_consent: true`. After `cdp forget`
@@ -326,6 +356,7 @@ class Settings(_Frozen):
     time: TimeSettings = TimeSettings()
     recovery: RecoverySettings = RecoverySettings()
     privacy: PrivacySettings = PrivacySettings()
+    profile: ProfileSettings = ProfileSettings()
     shards: int = Field(default=256, ge=1, le=4096)
     max_record_bytes: int = Field(default=1_000_000, ge=1024)
     base_dir: Path = Path()

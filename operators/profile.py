@@ -17,7 +17,7 @@ function returns a new dict and leaves its arguments alone.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from operators.absent import (
@@ -106,7 +106,17 @@ def apply_event(
     from its event type). Returns the new profile and the keys of the inputs that changed."""
     ts = record.ts_ms
     assert ts is not None, "events always have a time (decode guarantees it)"
-    event = record.body
+    return apply_event_body(profile, ts, record.body, aggregates, absents)
+
+
+def apply_event_body(
+    profile: Profile,
+    ts: int,
+    event: Mapping[str, Any],
+    aggregates: Sequence[Aggregate],
+    absents: Sequence[Absent],
+) -> tuple[Profile, frozenset[str]]:
+    """`apply_event` of an event's time and body (a record, or one kept in the history)."""
     held = profile["events"]
     if held:
         count, first, last = held
@@ -139,6 +149,25 @@ def apply_event(
     if abs_states is not None:
         out["abs"] = abs_states
     return out, frozenset(changed)
+
+
+def rebuild_inputs(
+    profile: Profile,
+    events: Iterable[tuple[int, Mapping[str, Any]]],
+    aggregates: Sequence[Aggregate],
+    absents: Sequence[Absent],
+) -> Profile:
+    """The inputs `aggregates` and `absents` built anew from `events` (time order), as if
+    every event had been applied to them; the profile's other inputs and summaries stay."""
+    scratch = new_profile()
+    if aggregates or absents:
+        for ts, body in events:
+            scratch, _ = apply_event_body(scratch, ts, body, aggregates, absents)
+    aggs = {k: v for k, v in profile["aggs"].items() if k not in {a.key for a in aggregates}}
+    abs_states = {k: v for k, v in profile["abs"].items() if k not in {a.key for a in absents}}
+    aggs.update(scratch["aggs"])
+    abs_states.update(scratch["abs"])
+    return {**profile, "aggs": aggs, "abs": abs_states}
 
 
 def merge_profiles(

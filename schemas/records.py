@@ -305,6 +305,15 @@ class Drop:
 
 
 @dataclass(frozen=True, slots=True)
+class Kick:
+    """Start (or go on with) the rollout of edited audiences over one shard's profiles (None:
+    every profile of the store, when one key applies them all). DESIGN §13."""
+
+    shard: int | None
+    key: str  # the Bytewax key it goes to
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Event time for one shard key (end of a replay: every timer up to it fires)."""
 
