@@ -248,7 +248,8 @@ def _record_time(body: Mapping[str, Any], spec: SourceSpec) -> int | None:
 
 
 def _timestamp(value: Any, unit: str, name: str = "timestamp") -> int | None:
-    """`name`: how a reason calls the field ("timestamp", "timestamp a.b"); never its value."""
+    """`name`: how a reason calls the field ("timestamp", "timestamp_field a.b"), never its
+    value."""
     if value is None:
         return None
     if isinstance(value, bool):
