@@ -44,6 +44,7 @@ DEFAULT_BLOCKED = (
     r"^[^@]+@([^@]+\.)?(invalid|test)$",  # RFC 2606 reserved top-level domains
 )
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")  # a dotted body path: a, a.b.c
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 FieldType = Literal["number", "integer", "string", "boolean", "timestamp"]
@@ -146,12 +147,32 @@ class SourceSettings(_Frozen):
     # What a numeric `timestamp` counts: epoch milliseconds or seconds. A value that reads as
     # the other unit (seconds taken as ms land in January 1970) is a dead letter, not a guess.
     timestamp_unit: Literal["ms", "s"] = "ms"
+    # Where a record's time is: a dotted body path (`loyalty.updatedAt`) in place of the
+    # top-level `timestamp`, in the same formats and `timestamp_unit`. An event without it is
+    # a dead letter. A profile record without it takes its Kafka message timestamp (a file's
+    # record: none, and its file position orders it): a profile record's time orders the
+    # attribute merge and stamps the changes it causes, never moves event time.
+    timestamp_field: str | None = None
+
+    @field_validator("timestamp_field")
+    @classmethod
+    def _timestamp_field(cls, value: str | None) -> str | None:
+        if value is not None and not _PATH.match(value):
+            raise ValueError(
+                f"timestamp_field {value!r} must be a dotted field path, like 'loyalty.updatedAt'"
+            )
+        return value
 
     @model_validator(mode="after")
     def _where(self) -> SourceSettings:
         if self.topic is None and self.path is None:
             raise ValueError(f"source {self.name!r} needs a 'topic', a 'path', or both")
         return self
+
+    @property
+    def time_path(self) -> tuple[str, ...]:
+        """The body path of a record's time: `timestamp_field` split, else `timestamp`."""
+        return tuple((self.timestamp_field or "timestamp").split("."))
 
 
 class SegmentSettings(_Frozen):

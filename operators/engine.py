@@ -77,7 +77,10 @@ class Engine:
         shards, rules = settings.shards, IdentityRules.from_settings(settings)
         graph = role == "graph"
         lateness = settings.time.allowed_lateness_ms
-        self.inputs = Positions(store, graph=graph, live=live, lateness_ms=lateness)
+        profile_sources = frozenset(s.name for s in settings.sources if s.kind == "profile")
+        self.inputs = Positions(
+            store, graph=graph, live=live, lateness_ms=lateness, profile_sources=profile_sources
+        )
         self.timers = Timers(store, held=not graph)
         self.outbox = Outbox(store, keep=keep_outbox)
         self.graph = Graph(rules, shards, self.stats)
