@@ -49,6 +49,15 @@ def cross_check(settings: Settings) -> list[Problem]:
         for path, namespace in src.identities.items():
             loc: Loc = ("sources", i, "identities", path)
             _known(problems, loc, "namespace", namespace, namespaces)
+        declared = src.fields.get(src.timestamp_field or "timestamp")
+        if declared == "boolean":
+            problems.append(
+                Problem(
+                    ("sources", i, "fields", src.timestamp_field or "timestamp"),
+                    "the source's time field cannot be declared boolean "
+                    "(a time is an ISO-8601 string or an epoch number)",
+                )
+            )
     segments = [s.id for s in settings.segments]
     for i, dest in enumerate(settings.destinations):
         for j, seg in enumerate(dest.segments or ()):

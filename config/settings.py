@@ -44,6 +44,7 @@ DEFAULT_BLOCKED = (
     r"^[^@]+@([^@]+\.)?(invalid|test)$",  # RFC 2606 reserved top-level domains
 )
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")  # a dotted body path: a, a.b.c
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 FieldType = Literal["number", "integer", "string", "boolean", "timestamp"]
@@ -146,12 +147,32 @@ class SourceSettings(_Frozen):
     # What a numeric `timestamp` counts: epoch milliseconds or seconds. A value that reads as
     # the other unit (seconds taken as ms land in January 1970) is a dead letter, not a guess.
     timestamp_unit: Literal["ms", "s"] = "ms"
+    # Where a record's time is: a dotted body path (`loyalty.updatedAt`) in place of the
+    # top-level `timestamp`, in the same formats and `timestamp_unit`. An event without it is
+    # a dead letter. A profile record without it takes its Kafka message timestamp (a file's
+    # record: none, and its file position orders it): a profile record's time orders the
+    # attribute merge and stamps the changes it causes, never moves event time.
+    timestamp_field: str | None = None
+
+    @field_validator("timestamp_field")
+    @classmethod
+    def _timestamp_field(cls, value: str | None) -> str | None:
+        if value is not None and not _PATH.match(value):
+            raise ValueError(
+                f"timestamp_field {value!r} must be a dotted field path, like 'loyalty.updatedAt'"
+            )
+        return value
 
     @model_validator(mode="after")
     def _where(self) -> SourceSettings:
         if self.topic is None and self.path is None:
             raise ValueError(f"source {self.name!r} needs a 'topic', a 'path', or both")
         return self
+
+    @property
+    def time_path(self) -> tuple[str, ...]:
+        """The body path of a record's time: `timestamp_field` split, else `timestamp`."""
+        return tuple((self.timestamp_field or "timestamp").split("."))
 
 
 class SegmentSettings(_Frozen):
@@ -274,6 +295,36 @@ class TimeSettings(_Frozen):
         return duration_ms(self.max_future)
 
 
+class HistorySettings(_Frozen):
+    """Each profile's raw events, kept to rebuild the inputs of an audience added or edited
+    later (DESIGN §13): the newest `max_events` within `max_age` of event time. 0 events: off."""
+
+    max_age: str = "90d"
+    max_events: int = Field(default=5000, ge=0)
+
+    @field_validator("max_age")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if duration_ms(value) <= 0:
+            raise ValueError("max_age must be longer than 0")
+        return value
+
+    @property
+    def max_age_ms(self) -> int:
+        return duration_ms(self.max_age)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_events > 0
+
+
+class ProfileSettings(_Frozen):
+    history: HistorySettings = HistorySettings()
+    # Profiles brought to edited audience definitions per write batch: a record waits at most
+    # one batch for the rollout (DESIGN §13).
+    rollout_batch: int = Field(default=500, ge=1)
+
+
 class PrivacySettings(_Frozen):
     """Consent and deletion. `consent_attribute` is a profile field path; a profile whose value
     is in `denied` is kept out of destinations with `requires_consent: true`. After `cdp forget`
@@ -305,6 +356,7 @@ class Settings(_Frozen):
     time: TimeSettings = TimeSettings()
     recovery: RecoverySettings = RecoverySettings()
     privacy: PrivacySettings = PrivacySettings()
+    profile: ProfileSettings = ProfileSettings()
     shards: int = Field(default=256, ge=1, le=4096)
     max_record_bytes: int = Field(default=1_000_000, ge=1024)
     base_dir: Path = Path()

@@ -17,7 +17,7 @@ from operators.engine import Engine, Role
 from operators.steps.call import Output
 from operators.steps.exchange import GRAPH_KEY
 from operators.store import shard_of
-from schemas.records import Adopt, Command, Drop, Move, Routed, Tick
+from schemas.records import Adopt, Command, Drop, Kick, Move, Routed, Tick
 
 
 class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
@@ -55,6 +55,7 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
         self._snapshots: list[int] = []
         self._engine_ref: Engine | None = None
         self._tick: datetime | None = None  # live: the next wall-clock advance
+        self._kick: Kick | None = None  # the rollout of edited audiences this key runs
 
     def _engine(self) -> Engine:
         if self._engine_ref is None:  # opened on first use, on the worker
@@ -81,6 +82,9 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         if self._key < 0:
             self._key = GRAPH_KEY if self._role == "graph" else shard_of_key(self._route(values[0]))
+        for value in values:
+            if isinstance(value, Kick):
+                self._kick = value
         out = self._redeliver()
         engine, wall = self._engine(), self._options.clock()
         if self._role == "graph":
@@ -102,8 +106,14 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
             groups.setdefault(command_key(keys, item), []).append(item)  # type: ignore[arg-type]
         return list(groups.values())
 
+    def _rolling(self) -> bool:
+        return self._kick is not None and self._engine().rolling(self._kick.shard)
+
     def on_notify(self) -> tuple[Iterable[Any], bool]:
         out = self._redeliver()
+        if self._kick is not None and self._rolling():
+            # One batch of the rollout, then records again (notify_at asks for the next).
+            out.extend(self._engine().roll(self._key, self._kick.shard, self._options.clock()))
         if self._options.mode == "live" and self._key >= 0 and self._role != "graph":
             self._tick = None
             wall = self._options.clock()
@@ -118,7 +128,8 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
             if self._role == "graph":
                 out.extend(self._engine().finish_route(self._options.clock()))
             elif self._role == "all":
-                out.extend(self._engine().finish(self._key, self._options.clock()))
+                shard = self._kick.shard if self._kick is not None else None
+                out.extend(self._engine().finish(self._key, self._options.clock(), shard))
         return self._packed(out), self.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -129,6 +140,8 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
         now = datetime.now(tz=UTC)
         if self._resend_after >= 0 and self._key >= 0:
             return now  # re-emit the outbox right after a resume
+        if self._rolling():
+            return now  # the next batch of the rollout
         if self._options.mode != "live" or self._role == "graph":
             return None
         if self._tick is None or self._tick <= now:
@@ -160,11 +173,13 @@ def _shard_keys(options: RunOptions, settings: Settings) -> tuple[str, ...]:
     return shard_keys(settings.shards, options.processes * options.workers)[1]
 
 
-def command_key(keys: Sequence[str], item: Command | list[Command]) -> str:
+def command_key(keys: Sequence[str], item: Command | Kick | list[Command]) -> str:
     """The Bytewax key of the shard a command is about (a packed list goes where its items
     go); `keys` names each shard (`flows.placement.shard_keys`)."""
     if isinstance(item, list):
         item = item[0]
+    if isinstance(item, Kick):
+        return item.key
     if isinstance(item, Routed | Drop):
         target = item.canonical
     elif isinstance(item, Move):

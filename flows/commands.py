@@ -21,11 +21,13 @@ from operators import queries
 from operators.engine import Engine, build_index
 from operators.explain import explain
 from operators.identity import IdentityRules
+from operators.preview import PREVIEW_ID, StateView, preview
 from operators.rules import CompiledRule, RuleErrors, compile_rules
 from operators.steps.positions import WATERMARK_KEY
 from operators.steps.profiles import profile_key
+from operators.steps.rollout import summary as rollout_summary
 from operators.store import decode, open_state, open_store, process_dirs
-from schemas.records import AudienceChange, parse_identity
+from schemas.records import AudienceChange, iso_ms, parse_identity
 
 
 def _open_read(args: argparse.Namespace) -> tuple[Settings, Any, int]:
@@ -94,20 +96,25 @@ def cmd_identity(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     settings, store, shards = _open_read(args)
+    index = build_index(settings)
     try:
         identity = _normalised(settings, args.identity)
         canonical = queries.canonical_of(store, shards, identity)
         stored = None if canonical is None else store.get(profile_key(canonical, shards))
-        watermark = store.get(WATERMARK_KEY)
+        now = _state_now(store, settings)
+        if canonical is not None and stored is not None:
+            # A profile not yet brought to edited definitions: its missing inputs are rebuilt
+            # from its history, as the rollout will.
+            profile, partial = StateView(store, settings, index).complete(
+                canonical, decode(stored), now
+            )
     finally:
         store.close()
-    if stored is None:
+    if canonical is None or stored is None:
         print(f"cdp: no profile has the identity {identity[0]}:…", file=sys.stderr)
         return 1
-    index = build_index(settings)
-    now = 0 if watermark is None else int(watermark) - settings.time.allowed_lateness_ms
     try:
-        report = explain(decode(stored), index, args.segment, now)
+        report = explain(profile, index, args.segment, now, history_from=partial)
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from exc
     print(report.render())
@@ -207,9 +214,67 @@ def cmd_segments_sizes(args: argparse.Namespace) -> int:
     settings, store, _ = _open_read(args)
     try:
         sizes = queries.segment_sizes(store)
+        rolled = rollout_summary(store)
     finally:
         store.close()
     width = max((len(s.id) for s in settings.segments), default=10)
     for seg in settings.segments:
-        print(f"{seg.id:<{width}}  {sizes.get(seg.id, 0)}")
+        note = ""
+        if seg.id in rolled["partial"]:
+            since = iso_ms(rolled["partial"][seg.id])[:10]
+            note = f"  (history from {since}: evaluated on the events kept since then)"
+        print(f"{seg.id:<{width}}  {sizes.get(seg.id, 0)}{note}")
+    if rolled["pending"]:
+        print("note: edited audiences are still being rolled out (a worker finishes it)")
+    return 0
+
+
+def _state_now(store: Any, settings: Settings) -> int:
+    """The state's event time, as `cdp explain` and the worker evaluate rules."""
+    watermark = store.get(WATERMARK_KEY)
+    return 0 if watermark is None else int(watermark) - settings.time.allowed_lateness_ms
+
+
+def cmd_segments_preview(args: argparse.Namespace) -> int:
+    settings, store, _ = _open_read(args)
+    try:
+        now = _state_now(store, settings)
+        found = preview(
+            store, settings, now, rule=args.rule, segment_id=args.segment, sample=args.sample
+        )
+    except RuleErrors as exc:
+        problems = "; ".join(str(e) for e in exc.errors)
+        raise UsageError(problems.replace(f"segment {PREVIEW_ID!r}", "the rule")) from exc
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from exc
+    finally:
+        store.close()
+    since = None if found.history_from is None else iso_ms(found.history_from)
+    doc: dict[str, Any] = {
+        "segment": found.segment_id,
+        "rule": found.rule,
+        "event_time": iso_ms(found.now_ms),
+        "profiles": found.profiles,
+        "size": found.size,
+        "sample": found.sample,
+        "partial_history": {
+            "profiles": found.partial,
+            "history_from": since,
+        },
+    }
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(doc) + b"\n")
+        return 0
+    print(f"rule: {found.rule}")
+    print(f"at event time {doc['event_time']}, over {found.profiles} profiles")
+    print(f"estimated size: {found.size}")
+    if found.partial:
+        print(
+            f"history from {since}: {found.partial} profiles "
+            "were evaluated on the events kept since then (the rule reads further back)"
+        )
+    print(f"sample ({len(found.sample)} of {found.size}):")
+    for member in found.sample:
+        ids = ", ".join(f"{ns}:{v}" for ns, vs in member["identities"].items() for v in vs)
+        print(f"  {member['profile_id']}  {ids}")
     return 0

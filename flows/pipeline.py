@@ -29,23 +29,26 @@ from bytewax.dataflow import Dataflow, Stream
 from config.settings import Settings
 from flows import feedback, io
 from flows.apply import _ApplyRecords, command_key
+from flows.kicks import KickSource, kicks
 from flows.options import RunOptions
 from flows.placement import shard_keys
 from flows.read import decoded_records
 from flows.write import write_changes, write_dead_letters
 from operators.steps.call import Output
 from operators.store import shard_of
-from schemas.records import Adopt, AudienceChange, Command, Forget, Record
+from schemas.records import Adopt, AudienceChange, Command, Forget, Kick, Record
 
 
-def router(settings: Settings, workers: int) -> Callable[[Record | Forget], str]:
+def router(settings: Settings, workers: int) -> Callable[[Record | Forget | Kick], str]:
     """The Bytewax key of a record. One worker: a single key, so records are applied in input
     order. Several: the shard of the record's highest-priority identity."""
     if workers <= 1:
         return lambda _record: "0000"
     shards = settings.shards
 
-    def route(item: Record | Forget) -> str:
+    def route(item: Record | Forget | Kick) -> str:
+        if isinstance(item, Kick):
+            return item.key
         identity = item.identity if isinstance(item, Forget) else item.identities[0]
         return f"{shard_of(identity, shards):04d}"
 
@@ -59,7 +62,12 @@ def build_flow(settings: Settings, options: RunOptions) -> Dataflow:
         changes = _apply_on_processes(flow, records, settings, options, raw_parts)
     else:
         route = router(settings, options.workers)
-        keyed = op.key_on("route_by_identity", records, route)
+        per_shard = options.workers > 1
+        started = op.input(
+            "rollout", flow, KickSource(kicks(settings.shards, per_shard, lambda s: f"{s:04d}"))
+        )
+        inputs = op.merge("records_and_rollout", records, started)
+        keyed = op.key_on("route_by_identity", inputs, route)
         applied = op.stateful_batch(
             "apply_records", keyed, lambda resume: _ApplyRecords(settings, options, route, resume)
         )
@@ -101,7 +109,8 @@ def _apply_on_processes(
     moved = op.input(
         "read_feedback", flow, feedback.FeedbackSource(dict(config), topic, options.run, ends)
     )
-    commands = op.merge("commands", graph_out, moved)
+    started = op.input("rollout", flow, KickSource(kicks(settings.shards, True, lambda s: keys[s])))
+    commands = op.merge("commands", graph_out, moved, started)
     key = partial(command_key, keys)
     keyed = op.key_on("to_shard", commands, key)
     applied = op.stateful_batch(

@@ -2,7 +2,10 @@
 one transaction per Bytewax call, committed as one atomic WriteBatch with the applied input
 offsets, the watermark and the outputs:
 
-    positions -> privacy -> graph -> profiles -> membership (+ timers) -> outbox
+    positions -> privacy -> graph -> profiles (+ history) -> membership (+ timers) -> outbox
+
+An audience edited since the state was built is rolled out (`operators.steps.rollout`): a
+stale profile is upgraded when touched, and the rest in batches (`roll`, `Kick`).
 
 `Engine.process` is what the Bytewax step of one process calls with the records of one shard
 key. All shards of a process share one store, so every cross-shard effect of a merge
@@ -26,15 +29,18 @@ from operators.segments import SegmentIndex
 from operators.steps.call import Call, Output
 from operators.steps.exchange import GRAPH_KEY, Exchange, FlowCounts
 from operators.steps.graph import Graph
+from operators.steps.history import History
 from operators.steps.membership import Membership
 from operators.steps.outbox import Outbox
 from operators.steps.positions import Positions
 from operators.steps.privacy import Consent, Privacy
+from operators.steps.profiles import PREFIX as PROFILES
 from operators.steps.profiles import Profiles
+from operators.steps.rollout import Rollout
 from operators.steps.stats import EngineStats, Published
 from operators.steps.timers import Timers
 from operators.store import Store, Txn
-from schemas.records import Adopt, Command, Forget, Identity, Record
+from schemas.records import Adopt, Command, Forget, Identity, Kick, Record, Tick
 
 Role = Literal["all", "graph", "profile"]
 
@@ -71,17 +77,22 @@ class Engine:
         shards, rules = settings.shards, IdentityRules.from_settings(settings)
         graph = role == "graph"
         lateness = settings.time.allowed_lateness_ms
-        self.inputs = Positions(store, graph=graph, live=live, lateness_ms=lateness)
+        profile_sources = frozenset(s.name for s in settings.sources if s.kind == "profile")
+        self.inputs = Positions(
+            store, graph=graph, live=live, lateness_ms=lateness, profile_sources=profile_sources
+        )
         self.timers = Timers(store, held=not graph)
         self.outbox = Outbox(store, keep=keep_outbox)
         self.graph = Graph(rules, shards, self.stats)
         self.profiles = Profiles(rules, shards, self.stats)
+        self.history = History(settings.profile.history, shards, store)
         consent = Consent(settings.privacy)
         self.privacy = Privacy(
             store=store,
             consent=consent,
             graph=self.graph,
             profiles=self.profiles,
+            history=self.history,
             outbox=self.outbox,
             stats=self.stats,
         )
@@ -95,10 +106,26 @@ class Engine:
             published=self._published,
         )
         self.privacy.membership = self.membership
+        self.rollout = Rollout(
+            store=store,
+            index=self.index,
+            history=self.history,
+            membership=self.membership,
+            positions=self.inputs,
+            stats=self.stats,
+            batch=settings.profile.rollout_batch,
+            held=not graph,
+        )
+        if not graph:
+            has_profiles = next(iter(store.scan(PROFILES)), None) is not None
+            self.history.start(store, self.inputs.max_event_ms, has_profiles)
+            self.membership.upgrade = self.rollout.upgrade
         self.exchange = Exchange(
             index=self.index,
             positions=self.inputs,
             profiles=self.profiles,
+            history=self.history,
+            rollout=self.rollout,
             membership=self.membership,
             privacy=self.privacy,
             outbox=self.outbox,
@@ -113,6 +140,9 @@ class Engine:
         with self.lock:
             call = self._start(wall_ms)
             for record in records:
+                if isinstance(record, Kick):
+                    self.rollout.step(call, record.shard)
+                    continue
                 if isinstance(record, Forget):
                     origin = record.origin
                     if self.inputs.first_time(
@@ -147,23 +177,55 @@ class Engine:
         `Adopt` commands (for the feedback topic)."""
         with self.lock:
             call = self._start(wall_ms)
+            done: list[Output] = []
             for item in items:
+                if isinstance(item, Kick):
+                    self.rollout.step(call, item.shard)
+                    continue
+                if isinstance(item, Tick) and self.rollout.pending(item.shard):
+                    # The end of a replay: the rollout is complete before the last timers.
+                    done += self._commit(call, key)
+                    done += self._roll_all(key, item.shard, wall_ms)
+                    call = Call(Txn(self.store), wall_ms)
                 if isinstance(item, Adopt):
                     self.exchange.adopt(call, key, item)
                 else:
                     self.exchange.command(call, key, item)
             call.read_ns = 0
-            return self._commit(call, key)
+            return done + self._commit(call, key)
 
-    def finish(self, key: int, wall_ms: int) -> list[Output]:
-        """End of input: event time reaches the last event of every partition; timers fire."""
+    def finish(self, key: int, wall_ms: int, shard: int | None = None) -> list[Output]:
+        """End of input: the rollout of edited audiences completes (for `shard`, None: all),
+        event time reaches the last event of every partition, and timers fire."""
         with self.lock:
+            done = self._roll_all(key, shard, wall_ms)
             last = self.inputs.to_last_event()
             if last is None:
-                return []
+                return done
             call = Call(Txn(self.store), wall_ms)
             self.membership.fire_timers(call, last)
+            return done + self._commit(call, key)
+
+    def roll(self, key: int, shard: int | None, wall_ms: int) -> list[Output]:
+        """One batch of the rollout of edited audiences over a shard's profiles (None: all)."""
+        with self.lock:
+            call = Call(Txn(self.store), wall_ms)
+            self.rollout.step(call, shard)
             return self._commit(call, key)
+
+    def rolling(self, shard: int | None) -> bool:
+        """The rollout over a shard's profiles (None: all) is not complete."""
+        with self.lock:
+            return self.rollout.pending(shard)
+
+    def _roll_all(self, key: int, shard: int | None, wall_ms: int) -> list[Output]:
+        out: list[Output] = []
+        more = self.rollout.pending(shard)
+        while more:
+            call = Call(Txn(self.store), wall_ms)
+            more = self.rollout.step(call, shard)
+            out += self._commit(call, key)
+        return out
 
     def finish_route(self, wall_ms: int) -> list[Output]:
         """End of a replay on several processes: every shard's event time reaches the last
@@ -276,21 +338,32 @@ class Engine:
         """One process: the losers of a merge exit and are merged into the survivor's profile,
         then the record is applied to it."""
         txn = call.txn
-        at_ms = record.ts_ms if record.ts_ms is not None else self.inputs.now_ms
+        now = self.inputs.now_ms
+        at_ms = record.ts_ms if record.ts_ms is not None else now
         canonical = resolution.canonical
+        rollout, history = self.rollout, self.history
         profile, fresh = self.profiles.load(txn, canonical)
+        if fresh:
+            profile = rollout.stamp(profile)
+        elif rollout.stale(profile):
+            profile = rollout.upgrade(call, canonical, profile, now)
         merged = False  # a profile merged in: every rule is evaluated again
         index = self.index
         for merge, loser_cluster in losers:
             loser = self.profiles.get(txn, merge.loser)
             if loser is None:
                 continue
+            if rollout.stale(loser):
+                loser = rollout.upgrade(call, merge.loser, loser, now)
             merged = True
             self.membership.remove(
                 call, merge.loser, loser_cluster, loser, reason="merge", at_ms=at_ms
             )
             profile = prof.merge_profiles(profile, loser, index.aggregates, index.absents)
+            profile = history.move(txn, merge.loser, loser, canonical, profile, now_ms=now)
         duplicate = record.kind == "event" and self.profiles.duplicate(txn, record)
+        if record.kind == "event" and not duplicate:
+            profile = history.add(txn, canonical, profile, record, now)
         self.membership.apply_record(
             call,
             record,

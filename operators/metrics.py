@@ -22,6 +22,9 @@ CLUSTER_SIZE = Histogram(
     "Identities in a cluster after a link",
     buckets=(1, 2, 3, 5, 8, 13, 21, 50, 100),
 )
+UPGRADED = Counter(
+    "cdp_profiles_upgraded", "Profiles brought to edited audience definitions (rollout)"
+)
 CHANGES = Counter("cdp_audience_changes", "Audience changes", ["segment", "status"])
 TIMERS = Counter("cdp_timers_fired", "Window timers fired")
 DELETES = Counter("cdp_deleted_profiles", "Clusters deleted (GDPR)")

@@ -6,17 +6,21 @@
  "aggs":   {AGG_KEY: state},  "abs": {ABSENT_KEY: state},   rule inputs (operators.aggregates)
  "events": [count, first_ms, last_ms] | None,
  "segs":   {SEGMENT_ID: [in_segment, since_ms, transitions]},
- "timer":  ms | None}                                        the scheduled re-evaluation
+ "timer":  ms | None,                                        the scheduled re-evaluation
+ "hist":   [count, oldest_ms],   its kept events (operators.steps.history)
+ "v": VERSION, "gone": {SEGMENT_ID: transitions}, "hfrom": {INPUT_KEY: ms}}
+                                 audience definitions it is built for (operators.steps.rollout)
 ```
 Attribute merge policy (DESIGN §4): per field path the higher-priority source wins; between
-equal priorities the later record wins (event time where it has one, else arrival order). Nulls
-never overwrite. Every function returns a new dict and leaves its arguments alone.
+equal priorities the later record wins (`Record.order`: the record's time where it has one, else
+its place in its source, never the order sources were read in). Nulls never overwrite. Every
+function returns a new dict and leaves its arguments alone.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from operators.absent import (
@@ -105,7 +109,17 @@ def apply_event(
     from its event type). Returns the new profile and the keys of the inputs that changed."""
     ts = record.ts_ms
     assert ts is not None, "events always have a time (decode guarantees it)"
-    event = record.body
+    return apply_event_body(profile, ts, record.body, aggregates, absents)
+
+
+def apply_event_body(
+    profile: Profile,
+    ts: int,
+    event: Mapping[str, Any],
+    aggregates: Sequence[Aggregate],
+    absents: Sequence[Absent],
+) -> tuple[Profile, frozenset[str]]:
+    """`apply_event` of an event's time and body (a record, or one kept in the history)."""
     held = profile["events"]
     if held:
         count, first, last = held
@@ -138,6 +152,25 @@ def apply_event(
     if abs_states is not None:
         out["abs"] = abs_states
     return out, frozenset(changed)
+
+
+def rebuild_inputs(
+    profile: Profile,
+    events: Iterable[tuple[int, Mapping[str, Any]]],
+    aggregates: Sequence[Aggregate],
+    absents: Sequence[Absent],
+) -> Profile:
+    """The inputs `aggregates` and `absents` built anew from `events` (time order), as if
+    every event had been applied to them; the profile's other inputs and summaries stay."""
+    scratch = new_profile()
+    if aggregates or absents:
+        for ts, body in events:
+            scratch, _ = apply_event_body(scratch, ts, body, aggregates, absents)
+    aggs = {k: v for k, v in profile["aggs"].items() if k not in {a.key for a in aggregates}}
+    abs_states = {k: v for k, v in profile["abs"].items() if k not in {a.key for a in absents}}
+    aggs.update(scratch["aggs"])
+    abs_states.update(scratch["abs"])
+    return {**profile, "aggs": aggs, "abs": abs_states}
 
 
 def merge_profiles(

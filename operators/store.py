@@ -37,7 +37,10 @@ class StoreError(RuntimeError):
 class Store(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
     def write(self, changes: Mapping[bytes, bytes | None]) -> None: ...
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Keys under `prefix` in order, from `start` (a key under `prefix`) if given."""
+        ...
+
     def delete_range(self, start: bytes, end: bytes) -> None: ...
     def close(self) -> None: ...
 
@@ -58,8 +61,9 @@ class MemoryStore:
             else:
                 self._data[key] = value
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for key in sorted(k for k in self._data if k.startswith(prefix)):
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        low = start or prefix
+        for key in sorted(k for k in self._data if k.startswith(prefix) and k >= low):
             yield key, self._data[key]
 
     def delete_range(self, start: bytes, end: bytes) -> None:
@@ -128,8 +132,8 @@ class RocksStore:
                 batch.put(key, value)
         self._db.write(batch)
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self._db.items(from_key=prefix):
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        for key, value in self._db.items(from_key=start or prefix):
             assert isinstance(key, bytes) and isinstance(value, bytes)  # raw mode
             if not key.startswith(prefix):
                 break
@@ -192,8 +196,8 @@ class UnionStore:
     def write(self, changes: Mapping[bytes, bytes | None]) -> None:
         raise StoreError("the state of several processes is read-only here")
 
-    def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        return heapq.merge(*(store.scan(prefix) for store in self._stores))
+    def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        return heapq.merge(*(store.scan(prefix, start) for store in self._stores))
 
     def delete_range(self, start: bytes, end: bytes) -> None:
         raise StoreError("the state of several processes is read-only here")

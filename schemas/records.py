@@ -53,6 +53,9 @@ class Record:
     priority: int
     identities: tuple[Identity, ...]  # normalised, deduplicated, best first
     parsed: dict[str, Any] | None  # the body once parsed (None: not yet, see `body`)
+    # The record's own time. An event's is its event time. A profile record's (its body time,
+    # else its Kafka message timestamp; None for a file's record without one) orders its
+    # attributes and stamps its changes, but never moves event time (`Positions.observe`).
     ts_ms: int | None
     event_id: str | None
     event_type: str | None
@@ -84,7 +87,8 @@ class Record:
 
     @property
     def order(self) -> tuple[int, int, int, int]:
-        """The "later record wins" key: event time where there is one, else arrival order."""
+        """The "later record wins" key: the record's time where it has one, else its place in
+        its source (source, partition, offset): never the order the sources were read in."""
         o = self.origin
         return (-1 if self.ts_ms is None else self.ts_ms, self.source_index, o.partition, o.offset)
 
@@ -298,6 +302,15 @@ class Drop:
             "members": [list(m) for m in self.members],
             "at_ms": self.at_ms,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    """Start (or go on with) the rollout of edited audiences over one shard's profiles (None:
+    every profile of the store, when one key applies them all). DESIGN §13."""
+
+    shard: int | None
+    key: str  # the Bytewax key it goes to
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ from operators.rules.compiled import Absent, Aggregate, CompiledRule, EvalContex
 from operators.rules.duration import parse_duration
 from operators.rules.errors import RuleError, RuleErrors
 from operators.rules.paths import event_values
-from operators.rules.ruleset import compile_rules
+from operators.rules.ruleset import compile_rules, definition_hash
 
 __all__ = [
     "Absent",
@@ -57,6 +57,7 @@ __all__ = [
     "RuleError",
     "RuleErrors",
     "compile_rules",
+    "definition_hash",
     "event_values",
     "parse_duration",
 ]

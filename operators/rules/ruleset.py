@@ -8,11 +8,13 @@ Errors from every segment are gathered and raised once, sorted by segment then c
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 
 from operators.rules.compile import Caches, RuleCompiler
 from operators.rules.compiled import CompiledRule
 from operators.rules.errors import RuleError, RuleErrors
+from operators.rules.nodes import render
 from operators.rules.parse import SyntaxProblem, parse_rule
 
 
@@ -147,3 +149,12 @@ def compile_rules(segments: Sequence[tuple[str, str]]) -> tuple[CompiledRule, ..
         errors.sort(key=lambda e: (position.get(e.segment_id, 0), e.column))
         raise RuleErrors(errors)
     return tuple(compiled[sid] for sid in order)
+
+
+def definition_hash(rule: CompiledRule) -> str:
+    """What a segment's members depend on, as a short hash: the rule in its canonical spelling
+    (spacing and quotes do not count) and the inputs it reads. Two definitions with one hash
+    have the same members; a changed hash means the segment must be evaluated again."""
+    reads = sorted([a.key for a in rule.aggregates] + [a.key for a in rule.absents])
+    text = "\n".join([render(parse_rule(rule.text)), *reads])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -21,11 +21,13 @@ from operators import profile as prof
 from operators.identity import Cluster, Merge, Resolution
 from operators.segments import SegmentIndex
 from operators.steps.call import Call
+from operators.steps.history import History
 from operators.steps.membership import Membership
 from operators.steps.outbox import Outbox
 from operators.steps.positions import Positions
 from operators.steps.privacy import Privacy
 from operators.steps.profiles import Profiles
+from operators.steps.rollout import Rollout
 from operators.steps.stats import EngineStats
 from operators.store import Store, Txn, decode
 from schemas.records import (
@@ -90,6 +92,8 @@ class Exchange:
         index: SegmentIndex,
         positions: Positions,
         profiles: Profiles,
+        history: History,
+        rollout: Rollout,
         membership: Membership,
         privacy: Privacy,
         outbox: Outbox,
@@ -99,6 +103,8 @@ class Exchange:
         self.index = index
         self.positions = positions
         self.profiles = profiles
+        self.history = history
+        self.rollout = rollout
         self.membership = membership
         self.privacy = privacy
         self.outbox = outbox
@@ -177,10 +183,14 @@ class Exchange:
         record = item.record
         call.read_ns = record.read_ns
         self.stats.records += 1
-        profile, fresh = self.profiles.load(call.txn, item.canonical)
+        txn, now = call.txn, self.positions.now_ms
+        profile, fresh = self.profiles.load(txn, item.canonical)
+        profile = self._current(call, item.canonical, profile, fresh)
         if item.members:
             profile = self.profiles.with_members(profile, item.members)
-        at_ms = record.ts_ms if record.ts_ms is not None else self.positions.now_ms
+        if record.kind == "event":  # the identity step dropped duplicates
+            profile = self.history.add(txn, item.canonical, profile, record, now)
+        at_ms = record.ts_ms if record.ts_ms is not None else now
         self.membership.apply_record(
             call,
             record,
@@ -193,6 +203,16 @@ class Exchange:
             at_ms=at_ms,
         )
 
+    def _current(self, call: Call, canonical: Identity, profile: prof.Profile,
+                 fresh: bool) -> prof.Profile:  # fmt: skip
+        """A profile at the configured audience definitions (`operators.steps.rollout`)."""
+        rollout = self.rollout
+        if fresh:
+            return rollout.stamp(profile)
+        if rollout.stale(profile):
+            return rollout.upgrade(call, canonical, profile, self.positions.now_ms)
+        return profile
+
     def _move(self, call: Call, move: Move) -> None:
         """The loser's side of a merge: exits, then the profile leaves through the feedback
         topic. A forwarding pointer stays, for moves into this profile still on their way."""
@@ -202,10 +222,13 @@ class Exchange:
         loser = self.profiles.get(txn, move.loser)
         if loser is None:
             return
+        loser = self._current(call, move.loser, loser, False)
         cluster = self.profiles.cluster_of(txn, move.loser, loser)
         self.membership.remove(call, move.loser, cluster, loser, reason="merge", at_ms=move.at_ms)
         self.counts.fb_out += 1
-        shipped: prof.Profile = {**loser, "timer": None}
+        # Its kept events travel with it (and leave this process's store).
+        events = self.history.ship(txn, move.loser)
+        shipped: prof.Profile = {**loser, "timer": None, "history": events}
         call.out.append(Adopt(move.survivor, move.members, move.merge_id, shipped, move.at_ms))
 
     def adopt(self, call: Call, key: int, adopt: Adopt) -> None:
@@ -230,12 +253,20 @@ class Exchange:
             )
             return
         index = self.index
-        profile = prof.merge_profiles(
-            self.profiles.load(txn, adopt.survivor)[0],
-            adopt.profile,
-            index.aggregates,
-            index.absents,
+        survivor, fresh = self.profiles.load(txn, adopt.survivor)
+        survivor = self._current(call, adopt.survivor, survivor, fresh)
+        moved = dict(adopt.profile)
+        events = moved.pop("history", None) or []
+        profile = prof.merge_profiles(survivor, moved, index.aggregates, index.absents)
+        profile = self.history.adopt(
+            txn,
+            adopt.survivor,
+            profile,
+            events,
+            hist=moved.get("hist"),
+            now_ms=self.positions.now_ms,
         )
+        profile = self.rollout.merged_in(txn, adopt.survivor, profile, moved, self.positions.now_ms)
         profile = self.profiles.with_members(profile, adopt.members)
         self.membership.evaluate(
             call,

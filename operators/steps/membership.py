@@ -5,7 +5,7 @@ memberships that flip, and the audience changes they emit. Memberships live in t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from operators import profile as prof
@@ -48,6 +48,9 @@ class Membership:
         self.consent = consent
         self.stats = stats
         self._published = published
+        # Brings a stale profile to edited definitions before a timer evaluates it (set by the
+        # engine: `operators.steps.rollout`).
+        self.upgrade: Callable[[Call, Identity, prof.Profile, int], prof.Profile] | None = None
         # With no record applied every input has its initial value whatever the time, so
         # which rules hold for an empty profile is known once.
         empty = prof.new_profile()
@@ -123,11 +126,12 @@ class Membership:
         reason: str,
         now_ms: int | None = None,
         retime: bool = True,
-    ) -> None:
+    ) -> prof.Profile:
         """Evaluate `which` segments, emit the transitions, and prune the windows and
         reschedule the profile's timer when a segment reading a window was evaluated (a
         windowed input or another input of it changed: when it next flips may have moved), or
-        always with `retime` (a timer fired: the profile's timer is spent)."""
+        always with `retime` (a timer fired: the profile's timer is spent). Returns the
+        profile as stored."""
         index, txn = self.index, call.txn
         stream_now = self.positions.now_ms
         now = stream_now if now_ms is None else now_ms
@@ -150,6 +154,7 @@ class Membership:
                 self.timers.set(txn, canonical, profile.get("timer"), due)
                 profile = {**profile, "timer": due}
         self.profiles.put(txn, canonical, profile)
+        return profile
 
     def fire_timers(self, call: Call, upto_ms: int) -> None:
         for ts, canonical in self.timers.due(upto_ms):
@@ -160,14 +165,18 @@ class Membership:
                 continue
             self.timers.fired(call.txn, ts, canonical)
             profile = {**profile, "timer": None}
+            # Only the segments whose windowed inputs change at this very moment (known before
+            # an upgrade to edited definitions prunes what leaves the windows then).
+            which = due_at(profile, self.index, ts)
+            if self.upgrade is not None:
+                profile = self.upgrade(call, canonical, profile, ts)
             self.stats.timers_fired += 1
             self.evaluate(
                 call,
                 canonical,
                 cluster=None,
                 profile=profile,
-                # Only the segments whose windowed inputs change at this very moment.
-                which=due_at(profile, self.index, ts),
+                which=which,
                 at_ms=ts,
                 reason="timer",
                 now_ms=ts,

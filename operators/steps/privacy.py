@@ -16,6 +16,7 @@ from operators import profile as prof
 from operators.identity import Cluster
 from operators.steps.call import Call
 from operators.steps.graph import Graph
+from operators.steps.history import History
 from operators.steps.outbox import Outbox
 from operators.steps.profiles import Profiles
 from operators.steps.stats import EngineStats
@@ -58,12 +59,14 @@ class Privacy:
         consent: Consent,
         graph: Graph,
         profiles: Profiles,
+        history: History,
         outbox: Outbox,
         stats: EngineStats,
     ) -> None:
         self.consent = consent
         self.graph = graph
         self.profiles = profiles
+        self.history = history
         self.outbox = outbox
         self.stats = stats
         self.membership: Membership | None = None  # set by the engine once it exists
@@ -110,10 +113,12 @@ class Privacy:
         return found
 
     def forget_profile(self, call: Call, canonical: Identity, cluster: Cluster, at_ms: int) -> None:
-        """The profile, its event summaries and timer go, every membership exits (reason
-        `delete`), and earlier outputs naming the person still waiting in an outbox too."""
+        """The profile, its event summaries, kept events and timer go, every membership exits
+        (reason `delete`), and earlier outputs naming the person still waiting in an outbox
+        too."""
         stored = self.profiles.get(call.txn, canonical)
         if stored is not None:
             assert self.membership is not None
             self.membership.remove(call, canonical, cluster, stored, reason="delete", at_ms=at_ms)
+        self.history.drop(call.txn, canonical)
         self.outbox.drop_person(call.txn, cluster.members)

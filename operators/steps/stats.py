@@ -20,6 +20,7 @@ class EngineStats:
     timers_fired: int = 0
     forgotten: int = 0  # records dropped because their person was deleted (tombstone)
     deleted: int = 0  # clusters deleted (GDPR)
+    upgraded: int = 0  # profiles brought to edited audience definitions (rollout)
     changes: Counter[str] = field(default_factory=Counter)
 
     # The Prometheus counter of each count. The profile step of several processes publishes
@@ -32,6 +33,7 @@ class EngineStats:
         "timers_fired": metrics.TIMERS,
         "forgotten": metrics.FORGOTTEN,
         "deleted": metrics.DELETES,
+        "upgraded": metrics.UPGRADED,
     }
 
 

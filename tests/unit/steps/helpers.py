@@ -18,11 +18,13 @@ from operators.segments import SegmentIndex
 from operators.steps.call import Call, Output
 from operators.steps.exchange import Exchange, FlowCounts
 from operators.steps.graph import Graph
+from operators.steps.history import History
 from operators.steps.membership import Membership
 from operators.steps.outbox import Outbox
 from operators.steps.positions import Positions
 from operators.steps.privacy import Consent, Privacy
 from operators.steps.profiles import Profiles
+from operators.steps.rollout import Rollout
 from operators.steps.stats import EngineStats, Published
 from operators.steps.timers import Timers
 from operators.store import MemoryStore, Store, Txn
@@ -116,6 +118,8 @@ class Steps:
     membership: Membership
     exchange: Exchange
     counts: FlowCounts
+    history: History
+    rollout: Rollout
 
 
 def build(
@@ -139,8 +143,15 @@ def build(
     graph = Graph(rules, shards, stats)
     profiles = Profiles(rules, shards, stats)
     consent = Consent(config.privacy)
+    history = History(config.profile.history, shards, store)
     privacy = Privacy(
-        store=store, consent=consent, graph=graph, profiles=profiles, outbox=outbox, stats=stats
+        store=store,
+        consent=consent,
+        graph=graph,
+        profiles=profiles,
+        history=history,
+        outbox=outbox,
+        stats=stats,
     )
     membership = Membership(
         index=index,
@@ -152,11 +163,25 @@ def build(
         published=published,
     )
     privacy.membership = membership
+    rollout = Rollout(
+        store=store,
+        index=index,
+        history=history,
+        membership=membership,
+        positions=positions,
+        stats=stats,
+        batch=config.profile.rollout_batch,
+        held=not graph_role,
+    )
+    if not graph_role:
+        membership.upgrade = rollout.upgrade
     counts = FlowCounts.load(store) if role == "profile" else FlowCounts()
     exchange = Exchange(
         index=index,
         positions=positions,
         profiles=profiles,
+        history=history,
+        rollout=rollout,
         membership=membership,
         privacy=privacy,
         outbox=outbox,
@@ -178,4 +203,6 @@ def build(
         membership,
         exchange,
         counts,
+        history,
+        rollout,
     )

@@ -177,9 +177,12 @@ def test_a_move_exits_the_loser_ships_it_and_leaves_a_forward_pointer() -> None:
     (adopt,) = [o for o in call.out if isinstance(o, Adopt)]
     assert (adopt.survivor, adopt.members, adopt.merge_id) == (A, (A, D1), "m1")
     assert adopt.at_ms == 2 * MIN and adopt.origin is None
-    # Shipped whole, but its timer stays behind: the survivor sets its own.
-    assert adopt.profile == {**loser, "timer": None}
+    # Shipped whole with its kept events, but its timer stays behind: the survivor sets its own.
+    shipped = dict(adopt.profile)
+    assert [(ts, eid) for ts, eid, _ in shipped.pop("history")] == [(0, "v0"), (MIN, "v1")]
+    assert shipped == {**loser, "timer": None}
     assert [k for k, _ in steps.store.scan(b"t/")] == []
+    assert [k for k, _ in steps.store.scan(b"h/")] == []  # the events left with it
     assert steps.store.get(forward_key(D1)) == b'"Email:a@x.com"'
     assert steps.store.get(profile_key(D1, CONF.shards)) is None
     assert steps.counts.fb_out == 1
