@@ -1,6 +1,7 @@
 """A rollout killed in the middle (issue #14): the edited config B's run into config A's state
-is SIGKILLed while it rolls the edit out (small batches: `profile.rollout_batch: 20`), then
-started again with the same command. The final state equals an uninterrupted B run into a copy
+is SIGKILLed while it rolls the edit out (4 shards, `profile.rollout_batch: 20`: dozens of
+batches per shard), then started again with the same command. Where the pass is, is read from
+its cursors in the state (opened read-only while the run goes on). The final state equals an uninterrupted B run into a copy
 of A's state, and the changes, after dedup by `id`, are the same set.
 """
 
@@ -14,9 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from flows.generator import generate, write_files
+from operators.steps.rollout import CURRENT_KEY, CURSORS
+from operators.store import StoreError, open_state
 from tests.flow.test_edits import CONFIG_A, CONFIG_B
 from tests.flow.test_stream_batch import CONFIG_HEAD, Segment, segments_yaml
 from tests.helpers import ROOT, export, read_jsonl, replay_files
@@ -26,8 +30,8 @@ pytestmark = pytest.mark.slow
 PEOPLE = 1500
 EVENTS = 9000
 SEED = 21
-ROLLOUT = "profile: {rollout_batch: 20}\n"
-KILL_AT = (0.2, 0.6)  # of the uninterrupted run's changes: where each attempt is killed
+ROLLOUT = "shards: 4\nprofile: {rollout_batch: 20}\n"
+KILL_AT = (0.2, 0.6)  # of the profiles looked at by the pass: where each attempt is killed
 
 
 def _config(path: Path, segments: tuple[Segment, ...]) -> Path:
@@ -35,11 +39,19 @@ def _config(path: Path, segments: tuple[Segment, ...]) -> Path:
     return path
 
 
-def _lines(path: Path) -> int:
+def _pass(state: Path) -> tuple[int, bool]:
+    """Profiles the rollout's pass has looked at so far, and whether it is done."""
     try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
+        store = open_state(state)
+    except StoreError:  # not open yet, or being written: ask again
+        return 0, False
+    try:
+        current = store.get(CURRENT_KEY)
+        cursors = [orjson.loads(raw) for _, raw in store.scan(CURSORS)]
+    finally:
+        store.close()
+    mine = [c for c in cursors if current is not None and c["version"] == current.decode()]
+    return sum(c["profiles"] for c in mine), len(mine) == 4 and all(c["done"] for c in mine)
 
 
 def _start(config: Path, state: Path, out: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -69,9 +81,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     took = time.monotonic() - started
     changes = read_jsonl(tmp / "changes-ref.jsonl")
     print(f"\nreference B run: {len(changes)} changes in {took:.1f}s")
+    profiles = len(export(config_a, tmp / "a", tmp, "export-a.jsonl"))
     return {
         "tmp": tmp,
         "config_b": config_b,
+        "profiles": profiles,
         "ref_export": export(config_b, tmp / "ref", tmp, "export-ref.jsonl"),
         "ref_changes": changes,
     }
@@ -79,11 +93,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_a_rollout_killed_midway_finishes_with_the_same_result(prepared: dict[str, Any]) -> None:
     tmp, config = prepared["tmp"], prepared["config_b"]
-    total = len(prepared["ref_changes"])
-    assert total > 200, "the rollout takes many batches"
+    assert len(prepared["ref_changes"]) > 200
+    assert prepared["profiles"] > 10 * 4 * 20, "the pass takes many batches per shard"
     state = tmp / "killed"
     shutil.copytree(tmp / "a", state)
-    midway: list[int] = []  # changes written when a kill landed
+    midway: list[tuple[int, bool]] = []  # where the pass was when a kill landed
     for attempt, fraction in enumerate((*KILL_AT, None)):
         out, log = tmp / f"changes-{attempt}.jsonl", tmp / f"stderr-{attempt}.txt"
         proc = _start(config, state, out, log)
@@ -92,17 +106,17 @@ def test_a_rollout_killed_midway_finishes_with_the_same_result(prepared: dict[st
             break
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if _lines(out) >= fraction * total:
+            if _pass(state)[0] >= fraction * prepared["profiles"]:
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.005)
         proc.wait(timeout=60)
         if proc.returncode == -signal.SIGKILL:
-            midway.append(_lines(out))
+            midway.append(_pass(state))
         else:
             assert proc.returncode == 0, log.read_text()[-3000:]
-    print(f"killed with {midway} of {total} changes written")
-    assert any(0 < n < total for n in midway), "at least one kill landed during the rollout"
+    print(f"killed with the pass at {midway} of {prepared['profiles']} profiles")
+    assert any(seen > 0 and not done for seen, done in midway), "a kill landed mid-rollout"
 
     assert export(config, state, tmp, "export-killed.jsonl") == prepared["ref_export"]
     written = [c for f in sorted(tmp.glob("changes-[0-9]*.jsonl")) for c in read_jsonl(f)]
