@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from flows.generator import generate, write_files
-from tests.batch_oracle import BatchResult, View, eq, evaluate, event_is
+from tests.batch_oracle import BatchResult, View, eq, evaluate, event_is, lt
 from tests.flow.test_stream_batch import CONFIG_HEAD, Segment, members_of, segments_yaml
 from tests.helpers import alternate, export, read_jsonl, replay_files, run_cli
 
@@ -32,6 +32,7 @@ SEED = 5
 PURCHASE = event_is("commerce.purchases")
 VIEW = event_is("commerce.productViews")
 CHECKOUT = event_is("commerce.checkouts")
+ADD = event_is("commerce.productListAdds")
 VOICE = event_is("voice.intent")
 LEVEL = "_techmarketingdemos.loyalty.level"
 EVENT_FILES = ("web.jsonl", "voice.jsonl", "store.jsonl")
@@ -80,10 +81,50 @@ CHECKOUT_3D = Segment(
     lambda v: v.count(CHECKOUT, within="3d") >= 1,
 )
 
-CONFIG_A = (GOLD, BUYERS, ENGAGED, BIG_A, BUYERS_NOT_BIG, VOICE_USERS)
-CONFIG_B = (GOLD, BUYERS, ENGAGED, BIG_B, BUYERS_NOT_BIG, SILVER, CHECKOUT_TWICE, CHECKOUT_3D)
-ADDED = {"silver", "checkout-twice", "checkout-3d"}
-CHANGED = {"big-spenders"}
+VIEWED_A = Segment(
+    "viewed-recently",
+    'exists(event.eventType == "commerce.productViews", within="2d")',
+    lambda v: v.exists(VIEW, within="2d"),
+)
+VIEWED_B = Segment(  # a shorter window: its timers are set again
+    "viewed-recently",
+    'exists(event.eventType == "commerce.productViews", within="12h")',
+    lambda v: v.exists(VIEW, within="12h"),
+)
+ABANDONED = Segment(  # absent(): its last cart add rebuilt from the history
+    "abandoned-cart",
+    'absent(event.eventType == "commerce.purchases", '
+    'after=event.eventType == "commerce.productListAdds", within="30m")',
+    lambda v: v.absent(PURCHASE, after=ADD, within="30m"),
+)
+LAST_MOBILE = Segment(
+    "last-on-mobile",
+    'last(event.device.type, event.eventType != "voice.intent") == "mobile"',
+    lambda v: eq(v.last("device.type", lambda e: not VOICE(e)), "mobile"),
+)
+CHEAP_VIEW = Segment(
+    "cheap-view-2d",
+    'min(event.productListItems.priceTotal, event.eventType == "commerce.productViews", '
+    'within="2d") < 20',
+    lambda v: lt(v.min("productListItems.priceTotal", VIEW, within="2d"), 20),
+)
+
+CONFIG_A = (GOLD, BUYERS, ENGAGED, BIG_A, BUYERS_NOT_BIG, VIEWED_A, VOICE_USERS)
+CONFIG_B = (
+    *(GOLD, BUYERS, ENGAGED, BIG_B, BUYERS_NOT_BIG, VIEWED_B),
+    *(SILVER, CHECKOUT_TWICE, CHECKOUT_3D, ABANDONED, LAST_MOBILE, CHEAP_VIEW),
+)
+ADDED = {
+    "silver",
+    "checkout-twice",
+    "checkout-3d",
+    "abandoned-cart",
+    "last-on-mobile",
+    "cheap-view-2d",
+}
+CHANGED = {"big-spenders", "viewed-recently"}
+# With a window (or absent): rolled out at the event time of the moment, then kept by timers.
+WINDOWED = {"checkout-3d", "abandoned-cart", "cheap-view-2d", "viewed-recently"}
 DEPENDENT = {"buyers-not-big"}  # may change with what it reads
 UNCHANGED = {"gold", "buyers", "engaged-3d"}
 REMOVED = "voice-users"
@@ -300,7 +341,7 @@ def test_the_edit_is_rolled_out_with_reason_definition(run: dict[str, Any]) -> N
         assert {c["segment_id"] for c in changes if c["segment_id"] in UNCHANGED} == set()
         assert {reason(c) for c in changes if c["segment_id"] != REMOVED} <= {"definition"}
     for sid in sorted(ADDED | CHANGED | DEPENDENT):
-        if not same and sid == "checkout-3d":
+        if not same and sid in WINDOWED:
             continue
         old, new = before.get(sid, set()), target.members[sid]
         want = {(pid, "entered") for pid in new - old} | {(pid, "exited") for pid in old - new}
