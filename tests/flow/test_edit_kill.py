@@ -54,10 +54,12 @@ def _pass(state: Path) -> tuple[int, bool]:
     return sum(c["profiles"] for c in mine), len(mine) == 4 and all(c["done"] for c in mine)
 
 
-def _start(config: Path, state: Path, out: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    config: Path, state: Path, out: Path, log: Path, workers: int
+) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable, "-m", "flows.cli", "replay", "--config", str(config), "--files",
-        "--state-dir", str(state), "--audience-out", str(out),
+        "--state-dir", str(state), "--audience-out", str(out), "--workers", str(workers),
     ]  # fmt: skip
     return subprocess.Popen(cmd, cwd=ROOT, stderr=log.open("wb"))
 
@@ -66,24 +68,28 @@ def _comparable(change: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in change.items() if k != "emitted_at"}
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def prepared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     """A's state, and the uninterrupted B run into a copy of it (the reference)."""
-    tmp = tmp_path_factory.mktemp("edit-kill")
+    workers = request.param
+    tmp = tmp_path_factory.mktemp(f"edit-kill-w{workers}")
     data = tmp / "data"
     write_files(generate(PEOPLE, EVENTS, seed=SEED), data, junk=False)
     config_a = _config(data / "a.yaml", CONFIG_A)
     config_b = _config(data / "b.yaml", CONFIG_B)
-    replay_files(config_a, tmp / "a", 1, tmp / "changes-a.jsonl")
+    replay_files(config_a, tmp / "a", workers, tmp / "changes-a.jsonl")
     shutil.copytree(tmp / "a", tmp / "ref")
     started = time.monotonic()
-    replay_files(config_b, tmp / "ref", 1, tmp / "changes-ref.jsonl")
+    replay_files(config_b, tmp / "ref", workers, tmp / "changes-ref.jsonl")
     took = time.monotonic() - started
     changes = read_jsonl(tmp / "changes-ref.jsonl")
     print(f"\nreference B run: {len(changes)} changes in {took:.1f}s")
     profiles = len(export(config_a, tmp / "a", tmp, "export-a.jsonl"))
     return {
         "tmp": tmp,
+        "workers": workers,
         "config_b": config_b,
         "profiles": profiles,
         "ref_export": export(config_b, tmp / "ref", tmp, "export-ref.jsonl"),
@@ -100,7 +106,7 @@ def test_a_rollout_killed_midway_finishes_with_the_same_result(prepared: dict[st
     midway: list[tuple[int, bool]] = []  # where the pass was when a kill landed
     for attempt, fraction in enumerate((*KILL_AT, None)):
         out, log = tmp / f"changes-{attempt}.jsonl", tmp / f"stderr-{attempt}.txt"
-        proc = _start(config, state, out, log)
+        proc = _start(config, state, out, log, prepared["workers"])
         if fraction is None:
             assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
             break
