@@ -16,6 +16,7 @@ import pytest
 
 from flows.generator import generate, write_files
 from tests.batch_oracle import evaluate, event_is
+from tests.flow.test_edits import CONFIG_A, CONFIG_B
 from tests.flow.test_stream_batch import CONFIG_HEAD, Segment, members_of, segments_yaml
 from tests.helpers import export, replay_files, run_cli
 
@@ -117,3 +118,34 @@ def test_sizes_and_explain_say_history_from(
     text = capsys.readouterr().out
     assert code == 3, text
     assert "history from" in text, text
+
+
+def test_a_state_built_without_history_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A built with `profile.history.max_events: 0` (no events kept), then B with the history
+    on: rules over inputs A kept are exact; rules over new inputs are evaluated on what is kept
+    (nothing before B's run) and `cdp segments sizes` says "history from" for each of them."""
+    write_files(generate(PEOPLE, EVENTS, seed=SEED), tmp_path, junk=False)
+    config_a = tmp_path / "a.yaml"
+    config_a.write_text(
+        CONFIG_HEAD + segments_yaml(CONFIG_A) + "profile: {history: {max_events: 0}}\n"
+    )
+    config_b = tmp_path / "b.yaml"
+    config_b.write_text(CONFIG_HEAD + segments_yaml(CONFIG_B))
+    replay_files(config_a, tmp_path / "state", 1)
+    replay_files(config_b, tmp_path / "state", 1)
+    profiles = export(config_b, tmp_path / "state", tmp_path)
+    oracle = evaluate(config_b, profiles, {s.id: s.batch for s in CONFIG_B})
+    members = members_of(profiles)
+    kept = {"gold", "buyers", "engaged-3d", "big-spenders", "buyers-not-big", "silver"}
+    assert {sid: members.get(sid, set()) for sid in kept} == {
+        sid: oracle.members[sid] for sid in kept
+    }
+    capsys.readouterr()
+    assert (
+        run_cli("segments", "sizes", "--config", config_b, "--state-dir", tmp_path / "state") == 0
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    noted = {line.split()[0] for line in lines if "history from" in line}
+    assert noted == {s.id for s in CONFIG_B} - kept

@@ -409,3 +409,22 @@ def test_again_changes_nothing_and_editing_back_restores_a(
     assert len({c["id"] for c in changes}) == len(changes)
     assert alternate(changes, in_order=workers == 1)
     assert fold(changes) == dict(members_of(profiles))
+
+
+def test_a_cosmetic_edit_rolls_nothing_out(generated: Path, tmp_path: Path) -> None:
+    """The same rules written differently (order, quotes, spaces, parentheses, names): the
+    definitions are the parsed rules, so the second run sends nothing."""
+    config_a = write_config(tmp_path / "a.yaml", CONFIG_A)
+    lines = ["segments:"]
+    for seg in reversed(CONFIG_A):
+        rule = seg.rule.replace(" == ", "==").replace(" >= ", ">=").replace('"', "'")
+        lines += [f"  - id: {seg.id}", f"    name: the {seg.id} people", f'    rule: "({rule})"']
+    config_b = tmp_path / "b.yaml"
+    config_b.write_text(CONFIG_HEAD + "\n".join(lines) + "\n")
+    for name in ("crm.json", "loyalty.json", *EVENT_FILES):
+        (tmp_path / name).write_bytes((generated / name).read_bytes())
+    replay_files(config_a, tmp_path / "state", 1, tmp_path / "a.jsonl")
+    before = export(config_a, tmp_path / "state", tmp_path, "export-a.jsonl")
+    replay_files(config_b, tmp_path / "state", 1, tmp_path / "b.jsonl")
+    assert read_jsonl(tmp_path / "b.jsonl") == []
+    assert export(config_b, tmp_path / "state", tmp_path, "export-b.jsonl") == before
