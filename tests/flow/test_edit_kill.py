@@ -1,8 +1,9 @@
 """A rollout killed in the middle (issue #14): the edited config B's run into config A's state
 is SIGKILLed while it rolls the edit out (4 shards, `profile.rollout_batch: 20`: dozens of
 batches per shard), then started again with the same command. Where the pass is, is read from
-its cursors in the state (opened read-only while the run goes on). The final state equals an uninterrupted B run into a copy
-of A's state, and the changes, after dedup by `id`, are the same set.
+its cursors in the state (opened read-only while the run goes on). The final state equals an
+uninterrupted B run into a copy of A's state, and the changes, after dedup by `id`, are the
+same set.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _config(path: Path, segments: tuple[Segment, ...]) -> Path:
     return path
 
 
-def _pass(state: Path) -> tuple[int, bool]:
+def rollout_pass(state: Path) -> tuple[int, bool]:
     """Profiles the rollout's pass has looked at so far, and whether it is done."""
     try:
         store = open_state(state)
@@ -129,13 +130,13 @@ def test_a_rollout_killed_midway_finishes_with_the_same_result(prepared: dict[st
         at = max(fraction * prepared["profiles"], midway[-1][0] + 1 if midway else 0)
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if _pass(state)[0] >= at:
+            if rollout_pass(state)[0] >= at:
                 proc.send_signal(signal.SIGKILL)
                 break
             time.sleep(0.005)
         proc.wait(timeout=60)
         if proc.returncode == -signal.SIGKILL:
-            midway.append(_pass(state))
+            midway.append(rollout_pass(state))
         else:
             assert proc.returncode == 0, log.read_text()[-3000:]
     print(f"killed with the pass at {midway} of {prepared['profiles']} profiles")

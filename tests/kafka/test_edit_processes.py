@@ -9,6 +9,7 @@ The edit is the one of tests/flow/test_edits.py.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import yaml
 
 from flows.generator import generate, write_files
 from tests.batch_oracle import evaluate
+from tests.flow.test_edit_kill import rollout_pass
 from tests.flow.test_edits import (
     ADDED,
     CHANGED,
@@ -44,7 +46,12 @@ SOURCES = ("crm", "loyalty", "web", "voice", "store")
 
 
 def _config(
-    data: Path, segments: tuple[Segment, ...], name: str, prefix: str, bootstrap: str
+    data: Path,
+    segments: tuple[Segment, ...],
+    name: str,
+    prefix: str,
+    bootstrap: str,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """The sources read their topics (the oracle reads the same records from the files)."""
     raw = yaml.safe_load(CONFIG_HEAD + segments_yaml(segments))
@@ -54,6 +61,7 @@ def _config(
     raw["dead_letters"] = {"kind": "kafka", "topic": prefix + "dead"}
     raw["kafka"] = {"bootstrap_servers": bootstrap}
     raw["recovery"] = {"epoch_interval_ms": 200}
+    raw.update(extra or {})
     path = data / name
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -183,3 +191,55 @@ def test_changes_of_both_runs_fold_to_the_export(edited: dict[str, Any]) -> None
     assert alternate(changes, in_order=False)
     assert len({c["id"] for c in changes}) == len(changes)
     assert fold(changes) == dict(members_of(edited["profiles_b"]))
+
+
+def test_two_processes_killed_during_the_rollout(
+    kafka_bootstrap: str, tmp_path: Path, topic_prefix: str
+) -> None:
+    """Both processes SIGKILLed while they roll B out (4 shards, batches of 20), started again
+    with the same commands: memberships equal the batch evaluation of B, and the changes,
+    after dedup by id, alternate and fold to the export."""
+    p = topic_prefix
+    stream = generate(1200, 6000, seed=31)
+    data = tmp_path / "data"
+    write_files(stream, data, junk=False)
+    create_topics(kafka_bootstrap, [p + n for n in SOURCES if n != "web"] + [p + "dead"])
+    create_topics(kafka_bootstrap, [p + "web"], partitions=2)
+    _produce(kafka_bootstrap, p, stream, "all")
+    small = {"shards": 4, "profile": {"rollout_batch": 20}}
+    config_a = _config(data, CONFIG_A, "a.yaml", p, kafka_bootstrap, small)
+    config_b = _config(data, CONFIG_B, "b.yaml", p, kafka_bootstrap, small)
+    state = tmp_path / "state"
+    _cluster_run(config_a, state, "a-{i}.jsonl")
+    profiles = len(export(config_a, state, tmp_path, "export-a.jsonl"))
+    midway: list[tuple[int, bool]] = []
+    for attempt, fraction in enumerate((0.3, None)):
+        addresses = _addresses(2)
+        procs = [
+            _replay(config_b, state, tmp_path / f"b{attempt}-{i}.jsonl", "-i", str(i), *addresses)
+            for i in range(2)
+        ]
+        if fraction is None:
+            for proc in procs:
+                _finish(proc, timeout=180)
+            break
+        deadline = time.monotonic() + 120
+        while all(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
+            if rollout_pass(state)[0] >= fraction * profiles:
+                break
+            time.sleep(0.005)
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.communicate(timeout=60)
+        midway.append(rollout_pass(state))
+    print(f"\nkilled with the pass at {midway} of {profiles} profiles")
+    assert any(seen > 0 and not done for seen, done in midway), "a kill landed mid-rollout"
+    after = export(config_b, state, tmp_path, "export-b.jsonl")
+    oracle = evaluate(config_b, after, rules(CONFIG_B))
+    assert _mismatched(after, oracle.members) == {}
+    assert [x["profile_id"] for x in after if REMOVED in x["segments"]] == []
+    written = [c for f in sorted(tmp_path.glob("[ab]*-[01].jsonl")) for c in read_jsonl(f)]
+    unique = {c["id"]: c for c in written}
+    assert alternate(list(unique.values()), in_order=False)
+    assert fold(list(unique.values())) == dict(members_of(after))
