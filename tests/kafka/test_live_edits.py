@@ -185,13 +185,13 @@ def test_an_edit_rolls_out_through_a_kill_an_outage_and_junk(tmp_path: Path) -> 
         wait_until("every change on Kafka", delivered, 120, worker)
         dead = [orjson.loads(v) for v in consume_all(bootstrap, f"{p}dead", expected=2)]
         assert worker.stop() == 0, worker.tail()
+        kafka = list({r["id"]: r for r in worker.kafka_changes(timeout_s=3)}.values())
 
     # The rollout's own progress on the file destination when the broker was cut.
     assert cut_at < expected_rollout, "the outage began after the rollout was over"
     profiles = export(worker.config, tmp_path / "state", tmp_path)
     assert _members(profiles) == {k: v for k, v in want_b.items() if v}
     assert all("basic" not in p["segments"] for p in profiles)
-    kafka = {r["id"]: r for r in worker.kafka_changes(timeout_s=3)}.values()
     rows = sorted(kafka, key=lambda r: (r["profile_id"], r["segment_id"], r["sequence"]))
     assert alternate(list(rows), in_order=False)
     exits = [r for r in rows if r["reason"] == "removed"]
@@ -209,4 +209,4 @@ def test_an_edit_rolls_out_through_a_kill_an_outage_and_junk(tmp_path: Path) -> 
     }
     assert {k: v for k, v in last.items() if k[1] != "basic"} == exported
     # The file destination saw the same changes (at least once each).
-    assert ids(worker.file_rows()) == ids(list(kafka))
+    assert ids(worker.file_rows()) == ids(kafka)
