@@ -322,7 +322,7 @@ class ProfileSettings(_Frozen):
     history: HistorySettings = HistorySettings()
     # Profiles brought to edited audience definitions per write batch: a record waits at most
     # one batch for the rollout (DESIGN §13).
-    rollout_batch: int = Field(default=500, ge=1)
+    rollout_batch: int = Field(default=200, ge=1)
 
 
 class PrivacySettings(_Frozen):

@@ -135,7 +135,9 @@ class Engine:
 
     # -- what the Bytewax steps call ----------------------------------------------------------
 
-    def process(self, key: int, records: Sequence[Record | Forget], wall_ms: int) -> list[Output]:
+    def process(
+        self, key: int, records: Sequence[Record | Forget | Kick], wall_ms: int
+    ) -> list[Output]:
         """Apply the records routed to one Bytewax key, in one WriteBatch."""
         with self.lock:
             call = self._start(wall_ms)
@@ -171,7 +173,9 @@ class Engine:
             self.counts.graph_out += len(call.out)
             return self._commit(call, GRAPH_KEY)
 
-    def process_commands(self, key: int, items: Sequence[Command], wall_ms: int) -> list[Output]:
+    def process_commands(
+        self, key: int, items: Sequence[Command | Kick], wall_ms: int
+    ) -> list[Output]:
         """A profile step of several processes: what the identity step routed to this shard
         key, and moved profiles read back from the feedback topic. Emits audience changes and
         `Adopt` commands (for the feedback topic)."""

@@ -53,19 +53,39 @@ class StateView:
     ) -> tuple[prof.Profile, int | None]:
         """The profile with every input `index` reads, and from when the rebuilt ones saw the
         history (None: complete)."""
+        index = self.index
+        held = _held_partial(profile, index, self._wanted, now_ms)
         missing = self._wanted - self._inputs_held(profile.get("v", self._base))
         if not missing or not profile["events"]:
-            return profile, None
-        index = self.index
+            return profile, held
         aggs = [index.aggregates[k] for k in sorted(missing) if k in index.aggregates]
         absents = [index.absents[k] for k in sorted(missing) if k in index.absents]
         view = self.history.view(self.store, canonical, profile, now_ms)
         rebuilt = prof.rebuild_inputs(profile, view.events, aggs, absents)
-        return rebuilt, _reach(view.from_ms, aggs, bool(absents), now_ms)
+        partial = _reach(view.from_ms, aggs, bool(absents), now_ms)
+        if held is None or partial is None:
+            return rebuilt, held if partial is None else partial
+        return rebuilt, max(held, partial)
 
     def profiles(self) -> Iterator[tuple[Identity, prof.Profile]]:
         for key, raw in self.store.scan(PROFILES):
             yield identity_from_key(key), orjson.loads(raw)
+
+
+def _held_partial(
+    profile: prof.Profile, index: SegmentIndex, wanted: frozenset[str], now_ms: int
+) -> int | None:
+    """From when the inputs the profile holds were rebuilt on partial history (`hfrom`, set by
+    the rollout), where a rule still reads further back."""
+    out: int | None = None
+    for key, since in (profile.get("hfrom") or {}).items():
+        if key not in wanted:
+            continue
+        agg = index.aggregates.get(key)
+        if agg is not None and agg.within_ms is not None and now_ms - agg.within_ms >= since:
+            continue
+        out = since if out is None else max(out, since)
+    return out
 
 
 def _reach(from_ms: int | None, aggs: list[Any], absents: bool, now_ms: int) -> int | None:

@@ -13,6 +13,7 @@ writes, and `commit` applies everything, offsets included, as one atomic WriteBa
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import zlib
 from collections.abc import Iterator, Mapping
@@ -254,6 +255,11 @@ class Txn:
         self._raw: dict[bytes, bytes | None] = {}
         self._objects: dict[bytes, Any] = {}
         self._dirty: set[bytes] = set()
+        # The pending keys in order, built on the first `scan` (most calls never scan): the
+        # keys written since wait in `_tail` until it is merged in.
+        self._sorted: list[bytes] | None = None
+        self._indexed: set[bytes] = set()
+        self._tail: list[bytes] = []
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._objects:
@@ -275,24 +281,51 @@ class Txn:
         """The store's keys under `prefix` as this transaction sees them (its own writes and
         deletes included), in key order."""
         keys = {k for k, _ in self.store.scan(prefix)}
-        keys.update(k for k in (*self._raw, *self._objects) if k.startswith(prefix))
+        keys.update(self._pending_under(prefix))
         for key in sorted(keys):
             value = self.get(key)
             if value is not None:
                 yield key, value
 
+    def _pending_under(self, prefix: bytes) -> list[bytes]:
+        """The keys written in this transaction under `prefix` (a merge of the history scans
+        one profile's keys; a linear pass over every pending key would cost O(batch))."""
+        if self._sorted is None:
+            self._indexed = {*self._raw, *self._objects}
+            self._sorted = sorted(self._indexed)
+            self._tail = []
+        elif len(self._tail) > 64:
+            fresh = sorted({k for k in self._tail if k not in self._indexed})
+            self._indexed.update(fresh)
+            self._sorted.extend(fresh)
+            self._sorted.sort()  # two sorted runs: a linear merge
+            self._tail = []
+        keys, out = self._sorted, []
+        i = bisect.bisect_left(keys, prefix)
+        while i < len(keys) and keys[i].startswith(prefix):
+            out.append(keys[i])
+            i += 1
+        out.extend(k for k in self._tail if k.startswith(prefix))
+        return out
+
     def put(self, key: bytes, value: bytes) -> None:
+        if self._sorted is not None:
+            self._tail.append(key)
         self._objects.pop(key, None)
         self._dirty.discard(key)
         self._raw[key] = value
 
     def put_json(self, key: bytes, value: Any) -> None:
         """Values handed in must not be mutated afterwards (the pure functions never do)."""
+        if self._sorted is not None:
+            self._tail.append(key)
         self._raw.pop(key, None)
         self._objects[key] = value
         self._dirty.add(key)
 
     def delete(self, key: bytes) -> None:
+        if self._sorted is not None:
+            self._tail.append(key)
         self._objects.pop(key, None)
         self._dirty.discard(key)
         self._raw[key] = None
@@ -311,3 +344,6 @@ class Txn:
         self._raw.clear()
         self._objects.clear()
         self._dirty.clear()
+        self._sorted = None
+        self._indexed = set()
+        self._tail = []

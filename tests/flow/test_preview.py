@@ -137,4 +137,3 @@ def test_the_text_output_names_size_and_sample(
     size = len(state["oracle"].members["two-checkouts"])
     assert f"estimated size: {size}\n" in out
     assert f"sample ({min(10, size)} of {size}):" in out
-

@@ -6,6 +6,8 @@ Kafka topic; folded, the changes give the exported memberships, which are B's an
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.helpers import alternate, export
+from tests.helpers import ROOT, alternate, export
 from tests.kafka.outage import Worker, during, ids, wait_until
 from tests.kafka_broker import consume_all, create_topics, produce, proxied_broker
 
@@ -183,15 +185,23 @@ def test_an_edit_rolls_out_through_a_kill_an_outage_and_junk(tmp_path: Path) -> 
             return len(rolled) == expected_rollout and len(late_in) >= 1
 
         wait_until("every change on Kafka", delivered, 120, worker)
+        # Preview opens the state read-only beside the running worker.
+        previewed = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "segments", "preview", "--config",
+             str(worker.config), "--rule", B["checkers"], "--json"],
+            cwd=ROOT, capture_output=True, check=True, timeout=60,
+        )  # fmt: skip
+        assert json.loads(previewed.stdout)["size"] == len(want_b["checkers"])
+        assert worker.alive()
         dead = [orjson.loads(v) for v in consume_all(bootstrap, f"{p}dead", expected=2)]
         assert worker.stop() == 0, worker.tail()
+        kafka = list({r["id"]: r for r in worker.kafka_changes(timeout_s=3)}.values())
 
     # The rollout's own progress on the file destination when the broker was cut.
     assert cut_at < expected_rollout, "the outage began after the rollout was over"
     profiles = export(worker.config, tmp_path / "state", tmp_path)
     assert _members(profiles) == {k: v for k, v in want_b.items() if v}
     assert all("basic" not in p["segments"] for p in profiles)
-    kafka = {r["id"]: r for r in worker.kafka_changes(timeout_s=3)}.values()
     rows = sorted(kafka, key=lambda r: (r["profile_id"], r["segment_id"], r["sequence"]))
     assert alternate(list(rows), in_order=False)
     exits = [r for r in rows if r["reason"] == "removed"]
@@ -209,4 +219,4 @@ def test_an_edit_rolls_out_through_a_kill_an_outage_and_junk(tmp_path: Path) -> 
     }
     assert {k: v for k, v in last.items() if k[1] != "basic"} == exported
     # The file destination saw the same changes (at least once each).
-    assert ids(worker.file_rows()) == ids(list(kafka))
+    assert ids(worker.file_rows()) == ids(kafka)
