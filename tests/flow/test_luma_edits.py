@@ -234,3 +234,34 @@ def test_explain_counts_daniels_purchases(
     text = capsys.readouterr().out
     assert code == (0 if bought >= 2 else 3), text
     assert f"=  {bought} >= 2  ->  {'true' if bought >= 2 else 'false'}" in text, text
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gap: a destination whose `segments` filter listed the removed audience must stop "
+    "listing it (the config check refuses an unknown id), and then render() drops the removed "
+    "exits: the destination that held the audience is never told",
+)
+def test_a_destination_of_the_removed_audience_is_told(tmp_path: Path, luma_dir: Path) -> None:
+    """A destination that took only hoodie-buyers; B removes the audience, and the destination
+    (which may no longer name it) takes gold-buyers now. It gets one `exited`/`removed` per
+    member it was sent."""
+    config_a = luma_config(tmp_path, luma_dir)
+    raw = yaml.safe_load(config_a.read_text())
+    hoodies = tmp_path / "hoodies.jsonl"
+    raw["destinations"].append(
+        {"name": "hoodies", "kind": "file", "path": str(hoodies), "segments": [REMOVED]}
+    )
+    config_a.write_text(yaml.safe_dump(raw, sort_keys=False))
+    raw["segments"] = [s for s in raw["segments"] if s["id"] != REMOVED]
+    raw["destinations"][-1]["segments"] = ["gold-buyers"]
+    config_b = tmp_path / "b.yaml"
+    config_b.write_text(yaml.safe_dump(raw, sort_keys=False))
+    replay_files(config_a, tmp_path / "state", 1)
+    sent = read_jsonl(hoodies)
+    members = {c["profile_id"] for c in sent if c["status"] == "entered"}
+    assert len(members) > 100
+    replay_files(config_b, tmp_path / "state", 1)
+    told = [c for c in read_jsonl(hoodies)[len(sent) :] if c["segment_id"] == REMOVED]
+    assert Counter(c["profile_id"] for c in told) == Counter(members)
+    assert all(c["status"] == "exited" and c["reason"] == "removed" for c in told)
