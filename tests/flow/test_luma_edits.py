@@ -265,3 +265,28 @@ def test_a_destination_of_the_removed_audience_is_told(tmp_path: Path, luma_dir:
     told = [c for c in read_jsonl(hoodies)[len(sent) :] if c["segment_id"] == REMOVED]
     assert Counter(c["profile_id"] for c in told) == Counter(members)
     assert all(c["status"] == "exited" and c["reason"] == "removed" for c in told)
+
+
+def test_a_forgotten_person_stays_out_of_a_rollout(
+    tmp_path: Path, luma_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cdp forget` between A and B: the rollout rebuilds the new rules from the kept history,
+    and there is none of him: no change and no exported profile carries his identities."""
+    config_a = luma_config(tmp_path, luma_dir)
+    config_b = edited_config(config_a)
+    state = tmp_path / "state"
+    replay_files(config_a, state, 1)
+    identity = f"LoyaltyId:{DANIEL_LOYALTY}"
+    assert (
+        run_cli("forget", "--config", config_a, "--state-dir", state, "--identity", identity) == 0
+    )
+    replay_files(config_b, state, 1, tmp_path / "changes-b.jsonl")
+    changes = (tmp_path / "changes-b.jsonl").read_text()
+    exported = export(config_b, state, tmp_path, "export-b.jsonl")
+    assert changes and exported
+    for trace in (DANIEL_LOYALTY, "dwright@enablementadobe.com"):
+        assert trace not in changes
+        assert trace not in (tmp_path / "export-b.jsonl").read_text()
+    capsys.readouterr()
+    code = run_cli("profile", "--config", config_b, "--state-dir", state, "--identity", identity)
+    assert code == 1
