@@ -4,13 +4,16 @@ with an edited config into the same state. The edit adds `silver` (a profile att
 `big-spenders` from `> 250` to `> 100`, and removes `hoodie-buyers`.
 
 Expected answers are computed without the engine: silver from the loyalty file, the rest from
-the batch evaluator (tests/batch_oracle.py) over the whole input.
+the batch evaluator (tests/batch_oracle.py) over the whole input. Before B runs, `cdp segments
+preview` sizes each new or edited rule: the rollout then gives exactly those sizes.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from collections import Counter
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +98,12 @@ def edited(
     state = tmp / "state"
     replay_files(config_a, state, workers, tmp / "changes-a.jsonl")
     profiles_a = export(config_a, state, tmp, "export-a.jsonl")
+    # Before B runs: `cdp segments preview` of each new rule (config A never had it), and of
+    # each edited segment of B (not rolled out yet).
+    previews = {
+        **{sid: _preview(config_a, state, "--rule", rule) for sid, rule in ADDED.items()},
+        "big-spenders": _preview(config_b, state, "--segment", "big-spenders"),
+    }
     replay_files(config_b, state, workers, tmp / "changes-b.jsonl")
     profiles_b = export(config_b, state, tmp, "export-b.jsonl")
     return {
@@ -108,7 +117,22 @@ def edited(
         "changes_a": read_jsonl(tmp / "changes-a.jsonl"),
         "changes_b": read_jsonl(tmp / "changes-b.jsonl"),
         "oracle": evaluate(config_b, profiles_b, _batch_rules()),
+        "previews": previews,
     }
+
+
+def _preview(config: Path, state: Path, *what: str) -> dict[str, Any]:
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8")  # the CLI writes its JSON as bytes
+    with redirect_stdout(out):
+        code = run_cli(
+            "segments", "preview", "--config", config, "--state-dir", state, "--json", *what
+        )
+    out.flush()
+    text = raw.getvalue().decode()
+    assert code == 0, text
+    found: dict[str, Any] = json.loads(text)
+    return found
 
 
 def test_silver_is_the_silver_members_of_the_loyalty_file(
@@ -290,3 +314,14 @@ def test_a_forgotten_person_stays_out_of_a_rollout(
     capsys.readouterr()
     code = run_cli("profile", "--config", config_b, "--state-dir", state, "--identity", identity)
     assert code == 1
+
+
+def test_preview_before_the_edit_sized_what_the_edit_did(edited: dict[str, Any]) -> None:
+    """Done when: `cdp segments preview` sizes a rule never configured as the batch does; and
+    the edit, once rolled out, has the members the preview announced."""
+    members = members_of(edited["profiles_b"])
+    for sid, found in edited["previews"].items():
+        want = edited["oracle"].members[sid]
+        assert found["size"] == len(want) == len(members.get(sid, set())), sid
+        assert {m["profile_id"] for m in found["sample"]} <= want, sid
+        assert len(found["sample"]) == min(10, len(want)), sid
