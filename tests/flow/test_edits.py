@@ -131,8 +131,8 @@ REMOVED = "voice-users"
 KNOWN_REASONS = {"event", "profile", "merge", "timer", "definition", "removed"}
 
 
-def write_config(path: Path, segments: tuple[Segment, ...]) -> Path:
-    path.write_text(CONFIG_HEAD + segments_yaml(segments))
+def write_config(path: Path, segments: tuple[Segment, ...], extra: str = "") -> Path:
+    path.write_text(CONFIG_HEAD + segments_yaml(segments) + extra)
     return path
 
 
@@ -195,14 +195,20 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(
     scope="module",
-    params=[(1, "same"), (2, "same"), (1, "more"), (2, "more")],
-    ids=["1-worker", "2-workers", "1-worker-more-input", "2-workers-more-input"],
+    params=[(1, "same", ""), (2, "same", ""), (1, "more", ""), (2, "more", ""), (2, "more", "2h")],
+    ids=[
+        "1-worker",
+        "2-workers",
+        "1-worker-more-input",
+        "2-workers-more-input",
+        "2-workers-more-input-lateness-2h",
+    ],
 )
 def run(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, generated: Path
 ) -> dict[str, Any]:
-    workers, variant = request.param
-    tmp = tmp_path_factory.mktemp(f"edits-w{workers}-{variant}")
+    workers, variant, lateness = request.param
+    tmp = tmp_path_factory.mktemp(f"edits-w{workers}-{variant}{lateness}")
     data = tmp / "data"
     data.mkdir()
     rest = split_event_files(generated, data)
@@ -210,8 +216,11 @@ def run(
         for name, tail in rest.items():
             with (data / name).open("ab") as handle:
                 handle.write(tail)
-    config_a = write_config(data / "a.yaml", CONFIG_A)
-    config_b = write_config(data / "b.yaml", CONFIG_B)
+    # With lateness the rollout evaluates at the state's event time (the watermark less the
+    # lateness); the replay's end still brings every timer up to the last event.
+    extra = f"time: {{allowed_lateness: {lateness}}}\n" if lateness else ""
+    config_a = write_config(data / "a.yaml", CONFIG_A, extra)
+    config_b = write_config(data / "b.yaml", CONFIG_B, extra)
     state = tmp / "state"
 
     replay_files(config_a, state, workers, tmp / "changes-a.jsonl")
