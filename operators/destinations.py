@@ -17,8 +17,12 @@ def sha256_hex(value: str) -> str:
 
 
 def render(change: AudienceChange, destination: DestinationSettings) -> bytes | None:
-    """The JSON line for this destination, or None when it does not take this segment."""
-    if destination.segments is not None and change.segment_id not in destination.segments:
+    """The JSON line for this destination, or None when it does not take this segment. The
+    exits of an audience taken out of the config (reason `removed`) go to every destination:
+    one that took the audience may no longer name it (the config check refuses an unknown
+    id), and it must still be told."""
+    taken = destination.segments
+    if taken is not None and change.segment_id not in taken and change.reason != "removed":
         return None
     if destination.requires_consent and change.consent_denied:
         return None

@@ -203,8 +203,9 @@ class Exchange:
             at_ms=at_ms,
         )
 
-    def _current(self, call: Call, canonical: Identity, profile: prof.Profile,
-                 fresh: bool) -> prof.Profile:  # fmt: skip
+    def _current(
+        self, call: Call, canonical: Identity, profile: prof.Profile, fresh: bool
+    ) -> prof.Profile:
         """A profile at the configured audience definitions (`operators.steps.rollout`)."""
         rollout = self.rollout
         if fresh:

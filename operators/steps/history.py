@@ -90,8 +90,9 @@ class History:
 
     # -- the record path ----------------------------------------------------------------------
 
-    def add(self, txn: Txn, canonical: Identity, profile: prof.Profile, record: Record,
-            now_ms: int) -> prof.Profile:  # fmt: skip
+    def add(
+        self, txn: Txn, canonical: Identity, profile: prof.Profile, record: Record, now_ms: int
+    ) -> prof.Profile:
         """Keep an event (applied for the first time: dedup by `_id` happened before)."""
         if not self.on:
             return profile
@@ -103,8 +104,9 @@ class History:
         hist = [held[0] + 1, min(held[1], ts)] if held else [1, ts]
         return self._trimmed(txn, canonical, {**profile, "hist": hist}, now_ms)
 
-    def _trimmed(self, txn: Txn, canonical: Identity, profile: prof.Profile,
-                 now_ms: int) -> prof.Profile:  # fmt: skip
+    def _trimmed(
+        self, txn: Txn, canonical: Identity, profile: prof.Profile, now_ms: int
+    ) -> prof.Profile:
         count, oldest = profile["hist"]
         cutoff = now_ms - self.max_age_ms
         if count < self.max_events + self._slack_events and oldest > cutoff - self._slack_ms:
@@ -169,8 +171,14 @@ class History:
             txn.put(entry_key(target, ts, event_id), orjson.dumps(body))
         return self._joined(txn, survivor, profile, hist, now_ms)
 
-    def _joined(self, txn: Txn, survivor: Identity, profile: prof.Profile,
-                other: list[int] | None, now_ms: int) -> prof.Profile:  # fmt: skip
+    def _joined(
+        self,
+        txn: Txn,
+        survivor: Identity,
+        profile: prof.Profile,
+        other: list[int] | None,
+        now_ms: int,
+    ) -> prof.Profile:
         own = profile.get("hist")
         if not other:
             return profile
@@ -190,8 +198,9 @@ class History:
 
     # -- what a rebuild reads -----------------------------------------------------------------
 
-    def view(self, reader: Txn | Store, canonical: Identity, profile: prof.Profile,
-             now_ms: int) -> View:  # fmt: skip
+    def view(
+        self, reader: Txn | Store, canonical: Identity, profile: prof.Profile, now_ms: int
+    ) -> View:
         """The events a rebuild of the profile reads at `now_ms`, oldest first."""
         cutoff = now_ms - self.max_age_ms
         prefix = self.prefix(canonical)

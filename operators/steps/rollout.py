@@ -181,8 +181,9 @@ class Rollout:
         stamp: str = profile.get("v", self.base)
         return stamp != self.version
 
-    def upgrade(self, call: Call, canonical: Identity, profile: prof.Profile,
-                at_ms: int) -> prof.Profile:  # fmt: skip
+    def upgrade(
+        self, call: Call, canonical: Identity, profile: prof.Profile, at_ms: int
+    ) -> prof.Profile:
         """The profile brought to the configured definitions at event time `at_ms` (stored,
         with its changes emitted). Returns it as stored."""
         if not self.stale(profile):
@@ -212,8 +213,9 @@ class Rollout:
             retime=True,
         )
 
-    def merged_in(self, txn: Txn, canonical: Identity, profile: prof.Profile,
-                  moved: prof.Profile, at_ms: int) -> prof.Profile:  # fmt: skip
+    def merged_in(
+        self, txn: Txn, canonical: Identity, profile: prof.Profile, moved: prof.Profile, at_ms: int
+    ) -> prof.Profile:
         """`profile` (current) after a profile built for older definitions merged into it
         (moved between processes across a restart with edited audiences): the inputs the
         moved one lacked are rebuilt from the merged history."""
@@ -222,8 +224,9 @@ class Rollout:
         keys = self.defs.inputs - self._definitions(txn, moved.get("v", self.base)).inputs
         return self._rebuilt(txn, canonical, profile, keys, at_ms) if keys else profile
 
-    def _rebuilt(self, txn: Txn, canonical: Identity, profile: prof.Profile,
-                 keys: frozenset[str], at_ms: int) -> prof.Profile:  # fmt: skip
+    def _rebuilt(
+        self, txn: Txn, canonical: Identity, profile: prof.Profile, keys: frozenset[str], at_ms: int
+    ) -> prof.Profile:
         index = self.index
         aggs = [index.aggregates[k] for k in sorted(keys) if k in index.aggregates]
         absents = [index.absents[k] for k in sorted(keys) if k in index.absents]
@@ -244,8 +247,9 @@ class Rollout:
             profile.pop("hfrom", None)
         return profile
 
-    def _removed(self, call: Call, canonical: Identity, profile: prof.Profile,
-                 at_ms: int) -> prof.Profile:  # fmt: skip
+    def _removed(
+        self, call: Call, canonical: Identity, profile: prof.Profile, at_ms: int
+    ) -> prof.Profile:
         """Members of removed segments exit (reason `removed`); the segments leave the profile."""
         segs = profile["segs"]
         gone_ids = sorted(s for s in segs if s not in self.defs.segments)
