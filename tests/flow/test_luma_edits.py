@@ -260,12 +260,6 @@ def test_explain_counts_daniels_purchases(
     assert f"=  {bought} >= 2  ->  {'true' if bought >= 2 else 'false'}" in text, text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: a destination whose `segments` filter listed the removed audience must stop "
-    "listing it (the config check refuses an unknown id), and then render() drops the removed "
-    "exits: the destination that held the audience is never told",
-)
 def test_a_destination_of_the_removed_audience_is_told(tmp_path: Path, luma_dir: Path) -> None:
     """A destination that took only hoodie-buyers; B removes the audience, and the destination
     (which may no longer name it) takes gold-buyers now. It gets one `exited`/`removed` per
