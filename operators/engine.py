@@ -24,7 +24,7 @@ from config.settings import Settings
 from operators import metrics
 from operators import profile as prof
 from operators.identity import Cluster, IdentityRules, Merge, Resolution
-from operators.rules import compile_rules
+from operators.rules import compile_rules, compile_traits
 from operators.segments import SegmentIndex
 from operators.steps.call import Call, Output
 from operators.steps.exchange import GRAPH_KEY, Exchange, FlowCounts
@@ -46,7 +46,9 @@ Role = Literal["all", "graph", "profile"]
 
 
 def build_index(settings: Settings) -> SegmentIndex:
-    return SegmentIndex(compile_rules([(s.id, s.rule) for s in settings.segments]))
+    """The rules and traits compiled (RuleErrors with every problem of both)."""
+    traits = compile_traits([(t.name, t.value) for t in settings.traits])
+    return SegmentIndex(compile_rules([(s.id, s.rule) for s in settings.segments], traits), traits)
 
 
 class Engine:

@@ -97,6 +97,11 @@ class Membership:
                 aggs, absents = index.candidates(record.event_type or "")
                 profile, changed = prof.apply_event(profile, record, aggs, absents)
                 which |= index.affected_by_inputs(changed)
+                if index.untimed_windows and not index.untimed_windows.isdisjoint(changed):
+                    # A windowed trait no rule reads has no timer to prune it: trimmed here.
+                    profile = prof.prune(
+                        profile, index.aggregates, index.absents, self.positions.now_ms
+                    )
                 reason = reason or f"event:{record.event_id}"
         else:
             profile, paths = prof.apply_attributes(profile, record)
