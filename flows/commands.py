@@ -27,7 +27,7 @@ from operators.steps.positions import WATERMARK_KEY
 from operators.steps.profiles import profile_key
 from operators.steps.rollout import summary as rollout_summary
 from operators.store import decode, open_state, open_store, process_dirs
-from schemas.records import AudienceChange, iso_ms, parse_identity
+from schemas.records import AudienceChange, ProfileDocument, iso_ms, parse_identity
 
 
 def _open_read(args: argparse.Namespace) -> tuple[Settings, Any, int]:
@@ -151,8 +151,10 @@ def cmd_forget(args: argparse.Namespace) -> int:
         engine = Engine(settings, store)
         found = engine.forget(OFFLINE_KEY, identity, wall_clock_ms())
         changes = None if found is None else [c for c in found if isinstance(c, AudienceChange)]
-        if changes:
-            sent = deliver(settings, changes, state_dir_of(args, settings) / "spool")
+        documents = [d for d in found or () if isinstance(d, ProfileDocument)]
+        if changes or documents:
+            spool = state_dir_of(args, settings) / "spool"
+            sent = deliver(settings, changes or [], spool, documents)
         engine.prune_outbox(OFFLINE_KEY, engine.outbox_seq(OFFLINE_KEY))
     finally:
         store.close()
