@@ -513,10 +513,16 @@ def projection_target(dest: DestinationSettings) -> DestinationSettings:
     documents: the per-change options do not apply."""
     if (dest.topic is None) == (dest.path is None):
         raise ValueError(f"destination {dest.name!r} of kind profiles needs 'topic' or 'path'")
-    if dest.url is not None or dest.segments is not None or dest.hash_identities:
+    if (
+        dest.url is not None
+        or dest.segments is not None
+        or dest.identities is not None
+        or dest.hash_identities
+        or dest.requires_consent
+    ):
         raise ValueError(
-            f"destination {dest.name!r} of kind profiles takes no url, segments or "
-            "hash_identities (it carries whole profile documents)"
+            f"destination {dest.name!r} of kind profiles takes no url, segments, identities, "
+            "hash_identities or requires_consent (it carries whole profile documents)"
         )
     return dest
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import ConfigError, load_settings
+from flows.cli import main as cdp
 from operators import queries
 from operators.engine import Engine, build_index
 from operators.rules import RuleErrors, compile_rules, compile_traits
@@ -190,3 +191,32 @@ def test_a_trait_added_later_is_rebuilt_from_history() -> None:
     ]
     values = trait_values(stored(store, D1, after.shards), engine.index, 3 * MIN)
     assert values["spent"] == 130 and values["last_item"] == "shirt" and values["bought"]
+
+
+@pytest.mark.parametrize(
+    ("destination", "message"),
+    [
+        ("{name: p, kind: profiles}", "needs 'topic' or 'path'"),
+        ("{name: p, kind: profiles, topic: t, path: p.jsonl}", "needs 'topic' or 'path'"),
+        ("{name: p, kind: profiles, topic: t, segments: [x]}", "takes no url, segments"),
+    ],
+)
+def test_a_profiles_destination_writes_to_a_topic_or_a_file(destination: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_settings(BASE + f"destinations:\n  - {destination}\n")
+    assert message in "\n".join(caught.value.problems)
+
+
+def test_segments_check_names_the_line_of_a_bad_trait(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        BASE
+        + "traits:\n  - {name: spent, value: 'sum(event.amount, event.eventType = \"buy\")'}\n"
+        + "segments:\n  - {id: s, rule: 'profile.traits.spend > 1'}\n"
+    )
+    assert cdp(["segments", "check", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "line 8: trait 'spent', column" in err
+    assert "line 10: segment 's'" in err and "unknown trait 'spend'" in err
