@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from operators import metrics
 from operators.identity import profile_id
 from operators.queries import profile_document
 from operators.segments import SegmentIndex, trait_values
@@ -53,6 +54,7 @@ class Projection:
         self.seq = max(self.seq, call.wall_ms * 1000)
         as_of_time = iso_ms(now)
         updated_at = iso_ms(call.wall_ms)
+        made = 0
         for canonical, gone in touched.items():
             doc = self._document(call, canonical, gone, now)
             if doc is None:
@@ -61,6 +63,11 @@ class Projection:
             doc["updated_at"] = updated_at
             doc["as_of"] = {"event_time": as_of_time, "seq": self.seq}
             call.out.append(ProfileDocument(doc["profile_id"], doc, call.read_ns))
+            if gone is None:
+                made += 1
+            else:
+                metrics.PROFILE_DOCUMENTS.labels("merged" if gone.merged_into else "deleted").inc()
+        metrics.PROFILE_DOCUMENTS.labels("live").inc(made)
         txn.put(SEQ_KEY, str(self.seq).encode())
 
     def _document(
