@@ -1,0 +1,371 @@
+"""The HTTP layer of `cdp serve`: routes, the key check, problem-details errors, metrics.
+
+Every answer is built from `operators.replica` (lookups) and `operators.offers` (decisions);
+records posted to `/v1/collect` are checked by the pipeline's own decoder. No identity value
+and no body is ever written to a log line: the optional access log names the route template
+(`/v1/profiles/{profile_id}`), never the path.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from config.settings import Settings
+from flows.serve.collect import Collector, Unavailable
+from flows.serve.follow import Follower
+from flows.serve.metrics import ServeMetrics
+from flows.serve.models import (
+    Accepted,
+    DecisionRequest,
+    DecisionResponse,
+    Health,
+    IdentityRequest,
+    MultiStatus,
+    Problem,
+    ProfileDocument,
+)
+from operators import replica
+from operators.decode import Decoder
+from operators.identity import IdentityRules
+from operators.offers import Offer, decide
+from operators.store import Store
+from schemas.records import DeadLetter, Origin
+
+LOG = logging.getLogger("cdp.serve")
+ACCESS = logging.getLogger("cdp.serve.access")
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    413: "Content Too Large",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    name: str
+    secret: bytes
+    scopes: frozenset[str]
+
+
+@dataclass
+class Services:
+    """What the routes are given (FastAPI's `app.state`; no module-level state)."""
+
+    settings: Settings
+    store: Store
+    follower: Follower
+    offers: Mapping[str, Sequence[Offer]]
+    keys: Sequence[Key]
+    metrics: ServeMetrics
+    access_log: bool = False
+    collector: Collector | None = None
+
+    def __post_init__(self) -> None:
+        self.rules = IdentityRules.from_settings(self.settings)
+        self.decoder = Decoder.from_settings(self.settings)
+
+    def producer(self) -> Collector:
+        """Made on the first collect: a server that only answers lookups needs no broker."""
+        if self.collector is None:
+            serve = self.settings.serve
+            timeout = 5000 if serve is None else serve.delivery_timeout_ms
+            self.collector = Collector(self.settings.kafka.client_config(), timeout)
+        return self.collector
+
+
+def problem(status: int, detail: str, **extra: Any) -> Response:
+    body = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status}
+    body["detail"] = detail
+    body.update(extra)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM)
+
+
+class Refused(Exception):
+    """Raised by a route or a dependency; answered as a problem-details document."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
+_bearer = HTTPBearer(auto_error=False, description="an API key of serve.keys")
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def require(scope: str) -> Callable[..., Key]:
+    def check(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+    ) -> Key:
+        if credentials is None:
+            raise Refused(401, "send an API key: Authorization: Bearer KEY")
+        given = credentials.credentials.encode()
+        found = None
+        for key in _services(request).keys:  # every key compared: no timing hint
+            if hmac.compare_digest(key.secret, given):
+                found = key
+        if found is None:
+            raise Refused(401, "the API key is not valid")
+        if scope not in found.scopes:
+            raise Refused(403, f"the key {found.name!r} has no {scope!r} scope")
+        return found
+
+    return check
+
+
+def _identity(services: Services, text: str) -> tuple[str, str] | None:
+    """The normalised identity, None when it is no identity (empty or blocked)."""
+    namespace, sep, value = text.partition(":")
+    if not sep or not namespace or not value:
+        raise Refused(400, "identity must look like NAMESPACE:VALUE")
+    normal = services.rules.normalize(namespace, value)
+    return None if not normal else (namespace, normal)
+
+
+def _find(services: Services, text: str) -> replica.Found | None:
+    identity = _identity(services, text)
+    return None if identity is None else replica.lookup(services.store, *identity)
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(
+        title="streaming-cdp serve",
+        version="1",
+        description="Profile lookups, decisions and the HTTP collector over the profile "
+        "projection (DESIGN §11). Authorization: Bearer KEY (serve.keys).",
+    )
+    app.state.services = services
+    _errors(app)
+    app.add_middleware(_Measured, metrics=services.metrics, log=services.access_log)
+    errors: dict[int | str, dict[str, Any]] = {
+        s: {"model": Problem, "content": {PROBLEM: {}}} for s in (400, 401, 403, 404)
+    }
+
+    @app.post("/v1/profiles/lookup", response_model=ProfileDocument, responses=errors)
+    async def lookup(body: IdentityRequest, _: Key = Depends(require("read"))) -> Response:  # noqa: B008
+        found = _find(services, body.identity)
+        if found is None:
+            raise Refused(404, "no profile has this identity")
+        return Response(found.document, media_type=JSON)
+
+    @app.get("/v1/profiles/{profile_id}", response_model=ProfileDocument, responses=errors)
+    async def get_profile(profile_id: str, _: Key = Depends(require("read"))) -> Response:  # noqa: B008
+        found = replica.profile(services.store, profile_id)
+        if found is None:
+            raise Refused(404, "no such profile")
+        return Response(found.document, media_type=JSON)
+
+    @app.post("/v1/decisions", response_model=DecisionResponse, responses=errors)
+    async def decisions(body: DecisionRequest, _: Key = Depends(require("decide"))) -> Response:  # noqa: B008
+        offers = services.offers.get(body.placement)
+        if offers is None:
+            raise Refused(404, "no such placement in offers:")
+        found = _find(services, body.identity)
+        document = None if found is None else orjson.loads(found.document)
+        decision = decide(body.placement, offers, document)
+        offer = decision.offer
+        answer = {
+            "placement": body.placement,
+            "profile_id": None if found is None else found.profile_id,
+            "offer": None if offer is None else {"id": offer.id, "content": offer.content},
+            "reason": decision.reason,
+        }
+        return Response(orjson.dumps(answer), media_type=JSON)
+
+    collect_responses: dict[int | str, dict[str, Any]] = {
+        **errors,
+        207: {"model": MultiStatus},
+        413: {"model": Problem},
+        503: {"model": Problem},
+    }
+
+    @app.post(
+        "/v1/collect/{source}",
+        status_code=202,
+        response_model=Accepted,
+        responses=collect_responses,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": {"oneOf": [{"type": "object"}, {"type": "array"}]}}},
+            }
+        },
+    )
+    async def collect(
+        source: str,
+        request: Request,
+        _: Key = Depends(require("collect")),  # noqa: B008
+    ) -> Response:
+        return await _collect(services, source, request)
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Response:
+        follower = services.follower
+        status = "ok" if follower.caught_up.is_set() else "starting"
+        if follower.failure is not None:
+            status = "failing"
+        body = {
+            "status": status,
+            "projection": {
+                "source": follower.source,
+                "caught_up": follower.caught_up.is_set(),
+                "applied": follower.applied,
+                "failure": follower.failure,
+            },
+        }
+        return Response(orjson.dumps(body), 503 if status == "failing" else 200, media_type=JSON)
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(services.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+def _errors(app: FastAPI) -> None:
+    async def refused(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Refused)
+        answer = problem(exc.status, exc.detail)
+        answer.headers.update(exc.headers)
+        return answer
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return problem(exc.status_code, str(exc.detail))
+
+    async def invalid(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        # Where and what, never the value given (it may be an identity).
+        where = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return problem(400, where or "the request is not valid")
+
+    app.add_exception_handler(Refused, refused)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Refused(413, f"the request is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, f"the request is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _collect(services: Services, source: str, request: Request) -> Response:
+    settings = services.settings
+    serve = settings.serve
+    spec = services.decoder.sources.get(source)
+    if spec is None or spec.settings.topic is None:
+        raise Refused(404, "no source of this name with a topic")
+    topic = spec.settings.topic
+    max_request = 1 << 20 if serve is None else serve.max_request_bytes
+    max_record = 32 << 10 if serve is None else serve.max_record_bytes
+    body = await _body(request, max_request)
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Refused(400, f"not JSON: {exc.msg} at byte {exc.pos}") from None
+    single = not isinstance(parsed, list)
+    raws = [body] if single else [orjson.dumps(item) for item in parsed]
+    if not raws:
+        raise Refused(400, "an empty array: nothing to collect")
+    for i, raw in enumerate(raws):
+        if len(raw) > max_record:
+            where = "the record" if single else f"record {i}"
+            raise Refused(413, f"{where} is {len(raw)} bytes, over the limit of {max_record}")
+    now_ms = time.time_ns() // 1_000_000
+    good: list[tuple[bytes | None, bytes]] = []
+    items: list[dict[str, Any]] = []
+    for i, raw in enumerate(raws):
+        decoded = services.decoder.decode(Origin(source, 0, 0), raw, written_ms=now_ms)
+        if isinstance(decoded, DeadLetter):
+            items.append({"index": i, "status": 400, "reason": decoded.reason})
+            continue
+        namespace, value = decoded.identities[0]
+        good.append((f"{namespace}:{value}".encode(), raw))
+        items.append({"index": i, "status": 202, "reason": None})
+    counted = services.metrics.collected
+    refused = len(raws) - len(good)
+    if refused:
+        counted.labels(source, "refused").inc(refused)
+    if not good:
+        detail = "no record is valid" if len(raws) > 1 else str(items[0]["reason"])
+        return problem(400, detail, items=items)
+    try:
+        await services.producer().send(topic, good)
+    except Unavailable as exc:
+        counted.labels(source, "unsent").inc(len(good))
+        delay = max(1, round(services.producer().timeout_s))
+        answer = problem(503, f"{exc}; send the request again")
+        answer.headers["Retry-After"] = str(delay)
+        return answer
+    counted.labels(source, "accepted").inc(len(good))
+    if not refused:
+        return Response(orjson.dumps({"accepted": len(good)}), 202, media_type=JSON)
+    mixed = {"accepted": len(good), "refused": refused, "items": items}
+    return Response(orjson.dumps(mixed), 207, media_type=JSON)
+
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+
+class _Measured:
+    """Counts and times every request by its route template (pure ASGI: cheaper than
+    BaseHTTPMiddleware); optionally one access line per request without its path."""
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics, log: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log = log
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sent(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            took = time.perf_counter() - started
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(took)
+            if self.log:
+                ACCESS.info("%s %s %d %.1fms", scope["method"], route, status, took * 1000)

@@ -1,0 +1,161 @@
+"""Decisions of `cdp serve` (DESIGN §11): which offer of a placement a profile gets, as pure
+functions over the profile projection's document.
+
+An offer's rule is the rule language over what the document holds: `profile.<attribute>`,
+`profile.traits.<name>` and `in_segment("id")` (the memberships the worker computed). The
+document has no events, so an aggregate or `absent` in an offer rule is refused at start: such
+a value belongs in a trait (`traits:`), which the rule then reads as `profile.traits.NAME`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config.checks import line_in_file
+from config.settings import ConfigError, OfferSettings, Settings
+from operators.rules import (
+    Absent,
+    Aggregate,
+    CompiledRule,
+    EvalContext,
+    RuleErrors,
+    compile_rules,
+    event_values,
+)
+
+_NO_RULE = "no rule: always eligible"
+_TRAITS = "traits."
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    id: str
+    priority: int
+    content: Mapping[str, Any]
+    rule: str | None
+    holds: Any  # Callable[[EvalContext], bool] | None (None: no rule)
+
+    @property
+    def reason(self) -> str:
+        return _NO_RULE if self.rule is None else f"rule: {self.rule}"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    placement: str
+    offer: Offer | None
+
+    @property
+    def reason(self) -> str:
+        return "no offer of this placement is eligible" if self.offer is None else self.offer.reason
+
+
+class DocumentContext:
+    """The rules' view of one projection document (operators.rules.EvalContext)."""
+
+    __slots__ = ("_attributes", "_segments", "_traits", "now_ms")
+
+    def __init__(self, document: Mapping[str, Any] | None) -> None:
+        doc = document or {}
+        self.now_ms = 0
+        self._attributes: Mapping[str, Any] = doc.get("attributes") or {}
+        self._traits: Mapping[str, Any] = doc.get("traits") or {}
+        self._segments: Mapping[str, Any] = doc.get("segments") or {}
+
+    def profile_values(self, path: str) -> list[Any]:
+        if path.startswith(_TRAITS):
+            return event_values(self._traits, path[len(_TRAITS) :])
+        return event_values(self._attributes, path)
+
+    def aggregate(self, agg: Aggregate) -> Any:
+        return None  # refused at start (`compile_offers`); a document has no events
+
+    def absent(self, a: Absent) -> bool:
+        return False
+
+    def in_segment(self, segment_id: str) -> bool:
+        held = self._segments.get(segment_id)
+        return isinstance(held, Mapping) and held.get("status") == "entered"
+
+
+def compile_offers(settings: Settings, config: Path | None = None) -> dict[str, tuple[Offer, ...]]:
+    """Each placement's offers, highest priority first (ties keep the file's order). Raises
+    ConfigError naming the file's line for a rule that does not compile, reads events, or
+    names an unknown segment."""
+    keys: dict[str, tuple[int, int]] = {}
+    items: list[tuple[str, str]] = [(s.id, s.rule) for s in settings.segments]
+    for i, placement in enumerate(settings.offers):
+        for j, offer in enumerate(placement.offers):
+            if offer.rule is not None:
+                key = f"{placement.placement}/{offer.id}"  # '/' is in no segment id
+                keys[key] = (i, j)
+                items.append((key, offer.rule))
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    compiled: dict[str, CompiledRule] = {}
+    try:
+        for done in compile_rules(items):
+            compiled[done.segment_id] = done
+    except RuleErrors as exc:
+        for error in exc.errors:
+            if error.segment_id in keys:
+                i, j = keys[error.segment_id]
+                loc: tuple[str | int, ...] = ("offers", i, "offers", j, "rule")
+            else:
+                index = next(k for k, s in enumerate(settings.segments) if s.id == error.segment_id)
+                loc = ("segments", index, "rule")
+            problems.append((loc, f"column {error.column}: {error.message}"))
+    for key, (i, j) in keys.items():
+        rule = compiled.get(key)
+        if rule is None:
+            continue
+        loc = ("offers", i, "offers", j, "rule")
+        if rule.aggregates or rule.absents:
+            problems.append(
+                (
+                    loc,
+                    "an offer rule reads the profile document (profile.*, profile.traits.*, "
+                    "in_segment): put the aggregate in a trait and test profile.traits.NAME",
+                )
+            )
+        bad = sorted(r for r in rule.segment_refs if r in keys)
+        if bad:
+            problems.append((loc, f"in_segment names an offer, not a segment: {bad[0]!r}"))
+    if problems:
+        raise ConfigError(*(_located(config, loc, message) for loc, message in problems))
+    out: dict[str, tuple[Offer, ...]] = {}
+    for placement in settings.offers:
+        offers = [_offer(placement.placement, o, compiled) for o in placement.offers]
+        offers.sort(key=lambda o: -o.priority)  # stable: ties keep the file's order
+        out[placement.placement] = tuple(offers)
+    return out
+
+
+def _offer(placement: str, offer: OfferSettings, compiled: Mapping[str, CompiledRule]) -> Offer:
+    rule = compiled.get(f"{placement}/{offer.id}") if offer.rule is not None else None
+    return Offer(
+        offer.id,
+        offer.priority,
+        offer.content,
+        offer.rule,
+        None if rule is None else rule.evaluate,
+    )
+
+
+def _located(config: Path | None, loc: tuple[str | int, ...], message: str) -> str:
+    dotted = ".".join(str(p) for p in loc)
+    if config is None:
+        return f"{dotted}: {message}"
+    return f"{config}: line {line_in_file(config, loc)}: {dotted}: {message}"
+
+
+def decide(placement: str, offers: Sequence[Offer], document: Mapping[str, Any] | None) -> Decision:
+    """The first offer, by priority, whose rule holds for the document (None: an unknown
+    person, who gets what a rule over an empty profile allows)."""
+    ctx: EvalContext = DocumentContext(document)
+    for offer in offers:
+        if offer.holds is None or offer.holds(ctx):
+            return Decision(placement, offer)
+    return Decision(placement, None)
