@@ -137,10 +137,10 @@ def append(path: Path, *documents: dict[str, Any]) -> None:
 @contextmanager
 def server(settings: Settings, config: Path | None = None) -> Iterator[httpx.Client]:
     """A real server on a free loopback port, and a client pointed at it."""
-    with Running(settings, config_path=config, host="127.0.0.1", port=0, env=KEYS) as running:
-        with httpx.Client(base_url=running.url, timeout=30) as client:
-            wait_for(lambda: client.get("/healthz").json()["projection"]["caught_up"])
-            yield client
+    running = Running(settings, config_path=config, host="127.0.0.1", port=0, env=KEYS)
+    with running, httpx.Client(base_url=running.url, timeout=30) as client:
+        wait_for(lambda: client.get("/healthz").json()["projection"]["caught_up"])
+        yield client
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float = 20.0) -> Any:

@@ -8,10 +8,11 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import uvicorn
@@ -61,6 +62,25 @@ def projection_of(settings: Settings) -> tuple[str | None, Path | None]:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, stopping gracefully on SIGINT/SIGTERM and then returning (uvicorn
+    raises the signal again once stopped, which would end the process before the store and
+    the producer are closed)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        wanted = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in wanted}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 class Running:
     """A server: the follower started, uvicorn serving on its own thread or the caller's."""
 
@@ -101,7 +121,7 @@ class Running:
         )
         self.host, self.port = self.socket.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
-        self._server = uvicorn.Server(
+        self._server = _Server(
             uvicorn.Config(
                 self.app,
                 log_config=None,
