@@ -30,7 +30,6 @@ sources:
   - name: web
     kind: event
     topic: PREFIXweb
-    identities: {identityMap.ECID: ECID}
   - name: crm
     kind: profile
     topic: PREFIXcrm
