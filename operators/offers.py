@@ -100,12 +100,10 @@ def compile_offers(settings: Settings, config: Path | None = None) -> dict[str, 
             compiled[done.segment_id] = done
     except RuleErrors as exc:
         for error in exc.errors:
-            if error.segment_id in keys:
-                i, j = keys[error.segment_id]
-                loc: tuple[str | int, ...] = ("offers", i, "offers", j, "rule")
-            else:
-                index = next(k for k, s in enumerate(settings.segments) if s.id == error.segment_id)
-                loc = ("segments", index, "rule")
+            if error.segment_id not in keys:
+                continue  # a segment's own problem: the worker and `segments check` say it
+            i, j = keys[error.segment_id]
+            loc: tuple[str | int, ...] = ("offers", i, "offers", j, "rule")
             problems.append((loc, f"column {error.column}: {error.message}"))
     for key, (i, j) in keys.items():
         rule = compiled.get(key)

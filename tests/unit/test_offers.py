@@ -88,3 +88,20 @@ def test_a_placement_or_offer_defined_twice_is_refused_with_its_line(tmp_path: P
     text = str(caught.value)
     assert "offers.2.placement: placement 'home-hero' is defined twice" in text
     assert "offers.2.offers.1.id: offer 'a' is defined twice in placement 'home-hero'" in text
+
+
+def test_segments_check_reports_a_bad_offer_rule_with_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.helpers import run_cli  # noqa: PLC0415
+
+    extra = """
+  - placement: broken
+    offers:
+      - {id: bad, rule: 'in_segment("gold") and'}
+"""
+    path = write_config(tmp_path, extra=extra)
+    assert run_cli("segments", "check", "--config", path) == 1
+    err = capsys.readouterr().err
+    line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "id: bad" in text)
+    assert f"{path}: line {line}: offers.2.offers.0.rule: column" in err
