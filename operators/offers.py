@@ -10,12 +10,13 @@ a value belongs in a trait (`traits:`), which the rule then reads as `profile.tr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from config.checks import line_in_file
 from config.settings import ConfigError, OfferSettings, Settings
+from operators import rules
 from operators.rules import (
     Absent,
     Aggregate,
@@ -37,6 +38,9 @@ class Offer:
     content: Mapping[str, Any]
     rule: str | None
     holds: Any  # Callable[[EvalContext], bool] | None (None: no rule)
+    # The aggregate key of each trait a rule reads (`profile.traits.NAME` compiled with the
+    # traits) -> the trait's name: its value is the document's `traits.NAME`.
+    traits: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def reason(self) -> str:
@@ -56,11 +60,14 @@ class Decision:
 class DocumentContext:
     """The rules' view of one projection document (operators.rules.EvalContext)."""
 
-    __slots__ = ("_attributes", "_segments", "_traits", "now_ms")
+    __slots__ = ("_attributes", "_segments", "_trait_keys", "_traits", "now_ms")
 
-    def __init__(self, document: Mapping[str, Any] | None) -> None:
+    def __init__(
+        self, document: Mapping[str, Any] | None, trait_keys: Mapping[str, str] | None = None
+    ) -> None:
         doc = document or {}
         self.now_ms = 0
+        self._trait_keys = trait_keys or {}
         self._attributes: Mapping[str, Any] = doc.get("attributes") or {}
         self._traits: Mapping[str, Any] = doc.get("traits") or {}
         self._segments: Mapping[str, Any] = doc.get("segments") or {}
@@ -71,7 +78,10 @@ class DocumentContext:
         return event_values(self._attributes, path)
 
     def aggregate(self, agg: Aggregate) -> Any:
-        return None  # refused at start (`compile_offers`); a document has no events
+        """A trait's value, as the worker computed it (any other aggregate is refused at
+        start: a document has no events)."""
+        name = self._trait_keys.get(agg.key)
+        return None if name is None else self._traits.get(name)
 
     def absent(self, a: Absent) -> bool:
         return False
@@ -95,8 +105,10 @@ def compile_offers(settings: Settings, config: Path | None = None) -> dict[str, 
                 items.append((key, offer.rule))
     problems: list[tuple[tuple[str | int, ...], str]] = []
     compiled: dict[str, CompiledRule] = {}
+    traits = _traits(settings)
+    trait_keys = {agg.key: name for name, agg in traits.items()}
     try:
-        for done in compile_rules(items):
+        for done in _compile(items, traits):
             compiled[done.segment_id] = done
     except RuleErrors as exc:
         for error in exc.errors:
@@ -110,7 +122,7 @@ def compile_offers(settings: Settings, config: Path | None = None) -> dict[str, 
         if rule is None:
             continue
         loc = ("offers", i, "offers", j, "rule")
-        if rule.aggregates or rule.absents:
+        if rule.absents or any(a.key not in trait_keys for a in rule.aggregates):
             problems.append(
                 (
                     loc,
@@ -125,13 +137,18 @@ def compile_offers(settings: Settings, config: Path | None = None) -> dict[str, 
         raise ConfigError(*(_located(config, loc, message) for loc, message in problems))
     out: dict[str, tuple[Offer, ...]] = {}
     for placement in settings.offers:
-        offers = [_offer(placement.placement, o, compiled) for o in placement.offers]
+        offers = [_offer(placement.placement, o, compiled, trait_keys) for o in placement.offers]
         offers.sort(key=lambda o: -o.priority)  # stable: ties keep the file's order
         out[placement.placement] = tuple(offers)
     return out
 
 
-def _offer(placement: str, offer: OfferSettings, compiled: Mapping[str, CompiledRule]) -> Offer:
+def _offer(
+    placement: str,
+    offer: OfferSettings,
+    compiled: Mapping[str, CompiledRule],
+    trait_keys: Mapping[str, str],
+) -> Offer:
     rule = compiled.get(f"{placement}/{offer.id}") if offer.rule is not None else None
     return Offer(
         offer.id,
@@ -139,7 +156,30 @@ def _offer(placement: str, offer: OfferSettings, compiled: Mapping[str, Compiled
         offer.content,
         offer.rule,
         None if rule is None else rule.evaluate,
+        trait_keys,
     )
+
+
+def _traits(settings: Settings) -> Mapping[str, Aggregate]:
+    """The settings' traits compiled (`traits:` and `compile_traits` come with the projection
+    side of issue #15: until both are there, `profile.traits.NAME` reads the document's
+    `traits` like any other path)."""
+    declared = getattr(settings, "traits", ())
+    compile_traits = getattr(rules, "compile_traits", None)
+    if not declared or compile_traits is None:
+        return {}
+    compiled: Mapping[str, Aggregate] = compile_traits([(t.name, t.value) for t in declared])
+    return compiled
+
+
+def _compile(
+    items: Sequence[tuple[str, str]], traits: Mapping[str, Aggregate]
+) -> tuple[CompiledRule, ...]:
+    if not traits:
+        return compile_rules(items)
+    with_traits: Any = compile_rules  # takes the traits once issue #15's projection is in
+    compiled: tuple[CompiledRule, ...] = with_traits(items, traits)
+    return compiled
 
 
 def _located(config: Path | None, loc: tuple[str | int, ...], message: str) -> str:
@@ -152,7 +192,7 @@ def _located(config: Path | None, loc: tuple[str | int, ...], message: str) -> s
 def decide(placement: str, offers: Sequence[Offer], document: Mapping[str, Any] | None) -> Decision:
     """The first offer, by priority, whose rule holds for the document (None: an unknown
     person, who gets what a rule over an empty profile allows)."""
-    ctx: EvalContext = DocumentContext(document)
+    ctx: EvalContext = DocumentContext(document, offers[0].traits if offers else None)
     for offer in offers:
         if offer.holds is None or offer.holds(ctx):
             return Decision(placement, offer)
