@@ -37,7 +37,7 @@ sources:
   - name: offline
     kind: event
     path: offline.json
-segments:
+TRAITSsegments:
   - {id: asked-for-shirts, rule: 'profile.interest == "shirts"'}
   - {id: gold, rule: 'profile.loyalty.level == "gold"'}
 kafka: {bootstrap_servers: "BOOTSTRAP"}
@@ -60,6 +60,16 @@ offers:
 """
 
 
+# `traits:` comes with the projection side of issue #15; before it, `profile.traits.NAME` reads
+# the document's traits as a path.
+TRAITS = (
+    "traits:\n  - {name: lifetime_value, value: "
+    "'sum(event.commerce.order.priceTotal, event.eventType == \"commerce.purchases\")'}\n"
+    if "traits" in Settings.model_fields
+    else ""
+)
+
+
 def write_config(
     tmp: Path,
     *,
@@ -69,7 +79,7 @@ def write_config(
     extra: str = "",
 ) -> Path:
     text = CONFIG.replace("PROFILES", profiles).replace("BOOTSTRAP", bootstrap)
-    text = text.replace("PREFIX", prefix) + extra
+    text = text.replace("PREFIX", prefix).replace("TRAITS", TRAITS) + extra
     path = tmp / "cdp.yaml"
     path.write_text(text)
     return path
