@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,7 +158,9 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     _errors(app)
-    app.add_middleware(_Measured, metrics=services.metrics, log=services.access_log)
+    serve = services.settings.serve
+    limit = 1 << 20 if serve is None else serve.max_request_bytes
+    app.add_middleware(_Measured, metrics=services.metrics, log=services.access_log, limit=limit)
     errors: dict[int | str, dict[str, Any]] = {
         s: {"model": Problem, "content": {PROBLEM: {}}} for s in (400, 401, 403, 404)
     }
@@ -342,10 +344,11 @@ class _Measured:
     """Counts and times every request by its route template (pure ASGI: cheaper than
     BaseHTTPMiddleware); optionally one access line per request without its path."""
 
-    def __init__(self, app: ASGIApp, metrics: ServeMetrics, log: bool) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics, log: bool, limit: int) -> None:
         self.app = app
         self.metrics = metrics
         self.log = log
+        self.limit = limit  # a body declared larger is refused before it is read
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -354,14 +357,18 @@ class _Measured:
         started = time.perf_counter()
         status = 500
 
-        async def sent(message: dict[str, Any]) -> None:
+        async def sent(message: MutableMapping[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
             await send(message)
 
         try:
-            await self.app(scope, receive, sent)
+            if _declared_length(scope) > self.limit:
+                answer = problem(413, f"the request is over the limit of {self.limit} bytes")
+                await answer(scope, receive, sent)
+            else:
+                await self.app(scope, receive, sent)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             took = time.perf_counter() - started
@@ -369,3 +376,10 @@ class _Measured:
             self.metrics.latency.labels(route).observe(took)
             if self.log:
                 ACCESS.info("%s %s %d %.1fms", scope["method"], route, status, took * 1000)
+
+
+def _declared_length(scope: dict[str, Any]) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0

@@ -90,6 +90,8 @@ def test_bad_requests_get_400_with_where_not_what(client: httpx.Client) -> None:
     assert "shopper7" not in no_colon.text  # a refusal never echoes the identity
     wrong = client.post("/v1/profiles/lookup", json={"id": "Email:a@b.c"}, headers=READ)
     assert wrong.status_code == 400 and "a@b.c" not in wrong.text
+    huge = {"identity": "Email:" + "x" * (1 << 20) + "@example.com"}
+    assert client.post("/v1/profiles/lookup", json=huge, headers=READ).status_code == 413
 
 
 def test_auth_401_without_a_valid_key_and_403_outside_its_scopes(client: httpx.Client) -> None:
