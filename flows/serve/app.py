@@ -11,8 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
@@ -20,9 +19,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from config.settings import Settings
-from flows.serve.collect import Collector, Unavailable
-from flows.serve.follow import Follower
+from flows.serve import collect as collecting
+from flows.serve.errors import JSON, PROBLEM, Refused, problem
 from flows.serve.metrics import ServeMetrics
 from flows.serve.models import (
     Accepted,
@@ -34,76 +32,12 @@ from flows.serve.models import (
     Problem,
     ProfileDocument,
 )
+from flows.serve.services import Key, Services
 from operators import replica
-from operators.decode import Decoder
-from operators.identity import IdentityRules
-from operators.offers import Offer, decide
-from operators.store import Store
-from schemas.records import DeadLetter, Origin
+from operators.offers import decide
 
 LOG = logging.getLogger("cdp.serve")
 ACCESS = logging.getLogger("cdp.serve.access")
-JSON = "application/json"
-PROBLEM = "application/problem+json"
-_TITLES = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    413: "Content Too Large",
-    503: "Service Unavailable",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Key:
-    name: str
-    secret: bytes
-    scopes: frozenset[str]
-
-
-@dataclass
-class Services:
-    """What the routes are given (FastAPI's `app.state`; no module-level state)."""
-
-    settings: Settings
-    store: Store
-    follower: Follower
-    offers: Mapping[str, Sequence[Offer]]
-    keys: Sequence[Key]
-    metrics: ServeMetrics
-    access_log: bool = False
-    collector: Collector | None = None
-
-    def __post_init__(self) -> None:
-        self.rules = IdentityRules.from_settings(self.settings)
-        self.decoder = Decoder.from_settings(self.settings)
-
-    def producer(self) -> Collector:
-        """Made on the first collect: a server that only answers lookups needs no broker."""
-        if self.collector is None:
-            serve = self.settings.serve
-            timeout = 5000 if serve is None else serve.delivery_timeout_ms
-            self.collector = Collector(self.settings.kafka.client_config(), timeout)
-        return self.collector
-
-
-def problem(status: int, detail: str, **extra: Any) -> Response:
-    body = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status}
-    body["detail"] = detail
-    body.update(extra)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return Response(orjson.dumps(body), status, headers=headers, media_type=PROBLEM)
-
-
-class Refused(Exception):
-    """Raised by a route or a dependency; answered as a problem-details document."""
-
-    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers or {}
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API key of serve.keys")
@@ -220,7 +154,7 @@ def create_app(services: Services) -> FastAPI:
         request: Request,
         _: Key = Depends(require("collect")),  # noqa: B008
     ) -> Response:
-        return await _collect(services, source, request)
+        return await collecting.collect(services, source, request)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Response:
@@ -266,75 +200,6 @@ def _errors(app: FastAPI) -> None:
     app.add_exception_handler(Refused, refused)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Refused(413, f"the request is over the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, f"the request is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _collect(services: Services, source: str, request: Request) -> Response:
-    settings = services.settings
-    serve = settings.serve
-    spec = services.decoder.sources.get(source)
-    if spec is None or spec.settings.topic is None:
-        raise Refused(404, "no source of this name with a topic")
-    topic = spec.settings.topic
-    max_request = 1 << 20 if serve is None else serve.max_request_bytes
-    max_record = 32 << 10 if serve is None else serve.max_record_bytes
-    body = await _body(request, max_request)
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise Refused(400, f"not JSON: {exc.msg} at byte {exc.pos}") from None
-    single = not isinstance(parsed, list)
-    raws = [body] if single else [orjson.dumps(item) for item in parsed]
-    if not raws:
-        raise Refused(400, "an empty array: nothing to collect")
-    for i, raw in enumerate(raws):
-        if len(raw) > max_record:
-            where = "the record" if single else f"record {i}"
-            raise Refused(413, f"{where} is {len(raw)} bytes, over the limit of {max_record}")
-    now_ms = time.time_ns() // 1_000_000
-    good: list[tuple[bytes | None, bytes]] = []
-    items: list[dict[str, Any]] = []
-    for i, raw in enumerate(raws):
-        decoded = services.decoder.decode(Origin(source, 0, 0), raw, written_ms=now_ms)
-        if isinstance(decoded, DeadLetter):
-            items.append({"index": i, "status": 400, "reason": decoded.reason})
-            continue
-        namespace, value = decoded.identities[0]
-        good.append((f"{namespace}:{value}".encode(), raw))
-        items.append({"index": i, "status": 202, "reason": None})
-    counted = services.metrics.collected
-    refused = len(raws) - len(good)
-    if refused:
-        counted.labels(source, "refused").inc(refused)
-    if not good:
-        detail = "no record is valid" if len(raws) > 1 else str(items[0]["reason"])
-        return problem(400, detail, items=items)
-    try:
-        await services.producer().send(topic, good)
-    except Unavailable as exc:
-        counted.labels(source, "unsent").inc(len(good))
-        delay = max(1, round(services.producer().timeout_s))
-        answer = problem(503, f"{exc}; send the request again")
-        answer.headers["Retry-After"] = str(delay)
-        return answer
-    counted.labels(source, "accepted").inc(len(good))
-    if not refused:
-        return Response(orjson.dumps({"accepted": len(good)}), 202, media_type=JSON)
-    mixed = {"accepted": len(good), "refused": refused, "items": items}
-    return Response(orjson.dumps(mixed), 207, media_type=JSON)
 
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]

@@ -1,5 +1,5 @@
-"""The HTTP collector's producer: records go to their source's topic, and a request is
-answered only after the broker acknowledged every one of its records (acks=all).
+"""`POST /v1/collect/{source}` and its producer: records go to their source's topic, and a
+request is answered only after the broker acknowledged every one of its records (acks=all).
 
 A delivery that fails or is not acknowledged within `serve.delivery_timeout` makes the request
 a 503: the client sends it again. A record may then be on the topic twice; the pipeline drops
@@ -10,12 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
+from fastapi import Request, Response
 
 from flows import broker
+from flows.serve.errors import JSON, Refused, problem
+from schemas.records import DeadLetter, Origin
+
+if TYPE_CHECKING:
+    from flows.serve.services import Services
 
 
 class Unavailable(RuntimeError):
@@ -89,3 +97,75 @@ class Collector:
 def _settle(done: asyncio.Future[Any], err: KafkaError | None) -> None:
     if not done.done():
         done.set_result(err)
+
+
+# -- the route: POST /v1/collect/{source} ---------------------------------------------------
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Refused(413, f"the request is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, f"the request is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def collect(services: Services, source: str, request: Request) -> Response:
+    settings = services.settings
+    serve = settings.serve
+    spec = services.decoder.sources.get(source)
+    if spec is None or spec.settings.topic is None:
+        raise Refused(404, "no source of this name with a topic")
+    topic = spec.settings.topic
+    max_request = 1 << 20 if serve is None else serve.max_request_bytes
+    max_record = 32 << 10 if serve is None else serve.max_record_bytes
+    body = await _body(request, max_request)
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Refused(400, f"not JSON: {exc.msg} at byte {exc.pos}") from None
+    single = not isinstance(parsed, list)
+    raws = [body] if single else [orjson.dumps(item) for item in parsed]
+    if not raws:
+        raise Refused(400, "an empty array: nothing to collect")
+    for i, raw in enumerate(raws):
+        if len(raw) > max_record:
+            where = "the record" if single else f"record {i}"
+            raise Refused(413, f"{where} is {len(raw)} bytes, over the limit of {max_record}")
+    now_ms = time.time_ns() // 1_000_000
+    good: list[tuple[bytes | None, bytes]] = []
+    items: list[dict[str, Any]] = []
+    for i, raw in enumerate(raws):
+        decoded = services.decoder.decode(Origin(source, 0, 0), raw, written_ms=now_ms)
+        if isinstance(decoded, DeadLetter):
+            items.append({"index": i, "status": 400, "reason": decoded.reason})
+            continue
+        namespace, value = decoded.identities[0]
+        good.append((f"{namespace}:{value}".encode(), raw))
+        items.append({"index": i, "status": 202, "reason": None})
+    counted = services.metrics.collected
+    refused = len(raws) - len(good)
+    if refused:
+        counted.labels(source, "refused").inc(refused)
+    if not good:
+        detail = "no record is valid" if len(raws) > 1 else str(items[0]["reason"])
+        return problem(400, detail, items=items)
+    try:
+        await services.producer().send(topic, good)
+    except Unavailable as exc:
+        counted.labels(source, "unsent").inc(len(good))
+        delay = max(1, round(services.producer().timeout_s))
+        answer = problem(503, f"{exc}; send the request again")
+        answer.headers["Retry-After"] = str(delay)
+        return answer
+    counted.labels(source, "accepted").inc(len(good))
+    if not refused:
+        return Response(orjson.dumps({"accepted": len(good)}), 202, media_type=JSON)
+    mixed = {"accepted": len(good), "refused": refused, "items": items}
+    return Response(orjson.dumps(mixed), 207, media_type=JSON)

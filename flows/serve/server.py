@@ -19,9 +19,10 @@ import uvicorn
 
 from config.settings import ConfigError, ServeSettings, Settings
 from flows import logs
-from flows.serve.app import Key, Services, create_app
+from flows.serve.app import create_app
 from flows.serve.follow import FileFollower, Follower, KafkaFollower
 from flows.serve.metrics import ServeMetrics
+from flows.serve.services import Key, Services
 from operators import replica
 from operators.offers import compile_offers
 from operators.store import open_store
