@@ -12,6 +12,10 @@ opened here):
 - `sv/doc/<profile_id>`   the live document, as served (orjson bytes)
 - `sv/meta/<profile_id>`  `{"seq", "state": live|merged|deleted, "into", "ids"}`
 - `sv/id/<NS:value>`      the profile id an identity belongs to
+- `sv/position`           where the projection was read to, written with the documents it
+                          brought: `{"source", "inode", "offset"}` (file) or `{"source",
+                          "partitions": {"0": next offset}}` (topic); a restart on a kept
+                          store resumes there
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from operators.store import Store, Txn
 DOC = b"sv/doc/"
 META = b"sv/meta/"
 IDENTITY = b"sv/id/"
+POSITION = b"sv/position"
 _MAX_FORWARDS = 8  # a chain of merges longer than this is a loop, not a person
 Outcome = Literal["applied", "stale", "bad"]
 
@@ -38,8 +43,19 @@ class Found:
 
 
 def clear(store: Store) -> None:
-    """Forget every document (the replica is rebuilt from the projection at each start)."""
+    """Forget every document and the position."""
     store.delete_range(b"sv/", b"sv0")
+
+
+def resume(store: Store, source: str, keep: bool) -> dict[str, Any]:
+    """Where to read the projection from: the stored position when the store is kept and was
+    filled from the same source; else the beginning, on an emptied store."""
+    raw = store.get(POSITION)
+    held = None if raw is None else orjson.loads(raw)
+    if keep and isinstance(held, dict) and held.get("source") == source:
+        return held
+    clear(store)
+    return {"source": source}
 
 
 def identities_of(document: Mapping[str, Any]) -> list[str]:
@@ -130,12 +146,19 @@ def _live(txn: Txn, profile_id: str, meta: Any, seq: int, document: Mapping[str,
     )
 
 
-def apply_batch(store: Store, records: Iterable[tuple[str | None, Any]]) -> dict[Outcome, int]:
-    """Apply records in order, in one atomic write; how many were applied, stale or bad."""
+def apply_batch(
+    store: Store,
+    records: Iterable[tuple[str | None, Any]],
+    position: Mapping[str, Any] | None = None,
+) -> dict[Outcome, int]:
+    """Apply records in order and the position they were read to, in one atomic write; how
+    many were applied, stale or bad."""
     txn = Txn(store)
     counts: dict[Outcome, int] = {"applied": 0, "stale": 0, "bad": 0}
     for key, document in records:
         counts[apply_document(txn, key, document)] += 1
+    if position is not None:
+        txn.put(POSITION, orjson.dumps(position))
     txn.commit()
     return counts
 

@@ -69,6 +69,15 @@ def require(scope: str) -> Callable[..., Key]:
     return check
 
 
+def _ready(services: Services) -> None:
+    """Until the projection was read to its end once, a 404 could be a profile not read yet:
+    the answer is 503 instead."""
+    if not services.follower.caught_up.is_set():
+        raise Refused(
+            503, "the profile projection is still being read", headers={"Retry-After": "1"}
+        )
+
+
 def _identity(services: Services, text: str) -> tuple[str, str] | None:
     """The normalised identity, None when it is no identity (empty or blocked)."""
     namespace, sep, value = text.partition(":")
@@ -79,6 +88,7 @@ def _identity(services: Services, text: str) -> tuple[str, str] | None:
 
 
 def _find(services: Services, text: str) -> replica.Found | None:
+    _ready(services)
     identity = _identity(services, text)
     return None if identity is None else replica.lookup(services.store, *identity)
 
@@ -108,6 +118,7 @@ def create_app(services: Services) -> FastAPI:
 
     @app.get("/v1/profiles/{profile_id}", response_model=ProfileDocument, responses=errors)
     async def get_profile(profile_id: str, _: Key = Depends(require("read"))) -> Response:  # noqa: B008
+        _ready(services)
         found = replica.profile(services.store, profile_id)
         if found is None:
             raise Refused(404, "no such profile")
@@ -171,7 +182,8 @@ def create_app(services: Services) -> FastAPI:
                 "failure": follower.failure,
             },
         }
-        return Response(orjson.dumps(body), 503 if status == "failing" else 200, media_type=JSON)
+        # 503 until the projection was read to its end once: a load balancer sends nothing yet
+        return Response(orjson.dumps(body), 200 if status == "ok" else 503, media_type=JSON)
 
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:

@@ -1,7 +1,8 @@
 """Reading the profile projection into the server's replica, on a thread of its own: a
 JSON-lines file followed as it grows (like `tail -f`), or a Kafka topic read from its
 beginning (assigned partitions, no consumer group, no commits: every replica reads all of it).
-Each chunk read is applied in one atomic write (`operators.replica.apply_batch`)."""
+Each chunk read is applied in one atomic write with the position it was read to
+(`operators.replica.apply_batch`), so a server on a kept store resumes where it was."""
 
 from __future__ import annotations
 
@@ -30,10 +31,13 @@ _CHUNK = 1 << 20
 class Follower:
     """What the endpoints and `/healthz` see of a follower."""
 
-    def __init__(self, store: Store, metrics: ServeMetrics, source: str) -> None:
+    def __init__(
+        self, store: Store, metrics: ServeMetrics, source: str, position: dict[str, Any]
+    ) -> None:
         self.store = store
         self.metrics = metrics
         self.source = source  # "file <path>" or "topic <name>": for health and logs
+        self.position = position  # `operators.replica.resume`
         self.caught_up = threading.Event()  # read to the end once
         self.applied = 0
         self.stop = threading.Event()
@@ -61,7 +65,7 @@ class Follower:
     def apply(self, records: list[tuple[str | None, Any]]) -> None:
         if not records:
             return
-        counts = replica.apply_batch(self.store, records)
+        counts = replica.apply_batch(self.store, records, self.position)
         self.applied += counts["applied"]
         for outcome, count in counts.items():
             if count:
@@ -91,9 +95,22 @@ def _parse(line: bytes) -> Any:
 
 
 class FileFollower(Follower):
-    def __init__(self, path: Path, store: Store, metrics: ServeMetrics) -> None:
-        super().__init__(store, metrics, f"file {path}")
+    def __init__(
+        self, path: Path, store: Store, metrics: ServeMetrics, position: dict[str, Any]
+    ) -> None:
+        super().__init__(store, metrics, f"file {path}", position)
         self.path = path
+
+    def _open(self) -> Any:
+        """The file, at the stored position if it is the same file (same inode, not shorter);
+        else at its start."""
+        handle = self.path.open("rb")
+        stat = os.fstat(handle.fileno())
+        offset = self.position.get("offset", 0)
+        if self.position.get("inode") == stat.st_ino and stat.st_size >= offset:
+            handle.seek(offset)
+        self.position = {"source": self.source, "inode": stat.st_ino, "offset": handle.tell()}
+        return handle
 
     def run(self) -> None:
         handle = None
@@ -102,16 +119,17 @@ class FileFollower(Follower):
         while not self.stop.is_set():
             if handle is None:
                 try:
-                    handle = self.path.open("rb")
+                    handle = self._open()
                 except FileNotFoundError:
                     self.caught_up.set()  # nothing written yet is nothing to wait for
                     self.stop.wait(_IDLE_S * 5)
                     continue
-                inode, pending = os.fstat(handle.fileno()).st_ino, b""
+                inode, pending = self.position["inode"], b""
             chunk = handle.read(_CHUNK)
             if chunk:
                 lines = (pending + chunk).split(b"\n")
                 pending = lines.pop()  # a line still being written
+                self.position = {**self.position, "offset": handle.tell() - len(pending)}
                 self.apply([(None, _parse(line)) for line in lines if line.strip()])
                 continue
             self.caught_up.set()
@@ -132,9 +150,14 @@ class FileFollower(Follower):
 
 class KafkaFollower(Follower):
     def __init__(
-        self, config: dict[str, str], topic: str, store: Store, metrics: ServeMetrics
+        self,
+        config: dict[str, str],
+        topic: str,
+        store: Store,
+        metrics: ServeMetrics,
+        position: dict[str, Any],
     ) -> None:
-        super().__init__(store, metrics, f"topic {topic}")
+        super().__init__(store, metrics, f"topic {topic}", position)
         self.topic = topic
         self.config = {
             **config,
@@ -153,7 +176,13 @@ class KafkaFollower(Follower):
             partitions = self._partitions(consumer)
             if partitions is None:
                 return
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            held: dict[str, int] = dict(self.position.get("partitions", {}))
+            consumer.assign(
+                [
+                    TopicPartition(self.topic, p, held.get(str(p), OFFSET_BEGINNING))
+                    for p in partitions
+                ]
+            )
             at_end: set[int] = set()
             while not self.stop.is_set():
                 records: list[tuple[str | None, Any]] = []
@@ -163,10 +192,12 @@ class KafkaFollower(Follower):
                         if err.code() == KafkaError._PARTITION_EOF:
                             at_end.add(msg.partition() or 0)
                         continue
+                    held[str(msg.partition())] = (msg.offset() or 0) + 1
                     key = msg.key()
                     value = msg.value()
                     document = None if value is None else _parse(value)
                     records.append((key.decode(errors="replace") if key else None, document))
+                self.position = {"source": self.source, "partitions": dict(held)}
                 self.apply(records)
                 if not self.caught_up.is_set() and at_end.issuperset(partitions):
                     self.caught_up.set()

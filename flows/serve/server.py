@@ -105,14 +105,17 @@ class Running:
         else:
             state = settings.resolve(serve.state_dir)
         self.store = open_store(state)
-        replica.clear(self.store)  # rebuilt from the projection: it is the truth
+        source = f"topic {topic}" if topic is not None else f"file {path}"
+        # A kept store resumes where it was read to; a temporary one starts from the beginning.
+        position = replica.resume(self.store, source, keep=self._temp is None)
         metrics = ServeMetrics()
         follower: Follower
         if topic is not None:
-            follower = KafkaFollower(settings.kafka.client_config(), topic, self.store, metrics)
+            config = settings.kafka.client_config()
+            follower = KafkaFollower(config, topic, self.store, metrics, position)
         else:
             assert path is not None
-            follower = FileFollower(path, self.store, metrics)
+            follower = FileFollower(path, self.store, metrics, position)
         self.services = Services(
             settings, self.store, follower, offers, keys, metrics, serve.access_log
         )

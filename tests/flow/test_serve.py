@@ -260,3 +260,30 @@ def test_cdp_serve_command_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert f"serving on http://127.0.0.1:{port}" in err
     assert "a@example.com" not in err.lower()
+
+
+def test_a_kept_store_resumes_where_the_projection_was_read_to(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("  keys:", "  state_dir: serve-state\n  keys:"))
+    projection = tmp_path / "profiles.jsonl"
+    append(projection, document("p_1", 1, {"Email": ["a@example.com"]}))
+    with server(settings_of(config), config) as http:
+        assert http.get("/healthz").json()["projection"]["applied"] == 1
+    append(projection, document("p_2", 1, {"Email": ["b@example.com"]}))
+    with server(settings_of(config), config) as http:
+        assert http.get("/healthz").json()["projection"]["applied"] == 1  # only p_2 read
+        for identity, pid in (("Email:a@example.com", "p_1"), ("Email:b@example.com", "p_2")):
+            assert _lookup(http, identity).json()["profile_id"] == pid
+    # the projection rewritten (a new file): read again from its start
+    projection.unlink()
+    append(projection, document("p_3", 1, {"Email": ["c@example.com"]}))
+    with server(settings_of(config), config) as http:
+        assert http.get("/healthz").json()["projection"]["applied"] == 1
+        assert _lookup(http, "Email:c@example.com").json()["profile_id"] == "p_3"
+    # another projection file: the kept store is emptied first
+    other = config.read_text().replace("{path: profiles.jsonl}", "{path: other.jsonl}")
+    config.write_text(other)
+    append(tmp_path / "other.jsonl", document("p_9", 1, {"Email": ["z@example.com"]}))
+    with server(settings_of(config), config) as http:
+        assert _lookup(http, "Email:a@example.com").status_code == 404
+        assert _lookup(http, "Email:z@example.com").status_code == 200

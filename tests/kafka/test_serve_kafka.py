@@ -184,3 +184,42 @@ def test_collect_answers_503_while_the_broker_is_unreachable_and_writes_nothing_
             ids = sorted(r.event_id or "" for r in _decoded(config, values))
             assert ids[:3] == ["ev-1", "ev-2", "ev-3"]
         assert broker.running
+
+
+def test_503_until_the_projection_topic_is_read_then_resume_from_a_kept_store(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    from flows.serve.server import Running  # noqa: PLC0415
+    from tests.serve_helpers import KEYS  # noqa: PLC0415
+
+    topic = f"{topic_prefix}profiles"
+    config = write_config(
+        tmp_path, profiles=f"{{topic: {topic}}}", bootstrap=kafka_bootstrap, prefix=topic_prefix
+    )
+    config.write_text(config.read_text().replace("  keys:", "  state_dir: kept\n  keys:"))
+    running = Running(settings_of(config), config_path=config, port=0, env=KEYS)
+    with running, httpx.Client(base_url=running.url, timeout=30) as client:
+        # the topic does not exist yet (the worker has not written it): not ready
+        health = client.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "starting"
+        early = _lookup(client, "Email:a@example.com")
+        assert early.status_code == 503 and early.headers["retry-after"] == "1"
+        create_topics(kafka_bootstrap, [topic])
+        produce(
+            kafka_bootstrap,
+            topic,
+            [orjson.dumps(document("p_a", 1, {"Email": ["a@example.com"]}))],
+            key_fn=_key,
+        )
+        wait_for(lambda: client.get("/healthz").status_code == 200, 30)
+        assert _lookup(client, "Email:a@example.com").json()["profile_id"] == "p_a"
+    produce(
+        kafka_bootstrap,
+        topic,
+        [orjson.dumps(document("p_b", 1, {"Email": ["b@example.com"]}))],
+        key_fn=_key,
+    )
+    with server(settings_of(config), config) as client:
+        assert client.get("/healthz").json()["projection"]["applied"] == 1  # p_b only
+        assert _lookup(client, "Email:a@example.com").json()["profile_id"] == "p_a"
+        assert _lookup(client, "Email:b@example.com").json()["profile_id"] == "p_b"
