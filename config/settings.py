@@ -513,8 +513,8 @@ class ServeSettings(_Frozen):
     # None: the `profiles` destination of this file (its topic or path).
     profiles: ServeProfilesSettings | None = None
     keys: tuple[ServeKeySettings, ...] = ()
-    # The server's own store of the projection (rebuilt from the projection at each start).
-    # None: a temporary directory.
+    # The server's own store of the projection: kept, a restart resumes where it was read
+    # to. None: a temporary directory, filled from the projection's beginning at each start.
     state_dir: Path | None = None
     max_record_bytes: int = Field(default=32 * 1024, ge=64)
     max_request_bytes: int = Field(default=1024 * 1024, ge=64)
