@@ -11,7 +11,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -574,6 +574,34 @@ class PlacementSettings(_Frozen):
         if not _NAME.match(value):
             raise ValueError(f"placement {value!r} must be letters, digits, _ . -")
         return value
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key of `serve.keys` with its secret, read from the environment."""
+
+    name: str
+    secret: bytes = field(repr=False)  # never printed
+    scopes: frozenset[str] = frozenset()
+
+
+def api_keys(serve: ServeSettings, env: Mapping[str, str] | None = None) -> tuple[ApiKey, ...]:
+    """Each key's secret from its environment variable. None configured, or one not set: a
+    ConfigError (a server whose every request is a 401 is a misconfiguration, not a lock)."""
+    env = os.environ if env is None else env
+    if not serve.keys:
+        raise ConfigError("serve.keys: no API key is configured (add {name, key_env, scopes})")
+    keys: list[ApiKey] = []
+    missing: list[str] = []
+    for i, key in enumerate(serve.keys):
+        value = env.get(key.key_env, "")
+        if not value:
+            missing.append(f"serve.keys.{i}: the environment variable {key.key_env} is not set")
+            continue
+        keys.append(ApiKey(key.name, value.encode(), frozenset(key.scopes)))
+    if missing:
+        raise ConfigError(*missing)
+    return tuple(keys)
 
 
 Settings.model_rebuild()

@@ -19,6 +19,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from config.settings import ApiKey
 from flows.serve import collect as collecting
 from flows.serve.errors import JSON, PROBLEM, Refused, problem
 from flows.serve.metrics import ServeMetrics
@@ -32,7 +33,7 @@ from flows.serve.models import (
     Problem,
     ProfileDocument,
 )
-from flows.serve.services import Key, Services
+from flows.serve.services import Services
 from operators import replica
 from operators.offers import decide
 
@@ -48,11 +49,11 @@ def _services(request: Request) -> Services:
     return services
 
 
-def require(scope: str) -> Callable[..., Key]:
+def require(scope: str) -> Callable[..., ApiKey]:
     def check(
         request: Request,
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
-    ) -> Key:
+    ) -> ApiKey:
         if credentials is None:
             raise Refused(401, "send an API key: Authorization: Bearer KEY")
         given = credentials.credentials.encode()
@@ -110,14 +111,14 @@ def create_app(services: Services) -> FastAPI:
     }
 
     @app.post("/v1/profiles/lookup", response_model=ProfileDocument, responses=errors)
-    async def lookup(body: IdentityRequest, _: Key = Depends(require("read"))) -> Response:  # noqa: B008
+    async def lookup(body: IdentityRequest, _: ApiKey = Depends(require("read"))) -> Response:  # noqa: B008
         found = _find(services, body.identity)
         if found is None:
             raise Refused(404, "no profile has this identity")
         return Response(found.document, media_type=JSON)
 
     @app.get("/v1/profiles/{profile_id}", response_model=ProfileDocument, responses=errors)
-    async def get_profile(profile_id: str, _: Key = Depends(require("read"))) -> Response:  # noqa: B008
+    async def get_profile(profile_id: str, _: ApiKey = Depends(require("read"))) -> Response:  # noqa: B008
         _ready(services)
         found = replica.profile(services.store, profile_id)
         if found is None:
@@ -125,7 +126,7 @@ def create_app(services: Services) -> FastAPI:
         return Response(found.document, media_type=JSON)
 
     @app.post("/v1/decisions", response_model=DecisionResponse, responses=errors)
-    async def decisions(body: DecisionRequest, _: Key = Depends(require("decide"))) -> Response:  # noqa: B008
+    async def decisions(body: DecisionRequest, _: ApiKey = Depends(require("decide"))) -> Response:  # noqa: B008
         offers = services.offers.get(body.placement)
         if offers is None:
             raise Refused(404, "no such placement in offers:")
@@ -163,7 +164,7 @@ def create_app(services: Services) -> FastAPI:
     async def collect(
         source: str,
         request: Request,
-        _: Key = Depends(require("collect")),  # noqa: B008
+        _: ApiKey = Depends(require("collect")),  # noqa: B008
     ) -> Response:
         return await collecting.collect(services, source, request)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import signal
 import socket
@@ -17,35 +16,17 @@ from pathlib import Path
 
 import uvicorn
 
-from config.settings import ConfigError, ServeSettings, Settings
+from config.settings import ConfigError, ServeSettings, Settings, api_keys
 from flows import logs
 from flows.serve.app import create_app
 from flows.serve.follow import FileFollower, Follower, KafkaFollower
 from flows.serve.metrics import ServeMetrics
-from flows.serve.services import Key, Services
+from flows.serve.services import Services
 from operators import replica
 from operators.offers import compile_offers
 from operators.store import open_store
 
 LOG = logging.getLogger("cdp.serve")
-
-
-def keys_from_env(serve: ServeSettings, env: Mapping[str, str]) -> list[Key]:
-    """Each key's value from its environment variable; none set, or none configured: refused
-    (a server whose every request is a 401 is a misconfiguration, not a locked door)."""
-    if not serve.keys:
-        raise ConfigError("serve.keys: no API key is configured (add {name, key_env, scopes})")
-    keys: list[Key] = []
-    missing: list[str] = []
-    for i, key in enumerate(serve.keys):
-        value = env.get(key.key_env, "")
-        if not value:
-            missing.append(f"serve.keys.{i}: the environment variable {key.key_env} is not set")
-            continue
-        keys.append(Key(key.name, value.encode(), frozenset(key.scopes)))
-    if missing:
-        raise ConfigError(*missing)
-    return keys
 
 
 def projection_of(settings: Settings) -> tuple[str | None, Path | None]:
@@ -95,7 +76,7 @@ class Running:
         env: Mapping[str, str] | None = None,
     ) -> None:
         serve = settings.serve or ServeSettings()
-        keys = keys_from_env(serve, os.environ if env is None else env)
+        keys = api_keys(serve, env)
         offers = compile_offers(settings, config_path)
         topic, path = projection_of(settings)
         self._temp: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from config.settings import Settings
+from config.settings import ApiKey, Settings
 from flows.serve.collect import Collector
 from flows.serve.follow import Follower
 from flows.serve.metrics import ServeMetrics
@@ -13,15 +13,6 @@ from operators.decode import Decoder
 from operators.identity import IdentityRules
 from operators.offers import Offer
 from operators.store import Store
-
-
-@dataclass(frozen=True, slots=True)
-class Key:
-    """An API key of `serve.keys`, its secret read from the environment."""
-
-    name: str
-    secret: bytes
-    scopes: frozenset[str]
 
 
 @dataclass
@@ -32,7 +23,7 @@ class Services:
     store: Store
     follower: Follower
     offers: Mapping[str, Sequence[Offer]]
-    keys: Sequence[Key]
+    keys: Sequence[ApiKey]
     metrics: ServeMetrics
     access_log: bool = False
     collector: Collector | None = None
