@@ -62,11 +62,11 @@ def test_projection_topic_is_read_from_the_beginning_and_followed(
     with server(settings_of(config), config) as client:
         assert _lookup(client, "ECID:e-a").json()["profile_id"] == "p_a"
         assert _lookup(client, "Email:b@example.com").status_code == 404
-        started = time.monotonic()
         fresh = document("p_c", 1, {"Email": ["c@example.com"]})
         produce(kafka_bootstrap, topic, [orjson.dumps(fresh)], key_fn=_key)
+        started = time.monotonic()  # the broker has it
         wait_for(lambda: _lookup(client, "Email:C@example.com").status_code == 200, 10)
-        assert time.monotonic() - started < 1.0 + 0.5  # produce and flush included
+        assert time.monotonic() - started < 1.0
         produce(kafka_bootstrap, topic, [orjson.dumps(deleted("p_a", 3))], key_fn=_key)
         wait_for(lambda: _lookup(client, "Email:a@example.com").status_code == 404, 10)
         text = client.get("/metrics").text
