@@ -129,7 +129,7 @@ def create_app(services: Services) -> FastAPI:
     async def decisions(body: DecisionRequest, _: ApiKey = Depends(require("decide"))) -> Response:  # noqa: B008
         offers = services.offers.get(body.placement)
         if offers is None:
-            raise Refused(404, "no such placement in offers:")
+            raise Refused(404, "no placement of this name under offers:")
         found = _find(services, body.identity)
         document = None if found is None else orjson.loads(found.document)
         decision = decide(body.placement, offers, document)
