@@ -67,6 +67,27 @@ def cross_check(settings: Settings) -> list[Problem]:
             for j, namespace in enumerate(getattr(dest, key) or ()):
                 loc = ("destinations", i, key, j)
                 _known(problems, loc, "namespace", namespace, namespaces)
+    problems.extend(offer_problems(settings))
+    return problems
+
+
+def offer_problems(settings: Settings) -> list[Problem]:
+    """A placement named twice, an offer id twice in one placement (`cdp serve`'s offers)."""
+    problems: list[Problem] = []
+    placements: set[str] = set()
+    for i, placement in enumerate(settings.offers):
+        if placement.placement in placements:
+            message = f"placement {placement.placement!r} is defined twice"
+            problems.append(Problem(("offers", i, "placement"), message))
+        placements.add(placement.placement)
+        ids: set[str] = set()
+        for j, offer in enumerate(placement.offers):
+            if offer.id in ids:
+                message = (
+                    f"offer {offer.id!r} is defined twice in placement {placement.placement!r}"
+                )
+                problems.append(Problem(("offers", i, "offers", j, "id"), message))
+            ids.add(offer.id)
     return problems
 
 

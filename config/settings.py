@@ -11,7 +11,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -363,6 +363,8 @@ class Settings(_Frozen):
     profile: ProfileSettings = ProfileSettings()
     shards: int = Field(default=256, ge=1, le=4096)
     max_record_bytes: int = Field(default=1_000_000, ge=1024)
+    serve: ServeSettings | None = None  # `cdp serve` (DESIGN §11)
+    offers: tuple[PlacementSettings, ...] = ()  # `cdp serve`'s decisions
     base_dir: Path = Path()
 
     @model_validator(mode="after")
@@ -525,6 +527,139 @@ def projection_target(dest: DestinationSettings) -> DestinationSettings:
             "hash_identities or requires_consent (it carries whole profile documents)"
         )
     return dest
+
+
+# -- `cdp serve` (DESIGN §11) ----------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+Scope = Literal["read", "decide", "collect"]
+
+
+class ServeKeySettings(_Frozen):
+    """An API key: its value is read from the environment variable `key_env` when the server
+    starts, never from the file (the file is shared and versioned; keys are not)."""
+
+    name: str
+    key_env: str
+    scopes: tuple[Scope, ...] = ("read",)
+
+    @field_validator("key_env")
+    @classmethod
+    def _env(cls, value: str) -> str:
+        if not _ENV_NAME.match(value):
+            raise ValueError(f"key_env {value!r} must be an environment variable name")
+        return value
+
+
+class ServeProfilesSettings(_Frozen):
+    """Where the profile projection is read: a Kafka topic (from its beginning) or a JSON-lines
+    file (followed as it grows)."""
+
+    topic: str | None = None
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ServeProfilesSettings:
+        if (self.topic is None) == (self.path is None):
+            raise ValueError("serve.profiles needs exactly one of 'topic' or 'path'")
+        return self
+
+
+class ServeSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # None: the `profiles` destination of this file (its topic or path).
+    profiles: ServeProfilesSettings | None = None
+    keys: tuple[ServeKeySettings, ...] = ()
+    # The server's own store of the projection: kept, a restart resumes where it was read
+    # to. None: a temporary directory, filled from the projection's beginning at each start.
+    state_dir: Path | None = None
+    max_record_bytes: int = Field(default=32 * 1024, ge=64)
+    max_request_bytes: int = Field(default=1024 * 1024, ge=64)
+    # How long a collect request waits for the broker's acknowledgement before answering 503.
+    delivery_timeout: str = "5s"
+    # One line per request: method, route template (never the path: no id in a log), status,
+    # time. Off by default: /metrics counts and times every route.
+    access_log: bool = False
+
+    @field_validator("delivery_timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        if duration_ms(value) <= 0:
+            raise ValueError("delivery_timeout must be more than 0")
+        return value
+
+    @property
+    def delivery_timeout_ms(self) -> int:
+        return duration_ms(self.delivery_timeout)
+
+    @model_validator(mode="after")
+    def _keys(self) -> ServeSettings:
+        seen: set[str] = set()
+        for i, key in enumerate(self.keys):
+            if key.name in seen:
+                raise Problems([Problem(("keys", i, "name"), f"key {key.name!r} is defined twice")])
+            seen.add(key.name)
+        return self
+
+
+class OfferSettings(_Frozen):
+    """One offer of a placement: eligible when `rule` holds (no rule: always)."""
+
+    id: str
+    rule: str | None = None
+    priority: int = 0
+    content: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"offer id {value!r} must be letters, digits, _ . -")
+        return value
+
+
+class PlacementSettings(_Frozen):
+    """A place on a page or in a conversation; its offers are tried by priority, highest
+    first (ties: in the file's order)."""
+
+    placement: str
+    offers: tuple[OfferSettings, ...]
+
+    @field_validator("placement")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"placement {value!r} must be letters, digits, _ . -")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key of `serve.keys` with its secret, read from the environment."""
+
+    name: str
+    secret: bytes = field(repr=False)  # never printed
+    scopes: frozenset[str] = frozenset()
+
+
+def api_keys(serve: ServeSettings, env: Mapping[str, str] | None = None) -> tuple[ApiKey, ...]:
+    """Each key's secret from its environment variable. None configured, or one not set: a
+    ConfigError (a server whose every request is a 401 is a misconfiguration, not a lock)."""
+    env = os.environ if env is None else env
+    if not serve.keys:
+        raise ConfigError("serve.keys: no API key is configured (add {name, key_env, scopes})")
+    keys: list[ApiKey] = []
+    missing: list[str] = []
+    for i, key in enumerate(serve.keys):
+        value = env.get(key.key_env, "")
+        if not value:
+            missing.append(f"serve.keys.{i}: the environment variable {key.key_env} is not set")
+            continue
+        keys.append(ApiKey(key.name, value.encode(), frozenset(key.scopes)))
+    if missing:
+        raise ConfigError(*missing)
+    return tuple(keys)
 
 
 Settings.model_rebuild()

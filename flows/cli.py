@@ -137,7 +137,23 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--sample", type=int, default=10, help="members to show (default 10)")
     preview.add_argument("--json", action="store_true", help="one JSON object")
     preview.set_defaults(handler=cmd_segments_preview)
+    serve = sub.add_parser(
+        "serve", help="profile lookups, decisions and the HTTP collector over the projection"
+    )
+    _config_args(serve)
+    serve.add_argument("--host", help="address to listen on (default: serve.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: serve.port)")
+    serve.set_defaults(handler=cmd_serve)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve.server import Running  # noqa: PLC0415  (FastAPI only when serving)
+
+    Running(
+        settings_of(args), config_path=args.config, host=args.host, port=args.port
+    ).serve_forever()
+    return 0
 
 
 def _reset_arg(p: argparse.ArgumentParser) -> None:

@@ -21,6 +21,7 @@ from operators import queries
 from operators.engine import Engine, build_index
 from operators.explain import explain
 from operators.identity import IdentityRules
+from operators.offers import compile_offers
 from operators.preview import PREVIEW_ID, StateView, preview
 from operators.rules import Aggregate, CompiledRule, RuleErrors, compile_rules, compile_traits
 from operators.steps.positions import WATERMARK_KEY
@@ -220,6 +221,11 @@ def cmd_segments_check(args: argparse.Namespace) -> int:
     except RuleErrors as exc:
         for error in exc.errors:
             problems.append(f"{args.config}: line {lines.get(error.segment_id, 1)}: {error}")
+    if settings is not None and settings.offers:  # `cdp serve`'s offer rules
+        try:
+            compile_offers(settings, args.config)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
