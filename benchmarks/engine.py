@@ -2,7 +2,7 @@
 with no Bytewax and no Kafka. For measuring a change to identity, profiles, rules or timers
 without the noise of the broker and the flow around them.
 
-    python -m benchmarks.engine --profiles 20000 --events 100000 [--batch 500]
+    python -m benchmarks.engine --profiles 20000 --events 100000 [--batch 500] [--projection]
 
 The records are the throughput benchmark's (same generator and seed): CRM and loyalty rows
 first, then web, voice and store events interleaved by their position in their own source (as
@@ -23,12 +23,13 @@ from typing import Any
 import orjson
 
 from benchmarks.common import ROOT, machine
-from config.settings import load_settings
+from config.settings import DestinationSettings, load_settings
 from flows.generator import generate
 from operators.decode import Decoder
 from operators.engine import Engine
+from operators.steps.call import Output
 from operators.store import open_store
-from schemas.records import Origin, Record
+from schemas.records import AudienceChange, Origin, ProfileDocument, Record
 
 WALL_MS = 1_800_000_000_000  # emitted_at of every change: fixed, nothing reads it here
 
@@ -51,10 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "bench.yaml")
+    parser.add_argument(
+        "--projection",
+        action="store_true",
+        help="add a `profiles` destination: the engine also makes each written profile's "
+        "document (DESIGN §11)",
+    )
     args = parser.parse_args(argv)
 
     raws = _raw_records(args.profiles, args.events, args.seed)
     settings = load_settings(args.config)
+    if args.projection:
+        projection = DestinationSettings(name="projection", kind="profiles", path=Path("-"))
+        settings = settings.model_copy(
+            update={"destinations": (*settings.destinations, projection)}
+        )
     decoder = Decoder.from_settings(settings)
     gc.collect()
     gc.set_threshold(50_000, 50, 1_000)  # as flows.runtime does for a run
@@ -73,11 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(Path(tmp), cache_mb=settings.state.cache_mb)
         engine = Engine(settings, store)
-        changes = 0
+        changes = documents = 0
+        outputs: list[Output] = []
         started, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(records), args.batch):
-            changes += len(engine.process(0, records[i : i + args.batch], WALL_MS))
-        changes += len(engine.finish(0, WALL_MS))
+            outputs = engine.process(0, records[i : i + args.batch], WALL_MS)
+            changes += sum(1 for o in outputs if isinstance(o, AudienceChange))
+            documents += sum(1 for o in outputs if isinstance(o, ProfileDocument))
+        outputs = engine.finish(0, WALL_MS)
+        changes += sum(1 for o in outputs if isinstance(o, AudienceChange))
+        documents += sum(1 for o in outputs if isinstance(o, ProfileDocument))
         engine_s, engine_cpu = time.perf_counter() - started, time.process_time() - cpu
         store.close()
     result: dict[str, Any] = {
@@ -90,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine_cpu_s": round(engine_cpu, 2),
         "engine_records_per_s": round(len(records) / engine_s),
         "changes": changes,
+        "profile_documents": documents,
         "timers_fired": engine.stats.timers_fired,
         "merges": engine.stats.merges,
     }

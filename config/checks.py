@@ -44,6 +44,7 @@ def cross_check(settings: Settings) -> list[Problem]:
     _unique(problems, "sources", "name", [s.name for s in settings.sources])
     _unique(problems, "segments", "id", [s.id for s in settings.segments])
     _unique(problems, "destinations", "name", [d.name for d in settings.destinations])
+    _unique(problems, "traits", "name", [t.name for t in settings.traits])
     namespaces = [n.name for n in settings.namespaces]
     for i, src in enumerate(settings.sources):
         for path, namespace in src.identities.items():
@@ -174,18 +175,29 @@ def rules_in_file(path: str | Path) -> list[tuple[str, str, int]]:
     """`(segment id, rule, line of the rule)` of every segment written in a YAML file, read
     without the settings' checks (so rules can be checked even when the file has other
     problems). Best effort: entries that are not an id and a rule text are skipped."""
+    return _texts_in_file(path, "segments", "id", "rule")
+
+
+def traits_in_file(path: str | Path) -> list[tuple[str, str, int]]:
+    """`(trait name, value, line of the value)` of every trait, as `rules_in_file`."""
+    return _texts_in_file(path, "traits", "name", "value")
+
+
+def _texts_in_file(
+    path: str | Path, section: str, id_key: str, text_key: str
+) -> list[tuple[str, str, int]]:
     try:
         node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
     except (OSError, yaml.YAMLError):
         return []
     found: list[tuple[str, str, int]] = []
-    segments = _child(node, "segments")
-    if not isinstance(segments, yaml.SequenceNode):
+    entries = _child(node, section)
+    if not isinstance(entries, yaml.SequenceNode):
         return found
-    for item in segments.value:
-        seg_id, rule = _child(item, "id"), _child(item, "rule")
-        if isinstance(seg_id, yaml.ScalarNode) and isinstance(rule, yaml.ScalarNode):
-            found.append((str(seg_id.value), str(rule.value), rule.start_mark.line + 1))
+    for item in entries.value:
+        name, text = _child(item, id_key), _child(item, text_key)
+        if isinstance(name, yaml.ScalarNode) and isinstance(text, yaml.ScalarNode):
+            found.append((str(name.value), str(text.value), text.start_mark.line + 1))
     return found
 
 

@@ -190,7 +190,8 @@ class SegmentSettings(_Frozen):
 
 class DestinationSettings(_Frozen):
     name: str
-    kind: Literal["kafka", "file", "webhook"]
+    # "profiles": the profile projection (DESIGN §11), to a topic or a file (ProjectionTarget)
+    kind: Literal["kafka", "file", "webhook", "profiles"]
     topic: str | None = None
     path: Path | None = None
     url: str | None = None
@@ -225,6 +226,8 @@ class DestinationSettings(_Frozen):
 
     @model_validator(mode="after")
     def _target(self) -> DestinationSettings:
+        if self.kind == "profiles":
+            return projection_target(self)
         needed = {"kafka": "topic", "file": "path", "webhook": "url"}[self.kind]
         if getattr(self, needed) is None:
             raise ValueError(f"destination {self.name!r} of kind {self.kind} needs '{needed}'")
@@ -349,6 +352,7 @@ class Settings(_Frozen):
     identity: IdentitySettings = IdentitySettings()
     sources: tuple[SourceSettings, ...]
     segments: tuple[SegmentSettings, ...] = ()
+    traits: tuple[TraitSettings, ...] = ()
     destinations: tuple[DestinationSettings, ...] = ()
     dead_letters: DeadLetterSettings = DeadLetterSettings()
     kafka: KafkaSettings = KafkaSettings()
@@ -602,6 +606,60 @@ def api_keys(serve: ServeSettings, env: Mapping[str, str] | None = None) -> tupl
     if missing:
         raise ConfigError(*missing)
     return tuple(keys)
+
+
+# -- issue #15, the profile projection: traits and the `profiles` destination ------------------
+
+_TRAIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # one part of `profile.traits.NAME`
+_AGGREGATE_CALL = re.compile(r"^\s*(exists|count|sum|min|max|last)\s*\(.*\)\s*$", re.DOTALL)
+
+
+class TraitSettings(_Frozen):
+    """A computed profile value: one aggregate call of the rule language, kept up to date per
+    event; in the profile documents as `traits.NAME`, in rules as `profile.traits.NAME`. The
+    call itself is compiled (and its errors located) with the rules."""
+
+    name: str
+    value: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _TRAIT_NAME.match(value):
+            raise ValueError(
+                f"trait name {value!r} must be letters, digits and _ (a rule reads"
+                " it as profile.traits.NAME)"
+            )
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str) -> str:
+        if not _AGGREGATE_CALL.match(value):
+            raise ValueError(
+                "a trait's value must be one aggregate call: exists, count, sum, min, max or "
+                'last(...), e.g. sum(event.commerce.order.priceTotal, event.eventType == "p")'
+            )
+        return value
+
+
+def projection_target(dest: DestinationSettings) -> DestinationSettings:
+    """A `profiles` destination writes to exactly one of a topic or a file, and sends whole
+    documents: the per-change options do not apply."""
+    if (dest.topic is None) == (dest.path is None):
+        raise ValueError(f"destination {dest.name!r} of kind profiles needs 'topic' or 'path'")
+    if (
+        dest.url is not None
+        or dest.segments is not None
+        or dest.identities is not None
+        or dest.hash_identities
+        or dest.requires_consent
+    ):
+        raise ValueError(
+            f"destination {dest.name!r} of kind profiles takes no url, segments, identities, "
+            "hash_identities or requires_consent (it carries whole profile documents)"
+        )
+    return dest
 
 
 Settings.model_rebuild()

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from config.checks import rules_in_file
+from config.checks import rules_in_file, traits_in_file
 from config.settings import ConfigError, Settings, load_settings
 from flows.deliver import deliver
 from flows.options import wall_clock_ms
@@ -23,12 +23,12 @@ from operators.explain import explain
 from operators.identity import IdentityRules
 from operators.offers import compile_offers
 from operators.preview import PREVIEW_ID, StateView, preview
-from operators.rules import CompiledRule, RuleErrors, compile_rules
+from operators.rules import Aggregate, CompiledRule, RuleErrors, compile_rules, compile_traits
 from operators.steps.positions import WATERMARK_KEY
 from operators.steps.profiles import profile_key
 from operators.steps.rollout import summary as rollout_summary
 from operators.store import decode, open_state, open_store, process_dirs
-from schemas.records import AudienceChange, iso_ms, parse_identity
+from schemas.records import AudienceChange, ProfileDocument, iso_ms, parse_identity
 
 
 def _open_read(args: argparse.Namespace) -> tuple[Settings, Any, int]:
@@ -54,7 +54,20 @@ def _normalised(settings: Settings, text: str) -> tuple[str, str]:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     namespace = args.identity.split(":", 1)[0]
-    return _by_identity(args, queries.find_profile, f"no profile has the identity {namespace}:…")
+
+    def find(store: Any, shards: int, identity: tuple[str, str]) -> dict[str, Any] | None:
+        return queries.find_profile(store, shards, identity, _traits_at(store, args))
+
+    return _by_identity(args, find, f"no profile has the identity {namespace}:…")
+
+
+def _traits_at(store: Any, args: argparse.Namespace) -> queries.Traits | None:
+    """The traits of the config and the state's event time to read them at (a windowed
+    trait counts what is in its window then, as the worker's rules read it)."""
+    settings = load_settings(args.config)
+    if not settings.traits:
+        return None
+    return build_index(settings), _state_now(store, settings)
 
 
 def _by_identity(
@@ -80,7 +93,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = args.out.open("wb") if args.out else sys.stdout.buffer
     count = 0
     try:
-        for doc in queries.iter_profiles(store, shards):
+        for doc in queries.iter_profiles(store, shards, _traits_at(store, args)):
             out.write(orjson.dumps(doc) + b"\n")
             count += 1
     finally:
@@ -139,8 +152,10 @@ def cmd_forget(args: argparse.Namespace) -> int:
         engine = Engine(settings, store)
         found = engine.forget(OFFLINE_KEY, identity, wall_clock_ms())
         changes = None if found is None else [c for c in found if isinstance(c, AudienceChange)]
-        if changes:
-            sent = deliver(settings, changes, state_dir_of(args, settings) / "spool")
+        documents = [d for d in found or () if isinstance(d, ProfileDocument)]
+        if changes or documents:
+            spool = state_dir_of(args, settings) / "spool"
+            sent = deliver(settings, changes or [], spool, documents)
         engine.prune_outbox(OFFLINE_KEY, engine.outbox_seq(OFFLINE_KEY))
     finally:
         store.close()
@@ -184,14 +199,25 @@ def cmd_segments_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problems.extend(exc.problems)
     written = rules_in_file(args.config)
+    written_traits = traits_in_file(args.config)
     lines = {seg_id: line for seg_id, _, line in written}
+    trait_lines = {name: line for name, _, line in written_traits}
     if settings is not None:
         segments = [(s.id, s.rule) for s in settings.segments]
+        trait_texts = [(t.name, t.value) for t in settings.traits]
     else:  # still check the rules the file holds
         segments = [(seg_id, rule) for seg_id, rule, _ in written]
+        trait_texts = [(name, value) for name, value, _ in written_traits]
     compiled: tuple[CompiledRule, ...] = ()
+    traits: dict[str, Aggregate] = {}
     try:
-        compiled = compile_rules(segments)
+        traits = compile_traits(trait_texts)
+    except RuleErrors as exc:
+        for error in exc.errors:
+            line = trait_lines.get(error.segment_id, 1)
+            problems.append(f"{args.config}: line {line}: {error}")
+    try:
+        compiled = compile_rules(segments, traits)
     except RuleErrors as exc:
         for error in exc.errors:
             problems.append(f"{args.config}: line {lines.get(error.segment_id, 1)}: {error}")

@@ -2,7 +2,8 @@
 one transaction per Bytewax call, committed as one atomic WriteBatch with the applied input
 offsets, the watermark and the outputs:
 
-    positions -> privacy -> graph -> profiles (+ history) -> membership (+ timers) -> outbox
+    positions -> privacy -> graph -> profiles (+ history) -> membership (+ timers)
+      -> projection (with a `profiles` destination) -> outbox
 
 An audience edited since the state was built is rolled out (`operators.steps.rollout`): a
 stale profile is upgraded when touched, and the rest in batches (`roll`, `Kick`).
@@ -24,7 +25,7 @@ from config.settings import Settings
 from operators import metrics
 from operators import profile as prof
 from operators.identity import Cluster, IdentityRules, Merge, Resolution
-from operators.rules import compile_rules
+from operators.rules import compile_rules, compile_traits
 from operators.segments import SegmentIndex
 from operators.steps.call import Call, Output
 from operators.steps.exchange import GRAPH_KEY, Exchange, FlowCounts
@@ -36,6 +37,7 @@ from operators.steps.positions import Positions
 from operators.steps.privacy import Consent, Privacy
 from operators.steps.profiles import PREFIX as PROFILES
 from operators.steps.profiles import Profiles
+from operators.steps.projection import Projection
 from operators.steps.rollout import Rollout
 from operators.steps.stats import EngineStats, Published
 from operators.steps.timers import Timers
@@ -46,7 +48,9 @@ Role = Literal["all", "graph", "profile"]
 
 
 def build_index(settings: Settings) -> SegmentIndex:
-    return SegmentIndex(compile_rules([(s.id, s.rule) for s in settings.segments]))
+    """The rules and traits compiled (RuleErrors with every problem of both)."""
+    traits = compile_traits([(t.name, t.value) for t in settings.traits])
+    return SegmentIndex(compile_rules([(s.id, s.rule) for s in settings.segments], traits), traits)
 
 
 class Engine:
@@ -120,6 +124,13 @@ class Engine:
             has_profiles = next(iter(store.scan(PROFILES)), None) is not None
             self.history.start(store, self.inputs.max_event_ms, has_profiles)
             self.membership.upgrade = self.rollout.upgrade
+        # The profile projection (DESIGN §11), only when a destination takes it.
+        projected = any(d.kind == "profiles" for d in settings.destinations)
+        self.projection = (
+            Projection(store, self.index, self.profiles, self.inputs)
+            if projected and not graph
+            else None
+        )
         self.exchange = Exchange(
             index=self.index,
             positions=self.inputs,
@@ -361,7 +372,13 @@ class Engine:
                 loser = rollout.upgrade(call, merge.loser, loser, now)
             merged = True
             self.membership.remove(
-                call, merge.loser, loser_cluster, loser, reason="merge", at_ms=at_ms
+                call,
+                merge.loser,
+                loser_cluster,
+                loser,
+                reason="merge",
+                at_ms=at_ms,
+                merged_into=canonical,
             )
             profile = prof.merge_profiles(profile, loser, index.aggregates, index.absents)
             profile = history.move(txn, merge.loser, loser, canonical, profile, now_ms=now)
@@ -383,6 +400,8 @@ class Engine:
     def _commit(self, call: Call, key: int) -> list[Output]:
         """State, offsets, watermark and the outputs, in one atomic write."""
         txn = call.txn
+        if self.projection is not None:
+            self.projection.emit(call)
         self.outbox.append(txn, key, call.out)
         self._published.publish()
         if self.role == "profile":

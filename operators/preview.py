@@ -15,7 +15,7 @@ from config.settings import Settings
 from operators import profile as prof
 from operators import queries
 from operators.identity import profile_id
-from operators.rules import compile_rules
+from operators.rules import compile_rules, compile_traits
 from operators.segments import SegmentIndex, evaluate
 from operators.steps.history import History
 from operators.steps.profiles import PREFIX as PROFILES
@@ -131,7 +131,8 @@ def preview(
             known = ", ".join(s for s, _ in segments)
             raise KeyError(f"no segment {segment_id!r} in the config (known: {known})")
         target = segment_id
-    index = SegmentIndex(compile_rules(segments))
+    traits = compile_traits([(t.name, t.value) for t in settings.traits])
+    index = SegmentIndex(compile_rules(segments, traits), traits)
     text = next(r.text for r in index.rules if r.segment_id == target)
     state = StateView(store, settings, index)
     out = Preview(target if rule is None else "(rule)", text, now_ms)

@@ -188,6 +188,27 @@ class AudienceChange:
         return (AudienceChange.from_stored, (self.to_stored(),))
 
 
+@dataclass(frozen=True, slots=True)
+class ProfileDocument:
+    """One profile's whole current document for the profile projection (DESIGN §11): live, a
+    merged-away profile's forward (`merged_into`), or a forgotten one's `deleted` record. Its
+    `as_of.seq` grows per profile: a reader keeps the highest."""
+
+    profile_id: str
+    document: dict[str, Any]
+    read_ns: int = 0  # when the record that caused it was read (latency; not in the JSON)
+
+    @property
+    def deleted(self) -> bool:
+        return bool(self.document.get("deleted"))
+
+    def to_stored(self) -> dict[str, Any]:
+        return {"cmd": "profile", "doc": self.document, "read_ns": self.read_ns}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ProfileDocument, (self.profile_id, self.document, self.read_ns))
+
+
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds -> `2020-08-11T00:00:00Z` (milliseconds shown only when non-zero).
     Two per audience change: the date comes from a cache, the time of day by arithmetic."""
@@ -390,8 +411,12 @@ def command_from_stored(d: dict[str, Any], origin: Origin | None = None) -> Comm
     raise ValueError(f"unknown command {kind!r}")
 
 
-def output_from_stored(data: Any) -> AudienceChange | Command:
-    """An outbox entry: an audience change (a list) or a command (a dict)."""
+def output_from_stored(data: Any) -> AudienceChange | ProfileDocument | Command:
+    """An outbox entry: an audience change (a list), a profile document or a command (a
+    dict)."""
     if isinstance(data, dict):
+        if data["cmd"] == "profile":
+            doc = data["doc"]
+            return ProfileDocument(doc["profile_id"], doc, data.get("read_ns", 0))
         return command_from_stored(data)
     return AudienceChange.from_stored(data)

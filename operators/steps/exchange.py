@@ -225,7 +225,15 @@ class Exchange:
             return
         loser = self._current(call, move.loser, loser, False)
         cluster = self.profiles.cluster_of(txn, move.loser, loser)
-        self.membership.remove(call, move.loser, cluster, loser, reason="merge", at_ms=move.at_ms)
+        self.membership.remove(
+            call,
+            move.loser,
+            cluster,
+            loser,
+            reason="merge",
+            at_ms=move.at_ms,
+            merged_into=move.survivor,
+        )
         self.counts.fb_out += 1
         # Its kept events travel with it (and leave this process's store).
         events = self.history.ship(txn, move.loser)
