@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 from operators import profile as prof
@@ -124,6 +125,11 @@ def cluster_report(store: Store, shards: int, identity: Identity) -> dict[str, A
     }
 
 
+# The same times come back in every document of a profile (its memberships' `since`, its
+# first and last event): formatted once.
+_iso = lru_cache(maxsize=1 << 16)(iso_ms)
+
+
 def profile_document(
     canonical: Identity,
     cluster: Cluster,
@@ -138,13 +144,13 @@ def profile_document(
         "identities": cluster.by_namespace(),
         "attributes": prof.nested_attributes(p),
         "segments": {
-            seg: {"status": "entered" if held[0] else "exited", "since": iso_ms(held[1])}
+            seg: {"status": "entered" if held[0] else "exited", "since": _iso(held[1])}
             for seg, held in sorted(p["segs"].items())
         },
         "events": {
             "count": events[0] if events else 0,
-            "first": iso_ms(events[1]) if events else None,
-            "last": iso_ms(events[2]) if events else None,
+            "first": _iso(events[1]) if events else None,
+            "last": _iso(events[2]) if events else None,
         },
     }
     if traits is not None:

@@ -1,7 +1,9 @@
 """The profile projection (DESIGN §11): at the end of each call, the whole current document of
-every profile the call wrote, and a forward or a deletion for every profile it merged away or
-forgot. They are outputs like audience changes: numbered in the outbox in the same WriteBatch
-as the state that made them, and sent again after a crash.
+every profile the call wrote, and a forward for every profile it merged away. A forgotten
+person's deletion names its profile and every profile id its identities could have had (a
+merged-away profile's forward names identities: it must go too). They are outputs like
+audience changes: numbered in the outbox in the same WriteBatch as the state that made them,
+and sent again after a crash.
 
 `as_of.seq` grows per profile: it is the process's projection counter, never below the wall
 clock in microseconds, saved with each call that emits. So a profile's documents are numbered
@@ -56,37 +58,37 @@ class Projection:
         updated_at = iso_ms(call.wall_ms)
         made = 0
         for canonical, gone in touched.items():
-            doc = self._document(call, canonical, gone, now)
-            if doc is None:
-                continue
-            self.seq += 1
-            doc["updated_at"] = updated_at
-            doc["as_of"] = {"event_time": as_of_time, "seq": self.seq}
-            call.out.append(ProfileDocument(doc["profile_id"], doc, call.read_ns))
+            docs = self._documents(call, canonical, gone, now)
+            for doc in docs:
+                self.seq += 1
+                doc["updated_at"] = updated_at
+                doc["as_of"] = {"event_time": as_of_time, "seq": self.seq}
+                call.out.append(ProfileDocument(doc["profile_id"], doc, call.read_ns))
             if gone is None:
-                made += 1
+                made += len(docs)
             else:
-                metrics.PROFILE_DOCUMENTS.labels("merged" if gone.merged_into else "deleted").inc()
+                kind = "merged" if gone.merged_into else "deleted"
+                metrics.PROFILE_DOCUMENTS.labels(kind).inc(len(docs))
         metrics.PROFILE_DOCUMENTS.labels("live").inc(made)
         txn.put(SEQ_KEY, str(self.seq).encode())
 
-    def _document(
+    def _documents(
         self, call: Call, canonical: Identity, gone: Gone | None, now_ms: int
-    ) -> dict[str, Any] | None:
+    ) -> list[dict[str, Any]]:
         pid = profile_id(canonical)
-        if gone is not None:
-            if gone.merged_into is None:
-                return {"profile_id": pid, "deleted": True}
-            return {
-                "profile_id": pid,
-                "merged_into": profile_id(gone.merged_into),
-                "identities": gone.identities,
-            }
-        txn = call.txn
-        profile = self.profiles.get(txn, canonical)
-        if profile is None:  # written, then deleted without a reason (not in this engine)
-            return None
-        cluster = self.profiles.cluster_of(txn, canonical, profile)
-        return profile_document(
-            canonical, cluster, profile, trait_values(profile, self.index, now_ms)
-        )
+        if gone is None:
+            txn = call.txn
+            profile = self.profiles.get(txn, canonical)
+            if profile is None:  # written, then deleted without a reason (not in this engine)
+                return []
+            cluster = self.profiles.cluster_of(txn, canonical, profile)
+            traits = trait_values(profile, self.index, now_ms)
+            return [profile_document(canonical, cluster, profile, traits)]
+        if gone.merged_into is not None:
+            forward = profile_id(gone.merged_into)
+            return [{"profile_id": pid, "merged_into": forward, "identities": gone.identities}]
+        # Forgotten: the profile, and every profile id the person's identities ever had (each
+        # was the canonical of a profile that merged in, and its forward names identities):
+        # on a compacted topic, nothing of the person outlives the delete.
+        ids = {pid} | {profile_id((ns, v)) for ns, vs in gone.identities.items() for v in vs}
+        return [{"profile_id": p, "deleted": True} for p in [pid, *sorted(ids - {pid})]]

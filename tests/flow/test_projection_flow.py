@@ -87,3 +87,26 @@ def test_the_folded_projection_equals_the_export(tmp_path: Path, workers: int) -
     gone = after[victim["profile_id"]]
     assert gone["deleted"] is True and "identities" not in gone
     assert gone["as_of"]["seq"] > live[victim["profile_id"]]["as_of"]["seq"]
+
+
+def test_a_trait_added_later_is_rebuilt_and_projected(tmp_path: Path) -> None:
+    """A run without traits, then the same input with traits and a rule reading one: the
+    rollout rebuilds them from the kept events, and every profile's new document has them."""
+    write_files(generate(120, 1500, seed=4), tmp_path, junk=False)
+    config = tmp_path / "cdp.yaml"
+    before = "segments:\n  - {id: any, rule: 'exists(event.eventType != null)'}\n"
+    config.write_text(CONFIG_HEAD + before)
+    state = tmp_path / "state"
+    replay_files(config, state)
+    assert not (tmp_path / "profiles.jsonl").exists()
+    config.write_text(CONFIG_HEAD + TRAITS)
+    replay_files(config, state)
+    kept = fold(read_jsonl(tmp_path / "profiles.jsonl"))
+    profiles = {p["profile_id"]: p for p in export(config, state, tmp_path)}
+    live = {pid: d for pid, d in kept.items() if "merged_into" not in d}
+    assert set(live) == set(profiles)
+    assert {pid: bare(d) for pid, d in live.items()} == {
+        pid: bare(p) for pid, p in profiles.items()
+    }
+    assert sum(1 for p in profiles.values() if p["traits"]["purchases"] > 0) > 10
+    assert sum(1 for p in profiles.values() if p["segments"].get("buyers")) > 10

@@ -124,18 +124,30 @@ def test_forget_emits_a_deletion_and_drops_the_persons_waiting_documents() -> No
     assert any(isinstance(o, ProfileDocument) for o in waiting)
     out = engine.forget(0, A, 7)
     assert out is not None
-    (deleted,) = docs(out)
-    assert deleted["deleted"] is True and set(deleted) == {
-        "profile_id",
-        "deleted",
-        "updated_at",
-        "as_of",
-    }
+    deleted = docs(out)
+    # The profile first, then every id a profile of the person's identities could have had
+    # (a merged-away profile's forward names identities: on a compacted topic it must go).
+    assert deleted[0]["profile_id"] == profile_id(A)
+    assert {d["profile_id"] for d in deleted} == {profile_id(A), profile_id(D1)}
+    for doc in deleted:
+        assert doc["deleted"] is True
+        assert set(doc) == {"profile_id", "deleted", "updated_at", "as_of"}
     left = [o for o in engine.outbox_after(0, 0) if isinstance(o, ProfileDocument)]
-    assert [o.document for o in left] == [deleted]  # the earlier documents went
+    assert [o.document for o in left] == deleted  # the earlier documents went
     # Stored and read back the same (a crash between the commit and the sink).
-    (doc,) = left
-    assert doc.deleted and output_from_stored(doc.to_stored()) == doc
+    assert all(o.deleted and output_from_stored(o.to_stored()) == o for o in left)
+
+
+def test_forget_after_a_merge_deletes_the_forward_too() -> None:
+    config = make_settings(PROJECTED)
+    engine, feed = Engine(config, MemoryStore()), Feed(config)
+    engine.process(0, [buy(feed, "b1", 1 * MIN, "d1", 10, email="a@x.com")], 0)
+    engine.process(0, [buy(feed, "b2", 1 * MIN, "d2", 20)], 0)
+    merged = by_id(engine.process(0, [buy(feed, "b3", 2 * MIN, "d2", 5, email="a@x.com")], 0))
+    (forward,) = [d for d in merged.values() if "merged_into" in d]
+    out = engine.forget(0, A, 9)
+    assert out is not None
+    assert forward["profile_id"] in {d["profile_id"] for d in docs(out) if d.get("deleted")}
 
 
 def test_no_profiles_destination_no_documents() -> None:
