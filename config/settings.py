@@ -475,60 +475,6 @@ def _set_path(raw: dict[str, Any], parts: Sequence[str], value: Any) -> None:
     target[parts[-1]] = value
 
 
-# -- issue #15, the profile projection: traits and the `profiles` destination ------------------
-
-_TRAIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # one part of `profile.traits.NAME`
-_AGGREGATE_CALL = re.compile(r"^\s*(exists|count|sum|min|max|last)\s*\(.*\)\s*$", re.DOTALL)
-
-
-class TraitSettings(_Frozen):
-    """A computed profile value: one aggregate call of the rule language, kept up to date per
-    event; in the profile documents as `traits.NAME`, in rules as `profile.traits.NAME`. The
-    call itself is compiled (and its errors located) with the rules."""
-
-    name: str
-    value: str
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _TRAIT_NAME.match(value):
-            raise ValueError(
-                f"trait name {value!r} must be letters, digits and _ (a rule reads"
-                " it as profile.traits.NAME)"
-            )
-        return value
-
-    @field_validator("value")
-    @classmethod
-    def _value(cls, value: str) -> str:
-        if not _AGGREGATE_CALL.match(value):
-            raise ValueError(
-                "a trait's value must be one aggregate call: exists, count, sum, min, max or "
-                'last(...), e.g. sum(event.commerce.order.priceTotal, event.eventType == "p")'
-            )
-        return value
-
-
-def projection_target(dest: DestinationSettings) -> DestinationSettings:
-    """A `profiles` destination writes to exactly one of a topic or a file, and sends whole
-    documents: the per-change options do not apply."""
-    if (dest.topic is None) == (dest.path is None):
-        raise ValueError(f"destination {dest.name!r} of kind profiles needs 'topic' or 'path'")
-    if (
-        dest.url is not None
-        or dest.segments is not None
-        or dest.identities is not None
-        or dest.hash_identities
-        or dest.requires_consent
-    ):
-        raise ValueError(
-            f"destination {dest.name!r} of kind profiles takes no url, segments, identities, "
-            "hash_identities or requires_consent (it carries whole profile documents)"
-        )
-    return dest
-
-
 # -- `cdp serve` (DESIGN §11) ----------------------------------------------------------------
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -660,6 +606,60 @@ def api_keys(serve: ServeSettings, env: Mapping[str, str] | None = None) -> tupl
     if missing:
         raise ConfigError(*missing)
     return tuple(keys)
+
+
+# -- issue #15, the profile projection: traits and the `profiles` destination ------------------
+
+_TRAIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # one part of `profile.traits.NAME`
+_AGGREGATE_CALL = re.compile(r"^\s*(exists|count|sum|min|max|last)\s*\(.*\)\s*$", re.DOTALL)
+
+
+class TraitSettings(_Frozen):
+    """A computed profile value: one aggregate call of the rule language, kept up to date per
+    event; in the profile documents as `traits.NAME`, in rules as `profile.traits.NAME`. The
+    call itself is compiled (and its errors located) with the rules."""
+
+    name: str
+    value: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _TRAIT_NAME.match(value):
+            raise ValueError(
+                f"trait name {value!r} must be letters, digits and _ (a rule reads"
+                " it as profile.traits.NAME)"
+            )
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str) -> str:
+        if not _AGGREGATE_CALL.match(value):
+            raise ValueError(
+                "a trait's value must be one aggregate call: exists, count, sum, min, max or "
+                'last(...), e.g. sum(event.commerce.order.priceTotal, event.eventType == "p")'
+            )
+        return value
+
+
+def projection_target(dest: DestinationSettings) -> DestinationSettings:
+    """A `profiles` destination writes to exactly one of a topic or a file, and sends whole
+    documents: the per-change options do not apply."""
+    if (dest.topic is None) == (dest.path is None):
+        raise ValueError(f"destination {dest.name!r} of kind profiles needs 'topic' or 'path'")
+    if (
+        dest.url is not None
+        or dest.segments is not None
+        or dest.identities is not None
+        or dest.hash_identities
+        or dest.requires_consent
+    ):
+        raise ValueError(
+            f"destination {dest.name!r} of kind profiles takes no url, segments, identities, "
+            "hash_identities or requires_consent (it carries whole profile documents)"
+        )
+    return dest
 
 
 Settings.model_rebuild()
