@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import zlib
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -260,6 +261,16 @@ class Txn:
         self._raw: dict[bytes, bytes | None] = {}
         self._objects: dict[bytes, Any] = {}
         self._dirty: set[bytes] = set()
+        # The keys held (read or written), for `scan`: sorted when a scan needs them, the keys
+        # met since then kept aside. A scan is a bisect, not a walk of every key held: a call
+        # of the pipeline holds thousands, and the history scans a profile's events on every
+        # merge (benchmarks/RESULTS.md, session 6).
+        self._sorted: list[bytes] = []
+        self._new: list[bytes] = []
+
+    def _met(self, key: bytes) -> None:
+        if key not in self._raw and key not in self._objects:
+            self._new.append(key)
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._objects:
@@ -272,7 +283,11 @@ class Txn:
     def get_json(self, key: bytes) -> Any:
         if key in self._objects:
             return self._objects[key]
-        raw = self._raw[key] if key in self._raw else self.store.get(key)
+        if key in self._raw:
+            raw = self._raw[key]
+        else:
+            raw = self.store.get(key)
+            self._new.append(key)
         value = None if raw is None else decode(raw)
         self._objects[key] = value
         return value
@@ -281,24 +296,35 @@ class Txn:
         """The store's keys under `prefix` as this transaction sees them (its own writes and
         deletes included), in key order."""
         keys = {k for k, _ in self.store.scan(prefix)}
-        keys.update(k for k in (*self._raw, *self._objects) if k.startswith(prefix))
+        if self._new:
+            self._sorted += self._new
+            self._sorted.sort()
+            self._new = []
+        held = self._sorted
+        at = bisect_left(held, prefix)
+        while at < len(held) and held[at].startswith(prefix):
+            keys.add(held[at])
+            at += 1
         for key in sorted(keys):
             value = self.get(key)
             if value is not None:
                 yield key, value
 
     def put(self, key: bytes, value: bytes) -> None:
+        self._met(key)
         self._objects.pop(key, None)
         self._dirty.discard(key)
         self._raw[key] = value
 
     def put_json(self, key: bytes, value: Any) -> None:
         """Values handed in must not be mutated afterwards (the pure functions never do)."""
+        self._met(key)
         self._raw.pop(key, None)
         self._objects[key] = value
         self._dirty.add(key)
 
     def delete(self, key: bytes) -> None:
+        self._met(key)
         self._objects.pop(key, None)
         self._dirty.discard(key)
         self._raw[key] = None
@@ -317,3 +343,5 @@ class Txn:
         self._raw.clear()
         self._objects.clear()
         self._dirty.clear()
+        self._sorted.clear()
+        self._new.clear()
