@@ -261,16 +261,26 @@ class Txn:
         self._raw: dict[bytes, bytes | None] = {}
         self._objects: dict[bytes, Any] = {}
         self._dirty: set[bytes] = set()
-        # The keys held (read or written), for `scan`: sorted when a scan needs them, the keys
-        # met since then kept aside. A scan is a bisect, not a walk of every key held: a call
-        # of the pipeline holds thousands, and the history scans a profile's events on every
-        # merge (benchmarks/RESULTS.md, session 6).
-        self._sorted: list[bytes] = []
+        # The keys written, for `scan` (a key only read holds what the store holds): sorted
+        # runs, each at least twice as long as the next, and the keys written since the last
+        # scan. A scan bisects each run instead of walking every key: a call of the pipeline
+        # writes tens of thousands, and the history scans a profile's events on every merge
+        # (benchmarks/RESULTS.md, session 6).
+        self._runs: list[list[bytes]] = []
         self._new: list[bytes] = []
 
-    def _met(self, key: bytes) -> None:
-        if key not in self._raw and key not in self._objects:
+    def _written(self, key: bytes) -> None:
+        if key not in self._raw and key not in self._dirty:
             self._new.append(key)
+
+    def _sorted_runs(self) -> list[list[bytes]]:
+        if self._new:
+            run, runs = sorted(self._new), self._runs
+            self._new = []
+            while runs and len(runs[-1]) <= 2 * len(run):
+                run = sorted(runs.pop() + run)  # two sorted runs: timsort merges them
+            runs.append(run)
+        return self._runs
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._objects:
@@ -283,11 +293,7 @@ class Txn:
     def get_json(self, key: bytes) -> Any:
         if key in self._objects:
             return self._objects[key]
-        if key in self._raw:
-            raw = self._raw[key]
-        else:
-            raw = self.store.get(key)
-            self._new.append(key)
+        raw = self._raw[key] if key in self._raw else self.store.get(key)
         value = None if raw is None else decode(raw)
         self._objects[key] = value
         return value
@@ -296,35 +302,31 @@ class Txn:
         """The store's keys under `prefix` as this transaction sees them (its own writes and
         deletes included), in key order."""
         keys = {k for k, _ in self.store.scan(prefix)}
-        if self._new:
-            self._sorted += self._new
-            self._sorted.sort()
-            self._new = []
-        held = self._sorted
-        at = bisect_left(held, prefix)
-        while at < len(held) and held[at].startswith(prefix):
-            keys.add(held[at])
-            at += 1
+        for run in self._sorted_runs():
+            at = bisect_left(run, prefix)
+            while at < len(run) and run[at].startswith(prefix):
+                keys.add(run[at])
+                at += 1
         for key in sorted(keys):
             value = self.get(key)
             if value is not None:
                 yield key, value
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._met(key)
+        self._written(key)
         self._objects.pop(key, None)
         self._dirty.discard(key)
         self._raw[key] = value
 
     def put_json(self, key: bytes, value: Any) -> None:
         """Values handed in must not be mutated afterwards (the pure functions never do)."""
-        self._met(key)
+        self._written(key)
         self._raw.pop(key, None)
         self._objects[key] = value
         self._dirty.add(key)
 
     def delete(self, key: bytes) -> None:
-        self._met(key)
+        self._written(key)
         self._objects.pop(key, None)
         self._dirty.discard(key)
         self._raw[key] = None
@@ -343,5 +345,5 @@ class Txn:
         self._raw.clear()
         self._objects.clear()
         self._dirty.clear()
-        self._sorted.clear()
+        self._runs.clear()
         self._new.clear()
