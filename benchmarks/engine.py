@@ -2,7 +2,7 @@
 with no Bytewax and no Kafka. For measuring a change to identity, profiles, rules or timers
 without the noise of the broker and the flow around them.
 
-    python -m benchmarks.engine --profiles 20000 --events 100000 [--batch 500]
+    python -m benchmarks.engine --profiles 20000 --events 100000 [--batch 500] [--projection]
         [--history on off [--repeat 2]]
 
 The records are the throughput benchmark's (same generator and seed): CRM and loyalty rows
@@ -41,12 +41,13 @@ from benchmarks.common import (
     machine,
     state_disk,
 )
-from config.settings import Settings, load_settings
+from config.settings import DestinationSettings, Settings, load_settings
 from flows.generator import generate
 from operators.decode import Decoder
 from operators.engine import Engine
+from operators.steps.call import Output
 from operators.store import open_store
-from schemas.records import Origin, Record
+from schemas.records import AudienceChange, Origin, ProfileDocument, Record
 
 WALL_MS = 1_800_000_000_000  # emitted_at of every change: fixed, nothing reads it here
 
@@ -68,11 +69,16 @@ def _apply(settings: Settings, records: list[Record], batch: int) -> dict[str, A
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(Path(tmp), cache_mb=settings.state.cache_mb)
         engine = Engine(settings, store)
-        changes = 0
+        changes = documents = 0
+        outputs: list[Output] = []
         started, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(records), batch):
-            changes += len(engine.process(0, records[i : i + batch], WALL_MS))
-        changes += len(engine.finish(0, WALL_MS))
+            outputs = engine.process(0, records[i : i + batch], WALL_MS)
+            changes += sum(1 for o in outputs if isinstance(o, AudienceChange))
+            documents += sum(1 for o in outputs if isinstance(o, ProfileDocument))
+        outputs = engine.finish(0, WALL_MS)
+        changes += sum(1 for o in outputs if isinstance(o, AudienceChange))
+        documents += sum(1 for o in outputs if isinstance(o, ProfileDocument))
         engine_s, engine_cpu = time.perf_counter() - started, time.process_time() - cpu
         held = history_held(store)
         store.close()
@@ -83,6 +89,7 @@ def _apply(settings: Settings, records: list[Record], batch: int) -> dict[str, A
         "engine_records_per_s": round(len(records) / engine_s),
         "engine_cpu_us_per_record": round(engine_cpu / len(records) * 1e6, 1),
         "changes": changes,
+        "profile_documents": documents,
         "timers_fired": engine.stats.timers_fired,
         "merges": engine.stats.merges,
         **held,
@@ -123,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "bench.yaml")
     parser.add_argument(
+        "--projection",
+        action="store_true",
+        help="add a `profiles` destination: the engine also makes each written profile's "
+        "document (DESIGN §11)",
+    )
+    parser.add_argument(
         "--history",
         nargs="+",
         choices=HISTORY_MODES,
@@ -132,7 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     raws = _raw_records(args.profiles, args.events, args.seed)
-    settings = load_settings(args.config)
+
+    def load(overrides: dict[str, int]) -> Settings:
+        settings = load_settings(args.config, overrides=overrides)
+        if not args.projection:
+            return settings
+        projection = DestinationSettings(name="projection", kind="profiles", path=Path("-"))
+        return settings.model_copy(update={"destinations": (*settings.destinations, projection)})
+
+    settings = load({})
     decoder = Decoder.from_settings(settings)
     gc.collect()
     gc.set_threshold(50_000, 50, 1_000)  # as flows.runtime does for a run
@@ -156,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes if repeat % 2 == 0 else modes[::-1]:
             own = settings
             if mode is not None:
-                own = load_settings(args.config, overrides=history_overrides(configured, mode))
+                own = load(history_overrides(configured, mode))
             history = own.profile.history
             label = mode or ("on" if history.enabled else "off")
             runs.append({"history": label, **_apply(own, records, args.batch)})

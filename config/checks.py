@@ -44,11 +44,21 @@ def cross_check(settings: Settings) -> list[Problem]:
     _unique(problems, "sources", "name", [s.name for s in settings.sources])
     _unique(problems, "segments", "id", [s.id for s in settings.segments])
     _unique(problems, "destinations", "name", [d.name for d in settings.destinations])
+    _unique(problems, "traits", "name", [t.name for t in settings.traits])
     namespaces = [n.name for n in settings.namespaces]
     for i, src in enumerate(settings.sources):
         for path, namespace in src.identities.items():
             loc: Loc = ("sources", i, "identities", path)
             _known(problems, loc, "namespace", namespace, namespaces)
+        declared = src.fields.get(src.timestamp_field or "timestamp")
+        if declared == "boolean":
+            problems.append(
+                Problem(
+                    ("sources", i, "fields", src.timestamp_field or "timestamp"),
+                    "the source's time field cannot be declared boolean "
+                    "(a time is an ISO-8601 string or an epoch number)",
+                )
+            )
     segments = [s.id for s in settings.segments]
     for i, dest in enumerate(settings.destinations):
         for j, seg in enumerate(dest.segments or ()):
@@ -57,6 +67,27 @@ def cross_check(settings: Settings) -> list[Problem]:
             for j, namespace in enumerate(getattr(dest, key) or ()):
                 loc = ("destinations", i, key, j)
                 _known(problems, loc, "namespace", namespace, namespaces)
+    problems.extend(offer_problems(settings))
+    return problems
+
+
+def offer_problems(settings: Settings) -> list[Problem]:
+    """A placement named twice, an offer id twice in one placement (`cdp serve`'s offers)."""
+    problems: list[Problem] = []
+    placements: set[str] = set()
+    for i, placement in enumerate(settings.offers):
+        if placement.placement in placements:
+            message = f"placement {placement.placement!r} is defined twice"
+            problems.append(Problem(("offers", i, "placement"), message))
+        placements.add(placement.placement)
+        ids: set[str] = set()
+        for j, offer in enumerate(placement.offers):
+            if offer.id in ids:
+                message = (
+                    f"offer {offer.id!r} is defined twice in placement {placement.placement!r}"
+                )
+                problems.append(Problem(("offers", i, "offers", j, "id"), message))
+            ids.add(offer.id)
     return problems
 
 
@@ -144,18 +175,29 @@ def rules_in_file(path: str | Path) -> list[tuple[str, str, int]]:
     """`(segment id, rule, line of the rule)` of every segment written in a YAML file, read
     without the settings' checks (so rules can be checked even when the file has other
     problems). Best effort: entries that are not an id and a rule text are skipped."""
+    return _texts_in_file(path, "segments", "id", "rule")
+
+
+def traits_in_file(path: str | Path) -> list[tuple[str, str, int]]:
+    """`(trait name, value, line of the value)` of every trait, as `rules_in_file`."""
+    return _texts_in_file(path, "traits", "name", "value")
+
+
+def _texts_in_file(
+    path: str | Path, section: str, id_key: str, text_key: str
+) -> list[tuple[str, str, int]]:
     try:
         node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
     except (OSError, yaml.YAMLError):
         return []
     found: list[tuple[str, str, int]] = []
-    segments = _child(node, "segments")
-    if not isinstance(segments, yaml.SequenceNode):
+    entries = _child(node, section)
+    if not isinstance(entries, yaml.SequenceNode):
         return found
-    for item in segments.value:
-        seg_id, rule = _child(item, "id"), _child(item, "rule")
-        if isinstance(seg_id, yaml.ScalarNode) and isinstance(rule, yaml.ScalarNode):
-            found.append((str(seg_id.value), str(rule.value), rule.start_mark.line + 1))
+    for item in entries.value:
+        name, text = _child(item, id_key), _child(item, text_key)
+        if isinstance(name, yaml.ScalarNode) and isinstance(text, yaml.ScalarNode):
+            found.append((str(name.value), str(text.value), text.start_mark.line + 1))
     return found
 
 

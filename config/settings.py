@@ -11,7 +11,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +44,7 @@ DEFAULT_BLOCKED = (
     r"^[^@]+@([^@]+\.)?(invalid|test)$",  # RFC 2606 reserved top-level domains
 )
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")  # a dotted body path: a, a.b.c
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 FieldType = Literal["number", "integer", "string", "boolean", "timestamp"]
@@ -146,12 +147,32 @@ class SourceSettings(_Frozen):
     # What a numeric `timestamp` counts: epoch milliseconds or seconds. A value that reads as
     # the other unit (seconds taken as ms land in January 1970) is a dead letter, not a guess.
     timestamp_unit: Literal["ms", "s"] = "ms"
+    # Where a record's time is: a dotted body path (`loyalty.updatedAt`) in place of the
+    # top-level `timestamp`, in the same formats and `timestamp_unit`. An event without it is
+    # a dead letter. A profile record without it takes its Kafka message timestamp (a file's
+    # record: none, and its file position orders it): a profile record's time orders the
+    # attribute merge and stamps the changes it causes, never moves event time.
+    timestamp_field: str | None = None
+
+    @field_validator("timestamp_field")
+    @classmethod
+    def _timestamp_field(cls, value: str | None) -> str | None:
+        if value is not None and not _PATH.match(value):
+            raise ValueError(
+                f"timestamp_field {value!r} must be a dotted field path, like 'loyalty.updatedAt'"
+            )
+        return value
 
     @model_validator(mode="after")
     def _where(self) -> SourceSettings:
         if self.topic is None and self.path is None:
             raise ValueError(f"source {self.name!r} needs a 'topic', a 'path', or both")
         return self
+
+    @property
+    def time_path(self) -> tuple[str, ...]:
+        """The body path of a record's time: `timestamp_field` split, else `timestamp`."""
+        return tuple((self.timestamp_field or "timestamp").split("."))
 
 
 class SegmentSettings(_Frozen):
@@ -169,7 +190,8 @@ class SegmentSettings(_Frozen):
 
 class DestinationSettings(_Frozen):
     name: str
-    kind: Literal["kafka", "file", "webhook"]
+    # "profiles": the profile projection (DESIGN §11), to a topic or a file (ProjectionTarget)
+    kind: Literal["kafka", "file", "webhook", "profiles"]
     topic: str | None = None
     path: Path | None = None
     url: str | None = None
@@ -204,6 +226,8 @@ class DestinationSettings(_Frozen):
 
     @model_validator(mode="after")
     def _target(self) -> DestinationSettings:
+        if self.kind == "profiles":
+            return projection_target(self)
         needed = {"kafka": "topic", "file": "path", "webhook": "url"}[self.kind]
         if getattr(self, needed) is None:
             raise ValueError(f"destination {self.name!r} of kind {self.kind} needs '{needed}'")
@@ -301,7 +325,7 @@ class ProfileSettings(_Frozen):
     history: HistorySettings = HistorySettings()
     # Profiles brought to edited audience definitions per write batch: a record waits at most
     # one batch for the rollout (DESIGN §13).
-    rollout_batch: int = Field(default=500, ge=1)
+    rollout_batch: int = Field(default=200, ge=1)
 
 
 class PrivacySettings(_Frozen):
@@ -328,6 +352,7 @@ class Settings(_Frozen):
     identity: IdentitySettings = IdentitySettings()
     sources: tuple[SourceSettings, ...]
     segments: tuple[SegmentSettings, ...] = ()
+    traits: tuple[TraitSettings, ...] = ()
     destinations: tuple[DestinationSettings, ...] = ()
     dead_letters: DeadLetterSettings = DeadLetterSettings()
     kafka: KafkaSettings = KafkaSettings()
@@ -338,6 +363,8 @@ class Settings(_Frozen):
     profile: ProfileSettings = ProfileSettings()
     shards: int = Field(default=256, ge=1, le=4096)
     max_record_bytes: int = Field(default=1_000_000, ge=1024)
+    serve: ServeSettings | None = None  # `cdp serve` (DESIGN §11)
+    offers: tuple[PlacementSettings, ...] = ()  # `cdp serve`'s decisions
     base_dir: Path = Path()
 
     @model_validator(mode="after")
@@ -446,3 +473,193 @@ def _set_path(raw: dict[str, Any], parts: Sequence[str], value: Any) -> None:
             target[part] = child
         target = child
     target[parts[-1]] = value
+
+
+# -- issue #15, the profile projection: traits and the `profiles` destination ------------------
+
+_TRAIT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # one part of `profile.traits.NAME`
+_AGGREGATE_CALL = re.compile(r"^\s*(exists|count|sum|min|max|last)\s*\(.*\)\s*$", re.DOTALL)
+
+
+class TraitSettings(_Frozen):
+    """A computed profile value: one aggregate call of the rule language, kept up to date per
+    event; in the profile documents as `traits.NAME`, in rules as `profile.traits.NAME`. The
+    call itself is compiled (and its errors located) with the rules."""
+
+    name: str
+    value: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _TRAIT_NAME.match(value):
+            raise ValueError(
+                f"trait name {value!r} must be letters, digits and _ (a rule reads"
+                " it as profile.traits.NAME)"
+            )
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _value(cls, value: str) -> str:
+        if not _AGGREGATE_CALL.match(value):
+            raise ValueError(
+                "a trait's value must be one aggregate call: exists, count, sum, min, max or "
+                'last(...), e.g. sum(event.commerce.order.priceTotal, event.eventType == "p")'
+            )
+        return value
+
+
+def projection_target(dest: DestinationSettings) -> DestinationSettings:
+    """A `profiles` destination writes to exactly one of a topic or a file, and sends whole
+    documents: the per-change options do not apply."""
+    if (dest.topic is None) == (dest.path is None):
+        raise ValueError(f"destination {dest.name!r} of kind profiles needs 'topic' or 'path'")
+    if (
+        dest.url is not None
+        or dest.segments is not None
+        or dest.identities is not None
+        or dest.hash_identities
+        or dest.requires_consent
+    ):
+        raise ValueError(
+            f"destination {dest.name!r} of kind profiles takes no url, segments, identities, "
+            "hash_identities or requires_consent (it carries whole profile documents)"
+        )
+    return dest
+
+
+# -- `cdp serve` (DESIGN §11) ----------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+Scope = Literal["read", "decide", "collect"]
+
+
+class ServeKeySettings(_Frozen):
+    """An API key: its value is read from the environment variable `key_env` when the server
+    starts, never from the file (the file is shared and versioned; keys are not)."""
+
+    name: str
+    key_env: str
+    scopes: tuple[Scope, ...] = ("read",)
+
+    @field_validator("key_env")
+    @classmethod
+    def _env(cls, value: str) -> str:
+        if not _ENV_NAME.match(value):
+            raise ValueError(f"key_env {value!r} must be an environment variable name")
+        return value
+
+
+class ServeProfilesSettings(_Frozen):
+    """Where the profile projection is read: a Kafka topic (from its beginning) or a JSON-lines
+    file (followed as it grows)."""
+
+    topic: str | None = None
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ServeProfilesSettings:
+        if (self.topic is None) == (self.path is None):
+            raise ValueError("serve.profiles needs exactly one of 'topic' or 'path'")
+        return self
+
+
+class ServeSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    # None: the `profiles` destination of this file (its topic or path).
+    profiles: ServeProfilesSettings | None = None
+    keys: tuple[ServeKeySettings, ...] = ()
+    # The server's own store of the projection: kept, a restart resumes where it was read
+    # to. None: a temporary directory, filled from the projection's beginning at each start.
+    state_dir: Path | None = None
+    max_record_bytes: int = Field(default=32 * 1024, ge=64)
+    max_request_bytes: int = Field(default=1024 * 1024, ge=64)
+    # How long a collect request waits for the broker's acknowledgement before answering 503.
+    delivery_timeout: str = "5s"
+    # One line per request: method, route template (never the path: no id in a log), status,
+    # time. Off by default: /metrics counts and times every route.
+    access_log: bool = False
+
+    @field_validator("delivery_timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        if duration_ms(value) <= 0:
+            raise ValueError("delivery_timeout must be more than 0")
+        return value
+
+    @property
+    def delivery_timeout_ms(self) -> int:
+        return duration_ms(self.delivery_timeout)
+
+    @model_validator(mode="after")
+    def _keys(self) -> ServeSettings:
+        seen: set[str] = set()
+        for i, key in enumerate(self.keys):
+            if key.name in seen:
+                raise Problems([Problem(("keys", i, "name"), f"key {key.name!r} is defined twice")])
+            seen.add(key.name)
+        return self
+
+
+class OfferSettings(_Frozen):
+    """One offer of a placement: eligible when `rule` holds (no rule: always)."""
+
+    id: str
+    rule: str | None = None
+    priority: int = 0
+    content: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"offer id {value!r} must be letters, digits, _ . -")
+        return value
+
+
+class PlacementSettings(_Frozen):
+    """A place on a page or in a conversation; its offers are tried by priority, highest
+    first (ties: in the file's order)."""
+
+    placement: str
+    offers: tuple[OfferSettings, ...]
+
+    @field_validator("placement")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"placement {value!r} must be letters, digits, _ . -")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key of `serve.keys` with its secret, read from the environment."""
+
+    name: str
+    secret: bytes = field(repr=False)  # never printed
+    scopes: frozenset[str] = frozenset()
+
+
+def api_keys(serve: ServeSettings, env: Mapping[str, str] | None = None) -> tuple[ApiKey, ...]:
+    """Each key's secret from its environment variable. None configured, or one not set: a
+    ConfigError (a server whose every request is a 401 is a misconfiguration, not a lock)."""
+    env = os.environ if env is None else env
+    if not serve.keys:
+        raise ConfigError("serve.keys: no API key is configured (add {name, key_env, scopes})")
+    keys: list[ApiKey] = []
+    missing: list[str] = []
+    for i, key in enumerate(serve.keys):
+        value = env.get(key.key_env, "")
+        if not value:
+            missing.append(f"serve.keys.{i}: the environment variable {key.key_env} is not set")
+            continue
+        keys.append(ApiKey(key.name, value.encode(), frozenset(key.scopes)))
+    if missing:
+        raise ConfigError(*missing)
+    return tuple(keys)
+
+
+Settings.model_rebuild()

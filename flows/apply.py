@@ -3,9 +3,12 @@ batch to the process's engine and keeps Bytewax's snapshots to the outbox's sequ
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -18,6 +21,44 @@ from operators.steps.call import Output
 from operators.steps.exchange import GRAPH_KEY
 from operators.store import shard_of
 from schemas.records import Adopt, Command, Drop, Kick, Move, Routed, Tick
+
+LOG = logging.getLogger("cdp.rollout")
+
+
+class _RolloutLog:
+    """A process's rollout lines (DESIGN §13): progress every few seconds, and when no pass is
+    open any more. Counts only; never a profile."""
+
+    EVERY_S = 5.0
+    _lock = threading.Lock()
+    _last: ClassVar[dict[int, float]] = {}  # per rollout: when the last line was written
+    _done: ClassVar[dict[int, bool]] = {}
+
+    @classmethod
+    def after(cls, engine: Engine) -> None:
+        rollout = engine.rollout
+        if not rollout.needed or not rollout.checked:
+            return
+        key, now = id(rollout), time.monotonic()
+        with cls._lock:
+            if rollout.open:
+                cls._done[key] = False
+                if now - cls._last.get(key, 0.0) < cls.EVERY_S:
+                    return
+                line = (
+                    f"rollout: {rollout.checked:,} profiles checked, {rollout.brought:,} "
+                    f"brought to the edited audiences, {len(rollout.open)} pass(es) going on"
+                )
+            elif not cls._done.get(key):
+                cls._done[key] = True
+                line = (
+                    f"rollout: done; {rollout.checked:,} profiles checked, {rollout.brought:,} "
+                    "brought to the edited audiences"
+                )
+            else:
+                return
+            cls._last[key] = now
+        LOG.info(line)
 
 
 class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
@@ -93,6 +134,8 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
             out.extend(engine.process_commands(self._key, _flat(values), wall))
         else:
             out.extend(engine.process(self._key, values, wall))
+        if self._kick is not None:
+            _RolloutLog.after(engine)
         return self._packed(out), self.RETAIN
 
     def _packed(self, out: list[Output]) -> list[Any]:
@@ -114,6 +157,7 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
         if self._kick is not None and self._rolling():
             # One batch of the rollout, then records again (notify_at asks for the next).
             out.extend(self._engine().roll(self._key, self._kick.shard, self._options.clock()))
+            _RolloutLog.after(self._engine())
         if self._options.mode == "live" and self._key >= 0 and self._role != "graph":
             self._tick = None
             wall = self._options.clock()
@@ -130,6 +174,7 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
             elif self._role == "all":
                 shard = self._kick.shard if self._kick is not None else None
                 out.extend(self._engine().finish(self._key, self._options.clock(), shard))
+                _RolloutLog.after(self._engine())
         return self._packed(out), self.RETAIN
 
     def notify_at(self) -> datetime | None:

@@ -22,6 +22,7 @@ from flows.commands import (
     cmd_profile,
     cmd_redeliver,
     cmd_segments_check,
+    cmd_segments_preview,
     cmd_segments_sizes,
 )
 from flows.demo import cmd_demo
@@ -124,7 +125,35 @@ def _parser() -> argparse.ArgumentParser:
     sizes = seg_sub.add_parser("sizes", help="current size of every segment")
     _config_args(sizes, state=True, state_required=False)
     sizes.set_defaults(handler=cmd_segments_sizes)
+    preview = seg_sub.add_parser(
+        "preview",
+        help="estimated size and sample members of a rule or segment, before activating it "
+        "(read-only; may run beside a worker)",
+    )
+    _config_args(preview, state=True, state_required=False)
+    what = preview.add_mutually_exclusive_group(required=True)
+    what.add_argument("--rule", help="a rule never configured (the rule language, DESIGN §5)")
+    what.add_argument("--segment", help="a segment of the config (edited or not yet rolled out)")
+    preview.add_argument("--sample", type=int, default=10, help="members to show (default 10)")
+    preview.add_argument("--json", action="store_true", help="one JSON object")
+    preview.set_defaults(handler=cmd_segments_preview)
+    serve = sub.add_parser(
+        "serve", help="profile lookups, decisions and the HTTP collector over the projection"
+    )
+    _config_args(serve)
+    serve.add_argument("--host", help="address to listen on (default: serve.host)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: serve.port)")
+    serve.set_defaults(handler=cmd_serve)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve.server import Running  # noqa: PLC0415  (FastAPI only when serving)
+
+    Running(
+        settings_of(args), config_path=args.config, host=args.host, port=args.port
+    ).serve_forever()
+    return 0
 
 
 def _reset_arg(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from config.checks import rules_in_file
+from config.checks import rules_in_file, traits_in_file
 from config.settings import ConfigError, Settings, load_settings
 from flows.deliver import deliver
 from flows.options import wall_clock_ms
@@ -21,11 +21,14 @@ from operators import queries
 from operators.engine import Engine, build_index
 from operators.explain import explain
 from operators.identity import IdentityRules
-from operators.rules import CompiledRule, RuleErrors, compile_rules
+from operators.offers import compile_offers
+from operators.preview import PREVIEW_ID, StateView, preview
+from operators.rules import Aggregate, CompiledRule, RuleErrors, compile_rules, compile_traits
 from operators.steps.positions import WATERMARK_KEY
 from operators.steps.profiles import profile_key
+from operators.steps.rollout import summary as rollout_summary
 from operators.store import decode, open_state, open_store, process_dirs
-from schemas.records import AudienceChange, parse_identity
+from schemas.records import AudienceChange, ProfileDocument, iso_ms, parse_identity
 
 
 def _open_read(args: argparse.Namespace) -> tuple[Settings, Any, int]:
@@ -51,7 +54,20 @@ def _normalised(settings: Settings, text: str) -> tuple[str, str]:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     namespace = args.identity.split(":", 1)[0]
-    return _by_identity(args, queries.find_profile, f"no profile has the identity {namespace}:…")
+
+    def find(store: Any, shards: int, identity: tuple[str, str]) -> dict[str, Any] | None:
+        return queries.find_profile(store, shards, identity, _traits_at(store, args))
+
+    return _by_identity(args, find, f"no profile has the identity {namespace}:…")
+
+
+def _traits_at(store: Any, args: argparse.Namespace) -> queries.Traits | None:
+    """The traits of the config and the state's event time to read them at (a windowed
+    trait counts what is in its window then, as the worker's rules read it)."""
+    settings = load_settings(args.config)
+    if not settings.traits:
+        return None
+    return build_index(settings), _state_now(store, settings)
 
 
 def _by_identity(
@@ -77,7 +93,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     out = args.out.open("wb") if args.out else sys.stdout.buffer
     count = 0
     try:
-        for doc in queries.iter_profiles(store, shards):
+        for doc in queries.iter_profiles(store, shards, _traits_at(store, args)):
             out.write(orjson.dumps(doc) + b"\n")
             count += 1
     finally:
@@ -94,20 +110,25 @@ def cmd_identity(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     settings, store, shards = _open_read(args)
+    index = build_index(settings)
     try:
         identity = _normalised(settings, args.identity)
         canonical = queries.canonical_of(store, shards, identity)
         stored = None if canonical is None else store.get(profile_key(canonical, shards))
-        watermark = store.get(WATERMARK_KEY)
+        now = _state_now(store, settings)
+        if canonical is not None and stored is not None:
+            # A profile not yet brought to edited definitions: its missing inputs are rebuilt
+            # from its history, as the rollout will.
+            profile, partial = StateView(store, settings, index).complete(
+                canonical, decode(stored), now
+            )
     finally:
         store.close()
-    if stored is None:
+    if canonical is None or stored is None:
         print(f"cdp: no profile has the identity {identity[0]}:…", file=sys.stderr)
         return 1
-    index = build_index(settings)
-    now = 0 if watermark is None else int(watermark) - settings.time.allowed_lateness_ms
     try:
-        report = explain(decode(stored), index, args.segment, now)
+        report = explain(profile, index, args.segment, now, history_from=partial)
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from exc
     print(report.render())
@@ -131,8 +152,10 @@ def cmd_forget(args: argparse.Namespace) -> int:
         engine = Engine(settings, store)
         found = engine.forget(OFFLINE_KEY, identity, wall_clock_ms())
         changes = None if found is None else [c for c in found if isinstance(c, AudienceChange)]
-        if changes:
-            sent = deliver(settings, changes, state_dir_of(args, settings) / "spool")
+        documents = [d for d in found or () if isinstance(d, ProfileDocument)]
+        if changes or documents:
+            spool = state_dir_of(args, settings) / "spool"
+            sent = deliver(settings, changes or [], spool, documents)
         engine.prune_outbox(OFFLINE_KEY, engine.outbox_seq(OFFLINE_KEY))
     finally:
         store.close()
@@ -176,17 +199,33 @@ def cmd_segments_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problems.extend(exc.problems)
     written = rules_in_file(args.config)
+    written_traits = traits_in_file(args.config)
     lines = {seg_id: line for seg_id, _, line in written}
+    trait_lines = {name: line for name, _, line in written_traits}
     if settings is not None:
         segments = [(s.id, s.rule) for s in settings.segments]
+        trait_texts = [(t.name, t.value) for t in settings.traits]
     else:  # still check the rules the file holds
         segments = [(seg_id, rule) for seg_id, rule, _ in written]
+        trait_texts = [(name, value) for name, value, _ in written_traits]
     compiled: tuple[CompiledRule, ...] = ()
+    traits: dict[str, Aggregate] = {}
     try:
-        compiled = compile_rules(segments)
+        traits = compile_traits(trait_texts)
+    except RuleErrors as exc:
+        for error in exc.errors:
+            line = trait_lines.get(error.segment_id, 1)
+            problems.append(f"{args.config}: line {line}: {error}")
+    try:
+        compiled = compile_rules(segments, traits)
     except RuleErrors as exc:
         for error in exc.errors:
             problems.append(f"{args.config}: line {lines.get(error.segment_id, 1)}: {error}")
+    if settings is not None and settings.offers:  # `cdp serve`'s offer rules
+        try:
+            compile_offers(settings, args.config)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -207,9 +246,67 @@ def cmd_segments_sizes(args: argparse.Namespace) -> int:
     settings, store, _ = _open_read(args)
     try:
         sizes = queries.segment_sizes(store)
+        rolled = rollout_summary(store)
     finally:
         store.close()
     width = max((len(s.id) for s in settings.segments), default=10)
     for seg in settings.segments:
-        print(f"{seg.id:<{width}}  {sizes.get(seg.id, 0)}")
+        note = ""
+        if seg.id in rolled["partial"]:
+            since = iso_ms(rolled["partial"][seg.id])[:10]
+            note = f"  (history from {since}: evaluated on the events kept since then)"
+        print(f"{seg.id:<{width}}  {sizes.get(seg.id, 0)}{note}")
+    if rolled["pending"]:
+        print("note: edited audiences are still being rolled out (a worker finishes it)")
+    return 0
+
+
+def _state_now(store: Any, settings: Settings) -> int:
+    """The state's event time, as `cdp explain` and the worker evaluate rules."""
+    watermark = store.get(WATERMARK_KEY)
+    return 0 if watermark is None else int(watermark) - settings.time.allowed_lateness_ms
+
+
+def cmd_segments_preview(args: argparse.Namespace) -> int:
+    settings, store, _ = _open_read(args)
+    try:
+        now = _state_now(store, settings)
+        found = preview(
+            store, settings, now, rule=args.rule, segment_id=args.segment, sample=args.sample
+        )
+    except RuleErrors as exc:
+        problems = "; ".join(str(e) for e in exc.errors)
+        raise UsageError(problems.replace(f"segment {PREVIEW_ID!r}", "the rule")) from exc
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from exc
+    finally:
+        store.close()
+    since = None if found.history_from is None else iso_ms(found.history_from)
+    doc: dict[str, Any] = {
+        "segment": found.segment_id,
+        "rule": found.rule,
+        "event_time": iso_ms(found.now_ms),
+        "profiles": found.profiles,
+        "size": found.size,
+        "sample": found.sample,
+        "partial_history": {
+            "profiles": found.partial,
+            "history_from": since,
+        },
+    }
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(doc) + b"\n")
+        return 0
+    print(f"rule: {found.rule}")
+    print(f"at event time {doc['event_time']}, over {found.profiles} profiles")
+    print(f"estimated size: {found.size}")
+    if found.partial:
+        print(
+            f"history from {since}: {found.partial} profiles "
+            "were evaluated on the events kept since then (the rule reads further back)"
+        )
+    print(f"sample ({len(found.sample)} of {found.size}):")
+    for member in found.sample:
+        ids = ", ".join(f"{ns}:{v}" for ns, vs in member["identities"].items() for v in vs)
+        print(f"  {member['profile_id']}  {ids}")
     return 0

@@ -1,4 +1,5 @@
-"""Send audience changes to the configured destinations outside a dataflow (`cdp forget`)."""
+"""Send audience changes and profile documents to the configured destinations outside a
+dataflow (`cdp forget`)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,29 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
-from config.settings import Settings
+from config.settings import DestinationSettings, Settings
 from flows import io
 from flows.webhook import WebhookSink
 from flows.write import dead_letter_writer
-from operators.destinations import render
-from schemas.records import AudienceChange
+from operators.destinations import render, render_document
+from schemas.records import AudienceChange, ProfileDocument
 
 
 def deliver(
-    settings: Settings, changes: Sequence[AudienceChange], spool_dir: Path | None = None
+    settings: Settings,
+    changes: Sequence[AudienceChange],
+    spool_dir: Path | None = None,
+    documents: Sequence[ProfileDocument] = (),
 ) -> dict[str, int]:
-    """Render and write each change to every destination that takes it; counts per name.
-    `spool_dir`: a webhook's changes join those waiting in its spool, after them (a change
-    must not overtake an earlier one of its profile)."""
+    """Render and write each change to every destination that takes it, and the profile
+    documents to the `profiles` destinations; counts per name. `spool_dir`: a webhook's
+    changes join those waiting in its spool, after them (a change must not overtake an
+    earlier one of its profile)."""
     sent: dict[str, int] = {}
     for dest in settings.destinations:
+        if dest.kind == "profiles":
+            sent[dest.name] = _deliver_documents(settings, dest, documents)
+            continue
         rendered = [(c.profile_id, body) for c in changes if (body := render(c, dest)) is not None]
         sent[dest.name] = len(rendered)
         if not rendered:
@@ -47,3 +55,21 @@ def deliver(
                 hook.close()
     io.close_files()
     return sent
+
+
+def _deliver_documents(
+    settings: Settings, dest: DestinationSettings, documents: Sequence[ProfileDocument]
+) -> int:
+    if not documents:
+        return 0
+    if dest.path is not None:
+        lines = [render_document(d, topic=False) or b"" for d in documents]
+        io.append_lines(settings.resolve(dest.path))(lines)
+        return len(lines)
+    assert dest.topic is not None
+    producer = Producer({"enable.idempotence": "true", **settings.kafka.client_config()})
+    for doc in documents:
+        producer.produce(dest.topic, render_document(doc, topic=True), key=doc.profile_id.encode())
+    if producer.flush(30) != 0:
+        raise RuntimeError(f"destination {dest.name}: Kafka did not take every document")
+    return len(documents)

@@ -327,7 +327,7 @@ def keyed_message(key: str, value: bytes) -> Message:
     return (key.encode(), value, None)
 
 
-def timed_message(key: str, value: bytes, read_ns: int) -> Message:
+def timed_message(key: str, value: bytes | None, read_ns: int) -> Message:
     return (key.encode(), value, read_ns)
 
 

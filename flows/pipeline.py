@@ -36,7 +36,15 @@ from flows.read import decoded_records
 from flows.write import write_changes, write_dead_letters
 from operators.steps.call import Output
 from operators.store import shard_of
-from schemas.records import Adopt, AudienceChange, Command, Forget, Kick, Record
+from schemas.records import (
+    Adopt,
+    AudienceChange,
+    Command,
+    Forget,
+    Kick,
+    ProfileDocument,
+    Record,
+)
 
 
 def router(settings: Settings, workers: int) -> Callable[[Record | Forget | Kick], str]:
@@ -77,8 +85,9 @@ def build_flow(settings: Settings, options: RunOptions) -> Dataflow:
     return flow
 
 
-def _only_changes(outputs: Stream[Output]) -> Stream[AudienceChange]:
-    """One process emits only audience changes (commands exist with several processes)."""
+def _only_changes(outputs: Stream[Output]) -> Stream[AudienceChange | ProfileDocument]:
+    """One process emits only audience changes and profile documents (commands exist with
+    several processes)."""
     return outputs  # type: ignore[return-value]
 
 
@@ -88,7 +97,7 @@ def _apply_on_processes(
     settings: Settings,
     options: RunOptions,
     raw_parts: Callable[[], int],
-) -> Stream[AudienceChange]:
+) -> Stream[AudienceChange | ProfileDocument]:
     """Identity on one key, profiles on shard keys, moves through the feedback topic."""
     # Every record goes to the graph key, a list per input batch (see `_packed`).
     packed = op.flat_map_batch("pack_for_graph", records, lambda batch: [batch])
@@ -119,7 +128,7 @@ def _apply_on_processes(
         lambda resume: _ApplyRecords(settings, options, key, resume, "profile"),
     )
     outputs = op.key_rm("unkey_outputs", applied)
-    split = op.branch("split_feedback", outputs, lambda x: isinstance(x, AudienceChange))
+    split = op.branch("split_feedback", outputs, lambda x: not isinstance(x, Adopt))
     moves: Stream[Adopt] = split.falses  # type: ignore[assignment]
     run = options.run
     messages = op.map(

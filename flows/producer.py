@@ -15,8 +15,8 @@ from flows import broker
 
 # What the pipeline's Kafka sinks take: key, value, and the wall-clock time the causing record
 # was read (None: no latency headers). A plain tuple: messages cross workers, and Bytewax
-# pickles what crosses.
-Message = tuple[bytes | None, bytes, int | None]
+# pickles what crosses. A value None is a tombstone (a forgotten profile of the projection).
+Message = tuple[bytes | None, bytes | None, int | None]
 
 
 class ProducerPartition(StatefulSinkPartition[Message, list[Message]]):

@@ -61,9 +61,14 @@ class _DecodeBatch:
                 # clock (a producer's clock can be wrong too); a file's record: now.
                 stamp = None if written is None else written(item)
                 at = wall_ms if stamp is None or stamp > wall_ms else stamp
-                decoded = decoder.decode(origin, raw, read_ns, seq, at)
+                # The message timestamp is also the time of a profile record whose body has
+                # none: fixed by the broker, whatever order the partitions are read in.
+                message = None if stamp is None else at
+                decoded = decoder.decode(origin, raw, read_ns, seq, at, message_ms=message)
                 if isinstance(decoded, Record):
-                    ts = decoded.ts_ms
+                    # Events only: a profile record's time is not event time (`Record.ts_ms`);
+                    # a replay `--from` a time still needs every profile record.
+                    ts = decoded.ts_ms if decoded.kind == "event" else None
                     if start is not None and ts is not None and ts < start:
                         io.RAW.dropped += 1
                         continue

@@ -4,6 +4,7 @@ opened lazily on the worker (flow factories have no side effects)."""
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import shutil
 import signal
@@ -62,7 +63,24 @@ def engine_for(
         if (path, role) not in _engines:
             engine = Engine(settings, _stores[path], role=role, live=live, keep_outbox=outbox)
             _engines[(path, role)] = engine
+            _log_edit(engine)
         return _engines[(path, role)]
+
+
+def _log_edit(engine: Engine) -> None:
+    """One line when the audiences changed since the state last ran (ids only)."""
+    edit = engine.rollout.edit
+    if edit is None:
+        return
+    parts = [
+        f"{what} {', '.join(ids)}"
+        for what, ids in zip(("added", "changed", "removed"), edit, strict=True)
+        if ids
+    ]
+    logging.getLogger("cdp.rollout").info(
+        "audiences edited since this state last ran: %s; rolling out over the stored profiles",
+        "; ".join(parts),
+    )
 
 
 def check_routing(state_dir: Path, routing: str) -> None:

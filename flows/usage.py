@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from config.settings import Settings, load_settings
-from operators.rules import compile_rules
+from operators.engine import build_index
 
 
 class UsageError(Exception):
@@ -16,7 +16,7 @@ class UsageError(Exception):
 
 def settings_of(args: argparse.Namespace) -> Settings:
     settings = load_settings(args.config)
-    compile_rules([(s.id, s.rule) for s in settings.segments])  # refuse bad rules at start
+    build_index(settings)  # refuse bad rules and traits at start
     return settings
 
 

@@ -12,19 +12,32 @@ import bytewax.operators as op
 import orjson
 from bytewax.dataflow import Stream
 
-from config.settings import Settings
+from config.settings import DestinationSettings, Settings
 from flows import io
 from flows.options import RunOptions
 from flows.webhook import WebhookSink
 from operators import metrics
-from operators.destinations import render
-from schemas.records import AudienceChange, DeadLetter
+from operators.destinations import render, render_document
+from schemas.records import AudienceChange, DeadLetter, ProfileDocument
 
 
-def write_changes(changes: Stream[AudienceChange], settings: Settings, options: RunOptions) -> None:
+def write_changes(
+    outputs: Stream[AudienceChange | ProfileDocument], settings: Settings, options: RunOptions
+) -> None:
     config = settings.kafka.client_config()
     brokers = config.pop("bootstrap.servers")
+    projections = [d for d in settings.destinations if d.kind == "profiles"]
+    if projections:
+        split = op.branch("split_projection", outputs, lambda x: isinstance(x, AudienceChange))
+        changes: Stream[AudienceChange] = split.trues  # type: ignore[assignment]
+        documents: Stream[ProfileDocument] = split.falses  # type: ignore[assignment]
+        for dest in projections:
+            _write_documents(documents, dest, settings, brokers, config)
+    else:  # without a `profiles` destination the engine makes no documents
+        changes = outputs  # type: ignore[assignment]
     for dest in settings.destinations:
+        if dest.kind == "profiles":
+            continue
         step = f"render_{dest.name}"
         rendered = op.flat_map_batch(step, changes, partial(_render_batch, dest))
         if dest.kind == "kafka":
@@ -41,6 +54,37 @@ def write_changes(changes: Stream[AudienceChange], settings: Settings, options: 
     if options.audience_out is not None:
         everything = op.map("render_audience_out", changes, render_all)
         op.output("write_audience_out", everything, io.JsonLinesSink(options.audience_out))
+
+
+def _write_documents(
+    documents: Stream[ProfileDocument],
+    dest: DestinationSettings,
+    settings: Settings,
+    brokers: str,
+    config: dict[str, str],
+) -> None:
+    """The profile projection: a compacted topic keyed by profile id (a forgotten profile is a
+    tombstone), or a JSON-lines file."""
+    step = f"render_{dest.name}"
+    if dest.topic is not None:
+        rendered = op.flat_map_batch(step, documents, _document_messages)
+        sink = io.kafka_topic_sink(brokers, dest.topic, config)
+        op.output(f"write_{dest.name}", rendered, sink)
+    else:
+        assert dest.path is not None
+        lines = op.flat_map_batch(step, documents, _document_lines)
+        op.output(f"write_{dest.name}", lines, io.JsonLinesSink(settings.resolve(dest.path)))
+
+
+def _document_messages(documents: list[ProfileDocument]) -> list[Any]:
+    return [
+        ("0", io.timed_message(d.profile_id, render_document(d, topic=True), d.read_ns))
+        for d in documents
+    ]
+
+
+def _document_lines(documents: list[ProfileDocument]) -> list[Any]:
+    return [render_document(d, topic=False) for d in documents]
 
 
 def _render_batch(dest: Any, changes: list[AudienceChange]) -> list[Any]:

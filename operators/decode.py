@@ -34,6 +34,8 @@ class SourceSpec:
     settings: SourceSettings
     descriptors: tuple[tuple[tuple[str, ...], str, str], ...]  # (path, dotted, namespace)
     fields: tuple[FieldSpec, ...] = ()  # declared field types
+    time_path: tuple[str, ...] = ("timestamp",)  # where a record's time is (timestamp_field)
+    time_name: str = "timestamp"  # how a dead letter's reason calls that field
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class Decoder:
                 fields=tuple(
                     (tuple(path.split(".")), path, kind) for path, kind in src.fields.items()
                 ),
+                time_path=src.time_path,
+                time_name=_time_name(src),
             )
             for i, src in enumerate(settings.sources)
         }
@@ -72,12 +76,16 @@ class Decoder:
         read_ns: int = 0,
         seq: int = 0,
         written_ms: int | None = None,
+        *,
+        message_ms: int | None = None,
     ) -> Record | DeadLetter:
         """`seq`: the record's number in its partition's read order, when known.
         `written_ms`: when the record was written (its Kafka message timestamp, else the wall
-        clock when read); a record stamped more than `max_future_ms` after it is refused."""
+        clock when read); a record stamped more than `max_future_ms` after it is refused.
+        `message_ms`: the Kafka message timestamp (None: a file's record, or none); the time of
+        a profile record whose body has none."""
         try:
-            return self._decode(origin, raw, read_ns, seq, written_ms)
+            return self._decode(origin, raw, read_ns, seq, written_ms, message_ms=message_ms)
         except Rejected as exc:
             return DeadLetter(origin, raw, str(exc))
 
@@ -99,7 +107,14 @@ class Decoder:
         return Forget(origin, (namespace, normal))
 
     def _decode(
-        self, origin: Origin, raw: bytes, read_ns: int, seq: int, written_ms: int | None
+        self,
+        origin: Origin,
+        raw: bytes,
+        read_ns: int,
+        seq: int,
+        written_ms: int | None,
+        *,
+        message_ms: int | None = None,
     ) -> Record:
         spec = self.sources.get(origin.source)
         if spec is None:
@@ -122,12 +137,16 @@ class Decoder:
         identities = self._identities(spec, body)
         if not identities:
             raise Rejected("no usable identity (none present, or all empty or blocked)")
-        ts_ms = _timestamp(body.get("timestamp"), src.timestamp_unit, required=src.kind == "event")
+        ts_ms = _record_time(body, spec)
         if ts_ms is not None and written_ms is not None and ts_ms > written_ms + self.max_future_ms:
             raise Rejected(
                 f"timestamp in the future: more than {self.max_future_ms // 1000}s after the "
                 "record was written (time.max_future)"
             )
+        if ts_ms is None:
+            # A profile record with no time of its own: when it was written to its topic, a
+            # time that does not depend on how the sources interleave when read (DESIGN §4).
+            ts_ms = message_ms
         event_id: str | None = None
         event_type: str | None = None
         if src.kind == "event":
@@ -212,40 +231,56 @@ _SECONDS_AS_MS = range(_Y2K_S, _Y2K_S * 1000)
 _MS_AS_SECONDS = 100_000_000_000  # seconds past year 5138: surely milliseconds
 
 
-def _timestamp(value: Any, unit: str, *, required: bool) -> int | None:
+def _time_name(src: SourceSettings) -> str:
+    field = src.timestamp_field
+    return "timestamp" if field is None else f"timestamp_field {_safe(field)}"
+
+
+def _record_time(body: Mapping[str, Any], spec: SourceSpec) -> int | None:
+    """The time in the record's body: its `timestamp`, or the source's `timestamp_field`
+    (missing or null: None for a profile record, a dead letter for an event)."""
+    path, src = spec.time_path, spec.settings
+    value = body.get(path[0]) if len(path) == 1 else _lookup(body, path)
+    if value is None and src.kind == "event":
+        where = "" if src.timestamp_field is None else f" ({spec.time_name})"
+        raise Rejected(f"event has no timestamp{where}")
+    return _timestamp(value, src.timestamp_unit, spec.time_name)
+
+
+def _timestamp(value: Any, unit: str, name: str = "timestamp") -> int | None:
+    """`name`: how a reason calls the field ("timestamp", "timestamp_field a.b"), never its
+    value."""
     if value is None:
-        if required:
-            raise Rejected("event has no timestamp")
         return None
     if isinstance(value, bool):
-        raise Rejected("timestamp must be an ISO-8601 string or an epoch number")
+        raise Rejected(f"{name} must be an ISO-8601 string or an epoch number")
     if isinstance(value, int | float):
-        return _epoch_ms(value, unit)
+        return _epoch_ms(value, unit, name)
     if isinstance(value, str):
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
-            raise Rejected("timestamp is not ISO-8601") from None
+            raise Rejected(f"{name} is not ISO-8601") from None
         if dt.tzinfo is None:  # naive times in retail exports are UTC in practice
             dt = dt.replace(tzinfo=UTC)
         return int(dt.timestamp() * 1000)
-    raise Rejected("timestamp must be an ISO-8601 string or an epoch number")
+    raise Rejected(f"{name} must be an ISO-8601 string or an epoch number")
 
 
-def _epoch_ms(value: float, unit: str) -> int:
+def _epoch_ms(value: float, unit: str, name: str) -> int:
     """A numeric timestamp in the source's stated unit, refused when it reads as the other."""
     if not math.isfinite(value):
-        raise Rejected("timestamp is not a finite number")
+        raise Rejected(f"{name} is not a finite number")
     if unit == "s":
         if abs(value) >= _MS_AS_SECONDS:
             raise Rejected(
-                "timestamp is implausible in seconds (it reads as epoch milliseconds): "
+                f"{name} is implausible in seconds (it reads as epoch milliseconds): "
                 "check the source's timestamp_unit"
             )
         return int(value * 1000)
     if int(value) in _SECONDS_AS_MS:
         raise Rejected(
-            "timestamp is implausible in milliseconds (it reads as epoch seconds): "
+            f"{name} is implausible in milliseconds (it reads as epoch seconds): "
             "set the source's timestamp_unit to s"
         )
     return int(value)

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from config.settings import DestinationSettings
-from schemas.records import AudienceChange
+from schemas.records import AudienceChange, ProfileDocument
 
 
 def sha256_hex(value: str) -> str:
@@ -17,8 +17,14 @@ def sha256_hex(value: str) -> str:
 
 
 def render(change: AudienceChange, destination: DestinationSettings) -> bytes | None:
-    """The JSON line for this destination, or None when it does not take this segment."""
-    if destination.segments is not None and change.segment_id not in destination.segments:
+    """The JSON line for this destination, or None when it does not take this segment. The
+    exits of an audience taken out of the config (reason `removed`) go to every destination:
+    one that took the audience may no longer name it (the config check refuses an unknown
+    id), and it must still be told."""
+    if destination.kind == "profiles":
+        return None  # it takes profile documents (`render_document`)
+    taken = destination.segments
+    if taken is not None and change.segment_id not in taken and change.reason != "removed":
         return None
     if destination.requires_consent and change.consent_denied:
         return None
@@ -37,3 +43,12 @@ def render(change: AudienceChange, destination: DestinationSettings) -> bytes | 
             identities[namespace] = list(values)
     doc["identities"] = identities
     return orjson.dumps(doc)
+
+
+def render_document(document: ProfileDocument, topic: bool) -> bytes | None:
+    """A profile document as a `profiles` destination writes it: its JSON; for a topic, a
+    forgotten profile is a tombstone (None: the compacted topic then forgets it too), for a
+    file its `deleted` record."""
+    if topic and document.deleted:
+        return None
+    return orjson.dumps(document.document)

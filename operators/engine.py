@@ -2,7 +2,8 @@
 one transaction per Bytewax call, committed as one atomic WriteBatch with the applied input
 offsets, the watermark and the outputs:
 
-    positions -> privacy -> graph -> profiles (+ history) -> membership (+ timers) -> outbox
+    positions -> privacy -> graph -> profiles (+ history) -> membership (+ timers)
+      -> projection (with a `profiles` destination) -> outbox
 
 An audience edited since the state was built is rolled out (`operators.steps.rollout`): a
 stale profile is upgraded when touched, and the rest in batches (`roll`, `Kick`).
@@ -24,7 +25,7 @@ from config.settings import Settings
 from operators import metrics
 from operators import profile as prof
 from operators.identity import Cluster, IdentityRules, Merge, Resolution
-from operators.rules import compile_rules
+from operators.rules import compile_rules, compile_traits
 from operators.segments import SegmentIndex
 from operators.steps.call import Call, Output
 from operators.steps.exchange import GRAPH_KEY, Exchange, FlowCounts
@@ -36,6 +37,7 @@ from operators.steps.positions import Positions
 from operators.steps.privacy import Consent, Privacy
 from operators.steps.profiles import PREFIX as PROFILES
 from operators.steps.profiles import Profiles
+from operators.steps.projection import Projection
 from operators.steps.rollout import Rollout
 from operators.steps.stats import EngineStats, Published
 from operators.steps.timers import Timers
@@ -46,7 +48,9 @@ Role = Literal["all", "graph", "profile"]
 
 
 def build_index(settings: Settings) -> SegmentIndex:
-    return SegmentIndex(compile_rules([(s.id, s.rule) for s in settings.segments]))
+    """The rules and traits compiled (RuleErrors with every problem of both)."""
+    traits = compile_traits([(t.name, t.value) for t in settings.traits])
+    return SegmentIndex(compile_rules([(s.id, s.rule) for s in settings.segments], traits), traits)
 
 
 class Engine:
@@ -77,7 +81,10 @@ class Engine:
         shards, rules = settings.shards, IdentityRules.from_settings(settings)
         graph = role == "graph"
         lateness = settings.time.allowed_lateness_ms
-        self.inputs = Positions(store, graph=graph, live=live, lateness_ms=lateness)
+        profile_sources = frozenset(s.name for s in settings.sources if s.kind == "profile")
+        self.inputs = Positions(
+            store, graph=graph, live=live, lateness_ms=lateness, profile_sources=profile_sources
+        )
         self.timers = Timers(store, held=not graph)
         self.outbox = Outbox(store, keep=keep_outbox)
         self.graph = Graph(rules, shards, self.stats)
@@ -117,6 +124,13 @@ class Engine:
             has_profiles = next(iter(store.scan(PROFILES)), None) is not None
             self.history.start(store, self.inputs.max_event_ms, has_profiles)
             self.membership.upgrade = self.rollout.upgrade
+        # The profile projection (DESIGN §11), only when a destination takes it.
+        projected = any(d.kind == "profiles" for d in settings.destinations)
+        self.projection = (
+            Projection(store, self.index, self.profiles, self.inputs)
+            if projected and not graph
+            else None
+        )
         self.exchange = Exchange(
             index=self.index,
             positions=self.inputs,
@@ -132,7 +146,9 @@ class Engine:
 
     # -- what the Bytewax steps call ----------------------------------------------------------
 
-    def process(self, key: int, records: Sequence[Record | Forget], wall_ms: int) -> list[Output]:
+    def process(
+        self, key: int, records: Sequence[Record | Forget | Kick], wall_ms: int
+    ) -> list[Output]:
         """Apply the records routed to one Bytewax key, in one WriteBatch."""
         with self.lock:
             call = self._start(wall_ms)
@@ -168,7 +184,9 @@ class Engine:
             self.counts.graph_out += len(call.out)
             return self._commit(call, GRAPH_KEY)
 
-    def process_commands(self, key: int, items: Sequence[Command], wall_ms: int) -> list[Output]:
+    def process_commands(
+        self, key: int, items: Sequence[Command | Kick], wall_ms: int
+    ) -> list[Output]:
         """A profile step of several processes: what the identity step routed to this shard
         key, and moved profiles read back from the feedback topic. Emits audience changes and
         `Adopt` commands (for the feedback topic)."""
@@ -354,7 +372,13 @@ class Engine:
                 loser = rollout.upgrade(call, merge.loser, loser, now)
             merged = True
             self.membership.remove(
-                call, merge.loser, loser_cluster, loser, reason="merge", at_ms=at_ms
+                call,
+                merge.loser,
+                loser_cluster,
+                loser,
+                reason="merge",
+                at_ms=at_ms,
+                merged_into=canonical,
             )
             profile = prof.merge_profiles(profile, loser, index.aggregates, index.absents)
             profile = history.move(txn, merge.loser, loser, canonical, profile, now_ms=now)
@@ -376,6 +400,8 @@ class Engine:
     def _commit(self, call: Call, key: int) -> list[Output]:
         """State, offsets, watermark and the outputs, in one atomic write."""
         txn = call.txn
+        if self.projection is not None:
+            self.projection.emit(call)
         self.outbox.append(txn, key, call.out)
         self._published.publish()
         if self.role == "profile":

@@ -9,6 +9,7 @@ from typing import Any
 from operators.absent import absent_init, absent_next_change
 from operators.aggregates import agg_init, agg_next_change
 from operators.profile import Profile
+from operators.rules import CompiledRule
 from operators.segments import SegmentIndex, context
 from schemas.records import iso_ms
 
@@ -24,6 +25,8 @@ class Explanation:
     next_changes: tuple[tuple[str, int], ...]  # windowed part, event time it can change
     facts: tuple[str, ...] = ()  # what the absent(...) parts saw
     timer_ms: int | None = None  # the profile's timer: the next moment one of its segments flips
+    # The rule reads further back than the events kept when its inputs were rebuilt.
+    history_from: int | None = None
 
     def render(self) -> str:
         status = "IN" if self.member else "NOT IN"
@@ -35,6 +38,12 @@ class Explanation:
             out.append(f"{'  ' * (depth + 1)}{text}  =  {shown}")
         for fact in self.facts:
             out.append(f"  {fact}")
+        if self.history_from is not None:
+            out.append(
+                f"history from {iso_ms(self.history_from)}: the rule reads further back, and "
+                "this profile's earlier events were not kept (profile.history), so they do "
+                "not count"
+            )
         timer = self.timer_ms
         if self.holds_now != self.member:
             verdict = str(self.holds_now).lower()
@@ -65,7 +74,16 @@ class Explanation:
         return "\n".join(out)
 
 
-def explain(profile: Profile, index: SegmentIndex, segment_id: str, now_ms: int) -> Explanation:
+def explain(
+    profile: Profile,
+    index: SegmentIndex,
+    segment_id: str,
+    now_ms: int,
+    *,
+    history_from: int | None = None,
+) -> Explanation:
+    """`history_from`: the profile's inputs were just rebuilt from a history that starts
+    then (else the profile's own record of inputs rebuilt on partial history is read)."""
     rule = next((r for r in index.rules if r.segment_id == segment_id), None)
     if rule is None:
         known = ", ".join(sorted(index.all_ids()))
@@ -97,7 +115,24 @@ def explain(profile: Profile, index: SegmentIndex, segment_id: str, now_ms: int)
         next_changes=tuple(sorted(upcoming, key=lambda item: item[1])),
         facts=tuple(facts),
         timer_ms=profile.get("timer"),
+        history_from=history_from or _partial_history(profile, rule, now_ms),
     )
+
+
+def _partial_history(profile: Profile, rule: CompiledRule, now_ms: int) -> int | None:
+    """When an input of the rule was rebuilt on history that starts after what its window
+    reads now (`hfrom` in the profile, set by the rollout)."""
+    rebuilt = profile.get("hfrom") or {}
+    out: int | None = None
+    for agg in rule.aggregates:
+        since = rebuilt.get(agg.key)
+        if since is not None and (agg.within_ms is None or now_ms - agg.within_ms < since):
+            out = max(out or since, since)
+    for absent in rule.absents:
+        since = rebuilt.get(absent.key)
+        if since is not None:
+            out = max(out or since, since)
+    return out
 
 
 def _absent_fact(state: Any, within_ms: int, now_ms: int) -> str:

@@ -27,6 +27,11 @@ UPGRADED = Counter(
 )
 CHANGES = Counter("cdp_audience_changes", "Audience changes", ["segment", "status"])
 TIMERS = Counter("cdp_timers_fired", "Window timers fired")
+PROFILE_DOCUMENTS = Counter(
+    "cdp_profile_documents",
+    "Profile documents made for the projection (`profiles` destinations), by kind",
+    ["kind"],  # live, merged, deleted
+)
 DELETES = Counter("cdp_deleted_profiles", "Clusters deleted (GDPR)")
 LATENCY = Histogram(
     "cdp_pipeline_latency_seconds",

@@ -6,11 +6,15 @@
  "aggs":   {AGG_KEY: state},  "abs": {ABSENT_KEY: state},   rule inputs (operators.aggregates)
  "events": [count, first_ms, last_ms] | None,
  "segs":   {SEGMENT_ID: [in_segment, since_ms, transitions]},
- "timer":  ms | None}                                        the scheduled re-evaluation
+ "timer":  ms | None,                                        the scheduled re-evaluation
+ "hist":   [count, oldest_ms],   its kept events (operators.steps.history)
+ "v": VERSION, "gone": {SEGMENT_ID: transitions}, "hfrom": {INPUT_KEY: ms}}
+                                 audience definitions it is built for (operators.steps.rollout)
 ```
 Attribute merge policy (DESIGN §4): per field path the higher-priority source wins; between
-equal priorities the later record wins (event time where it has one, else arrival order). Nulls
-never overwrite. Every function returns a new dict and leaves its arguments alone.
+equal priorities the later record wins (`Record.order`: the record's time where it has one, else
+its place in its source, never the order sources were read in). Nulls never overwrite. Every
+function returns a new dict and leaves its arguments alone.
 """
 
 from __future__ import annotations

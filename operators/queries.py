@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 
 from operators import profile as prof
 from operators.identity import Cluster, profile_id
+from operators.segments import SegmentIndex, trait_values
 from operators.steps.graph import cluster_key, conflicts_prefix, pointer_key
 from operators.steps.profiles import PREFIX as PROFILES
 from operators.steps.profiles import profile_key
@@ -25,20 +27,40 @@ def cluster_of(store: Store, shards: int, canonical: Identity) -> Cluster:
     return Cluster(members=(canonical,)) if raw is None else Cluster.from_json(decode(raw))
 
 
-def find_profile(store: Store, shards: int, identity: Identity) -> dict[str, Any] | None:
+def find_profile(
+    store: Store, shards: int, identity: Identity, traits: Traits | None = None
+) -> dict[str, Any] | None:
+    """`traits`: the index and the event time their values are read at (the state's, for a
+    windowed trait), when the config has traits."""
     canonical = canonical_of(store, shards, identity)
     if canonical is None:
         return None
     raw = store.get(profile_key(canonical, shards))
+    profile = None if raw is None else decode(raw)
     return profile_document(
-        canonical, cluster_of(store, shards, canonical), None if raw is None else decode(raw)
+        canonical, cluster_of(store, shards, canonical), profile, _traits(profile, traits)
     )
 
 
-def iter_profiles(store: Store, shards: int) -> Iterator[dict[str, Any]]:
+def iter_profiles(
+    store: Store, shards: int, traits: Traits | None = None
+) -> Iterator[dict[str, Any]]:
     for key, raw in store.scan(PROFILES):
         canonical = identity_from_key(key)
-        yield profile_document(canonical, cluster_of(store, shards, canonical), decode(raw))
+        profile = decode(raw)
+        yield profile_document(
+            canonical, cluster_of(store, shards, canonical), profile, _traits(profile, traits)
+        )
+
+
+Traits = tuple[SegmentIndex, int]  # the index holding the traits, and `now` to read them at
+
+
+def _traits(profile: prof.Profile | None, traits: Traits | None) -> dict[str, Any] | None:
+    if traits is None or not traits[0].traits:
+        return None
+    index, now_ms = traits
+    return trait_values(profile or prof.new_profile(), index, now_ms)
 
 
 def segment_sizes(store: Store) -> Counter[str]:
@@ -103,23 +125,34 @@ def cluster_report(store: Store, shards: int, identity: Identity) -> dict[str, A
     }
 
 
+# The same times come back in every document of a profile (its memberships' `since`, its
+# first and last event): formatted once.
+_iso = lru_cache(maxsize=1 << 16)(iso_ms)
+
+
 def profile_document(
-    canonical: Identity, cluster: Cluster, profile: dict[str, Any] | None
+    canonical: Identity,
+    cluster: Cluster,
+    profile: dict[str, Any] | None,
+    traits: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The profile JSON of DESIGN §6."""
+    """The profile JSON of DESIGN §6 (with `traits` when given)."""
     p = profile or prof.new_profile()
     events = p["events"]
-    return {
+    doc = {
         "profile_id": profile_id(canonical),
         "identities": cluster.by_namespace(),
         "attributes": prof.nested_attributes(p),
         "segments": {
-            seg: {"status": "entered" if held[0] else "exited", "since": iso_ms(held[1])}
+            seg: {"status": "entered" if held[0] else "exited", "since": _iso(held[1])}
             for seg, held in sorted(p["segs"].items())
         },
         "events": {
             "count": events[0] if events else 0,
-            "first": iso_ms(events[1]) if events else None,
-            "last": iso_ms(events[2]) if events else None,
+            "first": _iso(events[1]) if events else None,
+            "last": _iso(events[2]) if events else None,
         },
     }
+    if traits is not None:
+        doc["traits"] = traits
+    return doc

@@ -26,8 +26,13 @@ class Transition:
 class SegmentIndex:
     """The compiled rules and the maps from each rule input to the rules that read it."""
 
-    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+    def __init__(
+        self, rules: Sequence[CompiledRule], traits: Mapping[str, Aggregate] | None = None
+    ) -> None:
         self.rules = tuple(rules)  # dependencies first (compile_rules orders them)
+        # name -> aggregate: maintained per event like the rules' inputs (their keys are in
+        # `aggregates`), rebuilt by a rollout when added; read by `trait_values`.
+        self.traits: dict[str, Aggregate] = dict(traits or {})
         self.order = {r.segment_id: i for i, r in enumerate(self.rules)}
         self.aggregates: dict[str, Aggregate] = {}
         self.absents: dict[str, Absent] = {}
@@ -40,10 +45,20 @@ class SegmentIndex:
                 self.absents[absent.key] = absent
                 readers.setdefault(absent.key, set()).add(rule.segment_id)
         self.readers = {k: frozenset(v) for k, v in readers.items()}
+        # The inputs rules read: only they have change points a timer waits for (a trait no
+        # rule reads is evaluated when read, at its reader's `now`).
+        self.rule_aggregates = dict(self.aggregates)
+        for agg in self.traits.values():
+            self.aggregates.setdefault(agg.key, agg)
         # Inputs whose value moves with time alone: a change to them reschedules the timer.
         self.windowed = frozenset(
-            [k for k, a in self.aggregates.items() if a.within_ms is not None] + list(self.absents)
+            [k for k, a in self.rule_aggregates.items() if a.within_ms is not None]
+            + list(self.absents)
         )
+        # Windowed trait inputs no rule reads: pruned as events come (no timer does it).
+        self.untimed_windows = frozenset(
+            k for k, a in self.aggregates.items() if a.within_ms is not None
+        ).difference(self.windowed)
         # Segments reading a windowed input: when one of them flips depends on its other
         # inputs too, so evaluating it reschedules the timer (`next_flip`).
         self.timed = frozenset(s for k in self.windowed for s in self.readers.get(k, ()))
@@ -197,7 +212,9 @@ def due_at(profile: Profile, index: SegmentIndex, at_ms: int) -> set[str]:
     For the engine: at a timer firing at ``ts`` with the profile as stored,
     ``which = due_at(profile, index, ts)`` gives the same transitions as every timed segment.
     """
-    return index.affected_by_inputs(changes_at(profile, index.aggregates, index.absents, at_ms))
+    return index.affected_by_inputs(
+        changes_at(profile, index.rule_aggregates, index.absents, at_ms)
+    )
 
 
 # How many change points of a profile's windowed inputs `next_flip` looks at before it settles
@@ -223,7 +240,7 @@ def next_flip(
     its inputs changes (`profile.level == "gold" and count(…, within=…) >= 2` flips as a view
     leaves the window only once the profile is gold)."""
     held = profile["segs"]
-    points = change_points(profile, index.aggregates, index.absents, now_ms)
+    points = change_points(profile, index.rule_aggregates, index.absents, now_ms)
     for tried, (at, inputs) in enumerate(points, start=1):
         if tried == lookahead:
             return at
@@ -266,6 +283,19 @@ def exit_all(
 ) -> tuple[dict[str, list[Any]], list[Transition]]:
     """Every current membership exits (the profile merged away or was deleted)."""
     return transitions(memberships, {s: False for s, held in memberships.items() if held[0]}, at_ms)
+
+
+def trait_values(profile: Profile, index: SegmentIndex, now_ms: int) -> dict[str, Any]:
+    """Each trait's value at `now_ms` (None: no value, e.g. the sum of no purchases' prices is
+    0 but the `last` of none is None)."""
+    states = profile["aggs"]
+    readers = index.value_readers
+    out: dict[str, Any] = {}
+    for name, agg in index.traits.items():
+        key = agg.key
+        state = states[key] if key in states else agg_init(agg)
+        out[name] = readers[key](state, now_ms)
+    return out
 
 
 def change_id(profile_id: str, segment_id: str, sequence: int) -> str:

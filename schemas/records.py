@@ -53,6 +53,9 @@ class Record:
     priority: int
     identities: tuple[Identity, ...]  # normalised, deduplicated, best first
     parsed: dict[str, Any] | None  # the body once parsed (None: not yet, see `body`)
+    # The record's own time. An event's is its event time. A profile record's (its body time,
+    # else its Kafka message timestamp; None for a file's record without one) orders its
+    # attributes and stamps its changes, but never moves event time (`Positions.observe`).
     ts_ms: int | None
     event_id: str | None
     event_type: str | None
@@ -84,7 +87,8 @@ class Record:
 
     @property
     def order(self) -> tuple[int, int, int, int]:
-        """The "later record wins" key: event time where there is one, else arrival order."""
+        """The "later record wins" key: the record's time where it has one, else its place in
+        its source (source, partition, offset): never the order the sources were read in."""
         o = self.origin
         return (-1 if self.ts_ms is None else self.ts_ms, self.source_index, o.partition, o.offset)
 
@@ -182,6 +186,27 @@ class AudienceChange:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (AudienceChange.from_stored, (self.to_stored(),))
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileDocument:
+    """One profile's whole current document for the profile projection (DESIGN §11): live, a
+    merged-away profile's forward (`merged_into`), or a forgotten one's `deleted` record. Its
+    `as_of.seq` grows per profile: a reader keeps the highest."""
+
+    profile_id: str
+    document: dict[str, Any]
+    read_ns: int = 0  # when the record that caused it was read (latency; not in the JSON)
+
+    @property
+    def deleted(self) -> bool:
+        return bool(self.document.get("deleted"))
+
+    def to_stored(self) -> dict[str, Any]:
+        return {"cmd": "profile", "doc": self.document, "read_ns": self.read_ns}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ProfileDocument, (self.profile_id, self.document, self.read_ns))
 
 
 def iso_ms(ms: int) -> str:
@@ -386,8 +411,12 @@ def command_from_stored(d: dict[str, Any], origin: Origin | None = None) -> Comm
     raise ValueError(f"unknown command {kind!r}")
 
 
-def output_from_stored(data: Any) -> AudienceChange | Command:
-    """An outbox entry: an audience change (a list) or a command (a dict)."""
+def output_from_stored(data: Any) -> AudienceChange | ProfileDocument | Command:
+    """An outbox entry: an audience change (a list), a profile document or a command (a
+    dict)."""
     if isinstance(data, dict):
+        if data["cmd"] == "profile":
+            doc = data["doc"]
+            return ProfileDocument(doc["profile_id"], doc, data.get("read_ns", 0))
         return command_from_stored(data)
     return AudienceChange.from_stored(data)

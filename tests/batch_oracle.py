@@ -58,6 +58,7 @@ class Source:
     priority: int
     identities: tuple[tuple[str, str], ...]  # (dotted field path, namespace)
     event_type: str | None
+    time_field: str = "timestamp"  # the source's `timestamp_field`
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class OracleConfig:
                 priority=int(s.get("priority", 0)),
                 identities=tuple((s.get("identities") or {}).items()),
                 event_type=s.get("event_type"),
+                time_field=s.get("timestamp_field") or "timestamp",
             )
             for i, s in enumerate(raw["sources"])
             if s.get("path")
@@ -194,7 +196,7 @@ def read_records(config: OracleConfig) -> list[RawRecord]:
             if not isinstance(item, dict):
                 continue
             identities = _identities(config, source, item)
-            ts_ms = _epoch_ms(item.get("timestamp"))
+            ts_ms = _epoch_ms(_dig(item, source.time_field))
             if not identities or (source.kind == "event" and ts_ms is None):
                 continue
             body = item

@@ -44,9 +44,9 @@ Other modules import from ``operators.rules`` only (the names below).
 
 from operators.rules.compiled import Absent, Aggregate, CompiledRule, EvalContext, ExplainLine
 from operators.rules.duration import parse_duration
-from operators.rules.errors import RuleError, RuleErrors
+from operators.rules.errors import RuleError, RuleErrors, TraitError
 from operators.rules.paths import event_values
-from operators.rules.ruleset import compile_rules, definition_hash
+from operators.rules.ruleset import compile_rules, compile_traits, definition_hash
 
 __all__ = [
     "Absent",
@@ -56,7 +56,9 @@ __all__ = [
     "ExplainLine",
     "RuleError",
     "RuleErrors",
+    "TraitError",
     "compile_rules",
+    "compile_traits",
     "definition_hash",
     "event_values",
     "parse_duration",

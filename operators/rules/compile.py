@@ -9,6 +9,7 @@ same call read one piece of state. The static checks live in ``check.py``, the c
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast
 
@@ -56,8 +57,16 @@ Caches = tuple[dict[str, Aggregate], dict[str, Absent]]
 class RuleCompiler:
     """Checks one rule and builds its closures; errors are collected, not raised."""
 
-    def __init__(self, segment_id: str, text: str, known: frozenset[str], caches: Caches) -> None:
+    def __init__(
+        self,
+        segment_id: str,
+        text: str,
+        known: frozenset[str],
+        caches: Caches,
+        traits: Mapping[str, Aggregate] | None = None,
+    ) -> None:
         self.segment_id = segment_id
+        self.traits: Mapping[str, Aggregate] = traits or {}
         self.text = text
         self.known = known
         self.agg_cache, self.absent_cache = caches
@@ -174,6 +183,8 @@ class RuleCompiler:
                 )
             return _nothing, ANY, None
         if isinstance(node, Path):
+            if node.root == "profile" and mode == "profile" and node.parts[0] == "traits":
+                return self.trait(node)
             return self.path(node, mode), ANY, None
         if mode == "filter":
             self.error(
@@ -210,6 +221,33 @@ class RuleCompiler:
                 f"unknown name {render_value(node)!r}; paths start with profile. or event.",
             )
         return _nothing
+
+    def trait(self, node: Path) -> tuple[Getter, frozenset[str], Predicate | None]:
+        """``profile.traits.NAME``: the trait's aggregate, read like the call it is, so the rule
+        is evaluated again when its input changes and gets timers for a window. ``traits`` is
+        reserved under ``profile.``: it never reads an attribute of that name."""
+        parts = node.parts
+        if len(parts) != 2 or parts[1] not in self.traits:
+            name = ".".join(parts[1:])
+            hint = did_you_mean_trait(name, self.traits)
+            self.error(
+                node.start, f"unknown trait {name!r}{hint}; traits are defined under traits:"
+            )
+            return _nothing, ANY, None
+        agg = self.traits[parts[1]]
+        self.aggregates.setdefault(agg.key, agg)
+
+        def get_value(ctx: Any) -> list[Any]:
+            value = ctx.aggregate(agg)
+            if value is None:
+                return []
+            return list(value) if isinstance(value, list) else [value]
+
+        if agg.func != "last":  # a single number or bool: the aggregate's own comparisons
+            self.aggregate_of[get_value] = agg
+        if agg.func == "exists":
+            return get_value, RESULT_TYPES["exists"], lambda ctx: bool(ctx.aggregate(agg))
+        return get_value, RESULT_TYPES.get(agg.func, ANY), None
 
     def call(self, node: Call) -> tuple[Getter, frozenset[str], Predicate | None]:
         name = node.name
@@ -350,6 +388,11 @@ class RuleCompiler:
             types,
             (lambda ctx: bool(ctx.in_segment(ref))),
         )
+
+
+def did_you_mean_trait(name: str, traits: Mapping[str, Aggregate]) -> str:
+    close = difflib.get_close_matches(name, list(traits), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _nothing(x: Any) -> list[Any]:

@@ -32,3 +32,14 @@ class RuleErrors(ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.errors,))
+
+
+class TraitError(RuleError):
+    """One problem in one trait's value (`traits:`), located like a rule's."""
+
+    def __init__(self, name: str, column: int, message: str) -> None:
+        super().__init__(name, column, message)
+        self.args = (f"trait {name!r}, column {column}: {message}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])

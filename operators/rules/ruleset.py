@@ -12,9 +12,9 @@ import hashlib
 from collections.abc import Mapping, Sequence
 
 from operators.rules.compile import Caches, RuleCompiler
-from operators.rules.compiled import CompiledRule
-from operators.rules.errors import RuleError, RuleErrors
-from operators.rules.nodes import render
+from operators.rules.compiled import Aggregate, CompiledRule
+from operators.rules.errors import RuleError, RuleErrors, TraitError
+from operators.rules.nodes import Bare, Call, render
 from operators.rules.parse import SyntaxProblem, parse_rule
 
 
@@ -87,9 +87,12 @@ def _cycle_through(
     return [start, *reversed(path)] if first != start else [start, start]
 
 
-def compile_rules(segments: Sequence[tuple[str, str]]) -> tuple[CompiledRule, ...]:
+def compile_rules(
+    segments: Sequence[tuple[str, str]], traits: Mapping[str, Aggregate] | None = None
+) -> tuple[CompiledRule, ...]:
     """Compile ``(segment_id, rule_text)`` pairs. The result lists every segment after the
-    segments it refers to with ``in_segment``. Raises RuleErrors with every problem found."""
+    segments it refers to with ``in_segment``. ``traits`` (``compile_traits``) are what
+    ``profile.traits.NAME`` reads. Raises RuleErrors with every problem found."""
     items = list(segments)
     errors: list[RuleError] = []
     position: dict[str, int] = {}
@@ -99,7 +102,9 @@ def compile_rules(segments: Sequence[tuple[str, str]]) -> tuple[CompiledRule, ..
         else:
             position[sid] = len(position)
     known = frozenset(position)
-    caches: Caches = ({}, {})
+    traits = traits or {}
+    # A rule writing a trait's call reads the trait's state (one key, one piece of state).
+    caches: Caches = ({a.text: a for a in traits.values()}, {})
     compiled: dict[str, CompiledRule] = {}
     edges: dict[str, list[str]] = {}
     ref_pos: dict[str, dict[str, int]] = {}
@@ -113,7 +118,7 @@ def compile_rules(segments: Sequence[tuple[str, str]]) -> tuple[CompiledRule, ..
         except SyntaxProblem as problem:
             errors.append(RuleError(sid, problem.pos + 1, problem.message))
             continue
-        compiler = RuleCompiler(sid, text, known, caches)
+        compiler = RuleCompiler(sid, text, known, caches, traits)
         root = compiler.expr(tree, "profile")
         errors.extend(compiler.errors)
         edges[sid] = sorted(compiler.refs, key=compiler.refs.__getitem__)
@@ -149,6 +154,47 @@ def compile_rules(segments: Sequence[tuple[str, str]]) -> tuple[CompiledRule, ..
         errors.sort(key=lambda e: (position.get(e.segment_id, 0), e.column))
         raise RuleErrors(errors)
     return tuple(compiled[sid] for sid in order)
+
+
+AGGREGATE_CALLS = ("exists", "count", "sum", "min", "max", "last")
+
+
+def compile_traits(traits: Sequence[tuple[str, str]]) -> dict[str, Aggregate]:
+    """Compile ``(name, value)`` pairs, each value one aggregate call of the rule language;
+    name -> its Aggregate, in the order given. Raises RuleErrors (``TraitError``s) with every
+    problem found."""
+    errors: list[RuleError] = []
+    caches: Caches = ({}, {})
+    out: dict[str, Aggregate] = {}
+    for name, text in traits:
+        if name in out:
+            errors.append(TraitError(name, 1, "duplicate trait name"))
+            continue
+        try:
+            tree = parse_rule(text)
+        except SyntaxProblem as problem:
+            errors.append(TraitError(name, problem.pos + 1, problem.message))
+            continue
+        call = tree.value if isinstance(tree, Bare) else None
+        if not isinstance(call, Call) or call.name not in AGGREGATE_CALLS:
+            errors.append(
+                TraitError(
+                    name,
+                    tree.start + 1,
+                    "a trait's value must be one aggregate call: "
+                    + ", ".join(f"{f}(...)" for f in AGGREGATE_CALLS),
+                )
+            )
+            continue
+        compiler = RuleCompiler(name, text, frozenset(), caches)
+        compiler.value(call, "profile")
+        if compiler.errors:
+            errors.extend(TraitError(name, e.column, e.message) for e in compiler.errors)
+            continue
+        (out[name],) = compiler.aggregates.values()
+    if errors:
+        raise RuleErrors(errors)
+    return out
 
 
 def definition_hash(rule: CompiledRule) -> str:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from operators.store import Txn
-from schemas.records import AudienceChange, Command
+from schemas.records import AudienceChange, Command, ProfileDocument
 
-Output = AudienceChange | Command
+Output = AudienceChange | ProfileDocument | Command
 
 
 @dataclass(slots=True)

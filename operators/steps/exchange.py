@@ -203,8 +203,9 @@ class Exchange:
             at_ms=at_ms,
         )
 
-    def _current(self, call: Call, canonical: Identity, profile: prof.Profile,
-                 fresh: bool) -> prof.Profile:  # fmt: skip
+    def _current(
+        self, call: Call, canonical: Identity, profile: prof.Profile, fresh: bool
+    ) -> prof.Profile:
         """A profile at the configured audience definitions (`operators.steps.rollout`)."""
         rollout = self.rollout
         if fresh:
@@ -224,7 +225,15 @@ class Exchange:
             return
         loser = self._current(call, move.loser, loser, False)
         cluster = self.profiles.cluster_of(txn, move.loser, loser)
-        self.membership.remove(call, move.loser, cluster, loser, reason="merge", at_ms=move.at_ms)
+        self.membership.remove(
+            call,
+            move.loser,
+            cluster,
+            loser,
+            reason="merge",
+            at_ms=move.at_ms,
+            merged_into=move.survivor,
+        )
         self.counts.fb_out += 1
         # Its kept events travel with it (and leave this process's store).
         events = self.history.ship(txn, move.loser)
@@ -266,6 +275,7 @@ class Exchange:
             hist=moved.get("hist"),
             now_ms=self.positions.now_ms,
         )
+        profile = self.rollout.merged_in(txn, adopt.survivor, profile, moved, self.positions.now_ms)
         profile = self.profiles.with_members(profile, adopt.members)
         self.membership.evaluate(
             call,

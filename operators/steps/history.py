@@ -90,8 +90,9 @@ class History:
 
     # -- the record path ----------------------------------------------------------------------
 
-    def add(self, txn: Txn, canonical: Identity, profile: prof.Profile, record: Record,
-            now_ms: int) -> prof.Profile:  # fmt: skip
+    def add(
+        self, txn: Txn, canonical: Identity, profile: prof.Profile, record: Record, now_ms: int
+    ) -> prof.Profile:
         """Keep an event (applied for the first time: dedup by `_id` happened before)."""
         if not self.on:
             return profile
@@ -103,8 +104,9 @@ class History:
         hist = [held[0] + 1, min(held[1], ts)] if held else [1, ts]
         return self._trimmed(txn, canonical, {**profile, "hist": hist}, now_ms)
 
-    def _trimmed(self, txn: Txn, canonical: Identity, profile: prof.Profile,
-                 now_ms: int) -> prof.Profile:  # fmt: skip
+    def _trimmed(
+        self, txn: Txn, canonical: Identity, profile: prof.Profile, now_ms: int
+    ) -> prof.Profile:
         count, oldest = profile["hist"]
         cutoff = now_ms - self.max_age_ms
         if count < self.max_events + self._slack_events and oldest > cutoff - self._slack_ms:
@@ -169,8 +171,14 @@ class History:
             txn.put(entry_key(target, ts, event_id), orjson.dumps(body))
         return self._joined(txn, survivor, profile, hist, now_ms)
 
-    def _joined(self, txn: Txn, survivor: Identity, profile: prof.Profile,
-                other: list[int] | None, now_ms: int) -> prof.Profile:  # fmt: skip
+    def _joined(
+        self,
+        txn: Txn,
+        survivor: Identity,
+        profile: prof.Profile,
+        other: list[int] | None,
+        now_ms: int,
+    ) -> prof.Profile:
         own = profile.get("hist")
         if not other:
             return profile
@@ -190,8 +198,9 @@ class History:
 
     # -- what a rebuild reads -----------------------------------------------------------------
 
-    def view(self, reader: Txn | Store, canonical: Identity, profile: prof.Profile,
-             now_ms: int) -> View:  # fmt: skip
+    def view(
+        self, reader: Txn | Store, canonical: Identity, profile: prof.Profile, now_ms: int
+    ) -> View:
         """The events a rebuild of the profile reads at `now_ms`, oldest first."""
         cutoff = now_ms - self.max_age_ms
         prefix = self.prefix(canonical)
@@ -201,7 +210,8 @@ class History:
                 ts = entry_time(prefix, key)
                 if ts > cutoff:
                     events.append((ts, orjson.loads(raw)))
-        capped = len(events) > self.max_events
+        # At max_events the count trim may already have deleted older events from the store.
+        capped = 0 < self.max_events <= len(events)
         if capped:
             events = events[len(events) - self.max_events :]
         summary = profile.get("events")
@@ -210,8 +220,11 @@ class History:
         if self.since is not None:
             lower = max(lower, self.since)
         if capped:
-            lower = max(lower, events[0][0] - 1)
+            # An event of the same millisecond as the oldest kept one may have been trimmed.
+            lower = max(lower, events[0][0])
         if not self.on:
             lower = now_ms
-        complete = first_ever is None or first_ever > lower
+        # Every event the profile ever had is in the view: nothing is missing.
+        everything = summary is not None and summary[0] == len(events) and self.since is None
+        complete = first_ever is None or first_ever > lower or everything
         return View(events, None if complete else lower + 1)

@@ -23,7 +23,7 @@ from operators.segments import (
 from operators.steps.call import Call
 from operators.steps.positions import Positions
 from operators.steps.privacy import Consent
-from operators.steps.profiles import Profiles
+from operators.steps.profiles import Gone, Profiles
 from operators.steps.stats import EngineStats, Published
 from operators.steps.timers import Timers
 from schemas.records import AudienceChange, Identity, Record
@@ -97,6 +97,11 @@ class Membership:
                 aggs, absents = index.candidates(record.event_type or "")
                 profile, changed = prof.apply_event(profile, record, aggs, absents)
                 which |= index.affected_by_inputs(changed)
+                if index.untimed_windows and not index.untimed_windows.isdisjoint(changed):
+                    # A windowed trait no rule reads has no timer to prune it: trimmed here.
+                    profile = prof.prune(
+                        profile, index.aggregates, index.absents, self.positions.now_ms
+                    )
                 reason = reason or f"event:{record.event_id}"
         else:
             profile, paths = prof.apply_attributes(profile, record)
@@ -165,6 +170,9 @@ class Membership:
                 continue
             self.timers.fired(call.txn, ts, canonical)
             profile = {**profile, "timer": None}
+            # Only the segments whose windowed inputs change at this very moment (known before
+            # an upgrade to edited definitions prunes what leaves the windows then).
+            which = due_at(profile, self.index, ts)
             if self.upgrade is not None:
                 profile = self.upgrade(call, canonical, profile, ts)
             self.stats.timers_fired += 1
@@ -173,8 +181,7 @@ class Membership:
                 canonical,
                 cluster=None,
                 profile=profile,
-                # Only the segments whose windowed inputs change at this very moment.
-                which=due_at(profile, self.index, ts),
+                which=which,
                 at_ms=ts,
                 reason="timer",
                 now_ms=ts,
@@ -189,13 +196,15 @@ class Membership:
         *,
         reason: str,
         at_ms: int,
+        merged_into: Identity | None = None,
     ) -> None:
-        """Every membership exits with `reason` (`merge`, `delete`); the profile and its timer
-        go."""
+        """Every membership exits with `reason` (`merge` into `merged_into`, `delete`); the
+        profile and its timer go."""
         _, exits = exit_all(profile["segs"], at_ms)
         self.emit(call, canonical, cluster, profile, exits, at_ms=at_ms, reason=reason)
         self.timers.set(call.txn, canonical, profile.get("timer"), None)
-        self.profiles.delete(call.txn, canonical)
+        gone = Gone(merged_into, cluster.by_namespace())
+        self.profiles.delete(call.txn, canonical, gone)
 
     def emit(
         self,

@@ -78,14 +78,18 @@ class Outbox:
             self.store.delete_range(outbox_prefix(key), outbox_key(key, upto_seq + 1))
 
     def drop_person(self, txn: Txn, members: Sequence[Identity]) -> None:
-        """Outputs still waiting that name any of `members` go (a GDPR delete)."""
+        """Outputs still waiting that name any of `members` go (a GDPR delete): audience
+        changes and profile documents (the delete's own document follows them)."""
         names = {f"{ns}:{v}" for ns, v in members}
         for key, raw in self.store.scan(PREFIX):
             if key.endswith(b"/seq"):
                 continue
             stored_output = decode(raw)
             if isinstance(stored_output, dict):
-                continue  # a command between the steps, not an output to a destination
-            held = AudienceChange.from_stored(stored_output).identities
+                if stored_output["cmd"] != "profile":
+                    continue  # a command between the steps, not an output to a destination
+                held = stored_output["doc"].get("identities") or {}
+            else:
+                held = AudienceChange.from_stored(stored_output).identities
             if any(f"{ns}:{v}" in names for ns, values in held.items() for v in values):
                 txn.delete(key)

@@ -62,7 +62,15 @@ class Positions:
     """`live`: event time is the wall clock less the allowed lateness, records or not; a
     replay's event time is the records' own (the lowest partition's latest)."""
 
-    def __init__(self, store: Store, *, graph: bool, live: bool, lateness_ms: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        graph: bool,
+        live: bool,
+        lateness_ms: int,
+        profile_sources: frozenset[str] = frozenset(),
+    ) -> None:
         self._watermark_key = GRAPH_WATERMARK_KEY if graph else WATERMARK_KEY
         self._partitions_key = GRAPH_PARTITIONS_KEY if graph else PARTITIONS_KEY
         self.live = live
@@ -71,6 +79,10 @@ class Positions:
         self.max_event_ms: int | None = None if raw is None else int(raw)
         parts = store.get(self._partitions_key)
         self._partition_max: dict[str, int] = {} if parts is None else decode(parts)
+        # A state from a version where profile records moved event time: their partitions
+        # would hold the lowest partition's time back forever, as they never advance now.
+        for part in [p for p in self._partition_max if p.rsplit("/", 1)[0] in profile_sources]:
+            del self._partition_max[part]
         self._runs: dict[str, _PartitionRun] = {}
         self.offsets: dict[str, int] = {}  # last offset applied per partition (progress)
 
@@ -90,10 +102,14 @@ class Positions:
         records read after it that were already applied.
         """
         part = partition_name(record.origin.source, record.origin.partition)
+        # Only events move event time. A profile record's time (its `timestamp_field`, or
+        # when its message was written) orders its attributes and stamps its changes, but a
+        # CRM export written today must not drag a replay of last year's events to today.
+        ts = record.ts_ms if record.kind == "event" else None
         if not record.seq:
-            return part, record.ts_ms, record.ts_ms
+            return part, ts, ts
         run = self._runs.setdefault(part, _PartitionRun())
-        return (part, *run.applied(record.seq, record.ts_ms))
+        return (part, *run.applied(record.seq, ts))
 
     def advance(self, part: str, ts_ms: int | None) -> bool:
         """Raise a partition's event time; the watermark is the lowest over the partitions,

@@ -11,6 +11,7 @@ Keys:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from operators import profile as prof
 from operators.identity import Cluster, IdentityRules
@@ -30,11 +31,28 @@ def seen_key(event_id: str) -> bytes:
     return f"x/{event_id}".encode()
 
 
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """A profile deleted in this call: merged into `merged_into`, else forgotten; who it was."""
+
+    merged_into: Identity | None
+    identities: dict[str, list[str]]
+
+
 class Profiles:
     def __init__(self, rules: IdentityRules, shards: int, stats: EngineStats) -> None:
         self.rules = rules
         self.shards = shards
         self.stats = stats
+        # The profiles written (None) or deleted (Gone) since the last `take_touched`; None
+        # when nothing reads them (no profile projection): no cost then.
+        self.touched: dict[Identity, Gone | None] | None = None
+
+    def take_touched(self) -> dict[Identity, Gone | None]:
+        touched = self.touched or {}
+        if self.touched is not None:
+            self.touched = {}
+        return touched
 
     def get(self, txn: Txn, canonical: Identity) -> prof.Profile | None:
         stored: prof.Profile | None = txn.get_json(profile_key(canonical, self.shards))
@@ -47,9 +65,13 @@ class Profiles:
 
     def put(self, txn: Txn, canonical: Identity, profile: prof.Profile) -> None:
         txn.put_json(profile_key(canonical, self.shards), profile)
+        if self.touched is not None:
+            self.touched[canonical] = None
 
-    def delete(self, txn: Txn, canonical: Identity) -> None:
+    def delete(self, txn: Txn, canonical: Identity, gone: Gone | None = None) -> None:
         txn.delete(profile_key(canonical, self.shards))
+        if self.touched is not None and gone is not None:
+            self.touched[canonical] = gone
 
     def duplicate(self, txn: Txn, record: Record) -> bool:
         """An event whose `_id` was applied before (marks it applied otherwise)."""

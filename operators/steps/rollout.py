@@ -131,6 +131,12 @@ class Rollout:
         self._known: dict[str, Definitions] = {self.version: self.defs}
         self.base = self.version
         self.needed = False
+        # What changed since the last start: (added, changed, removed) segment ids, for the log.
+        self.edit: tuple[list[str], list[str], list[str]] | None = None
+        # This process's passes: profiles checked and brought up to date, passes open.
+        self.checked = 0
+        self.brought = 0
+        self.open: set[int | None] = set()
         if held:
             self._record(store)
 
@@ -150,7 +156,10 @@ class Rollout:
             )
         else:
             self.base = base.decode()
-            if store.get(CURRENT_KEY) != self.version.encode():
+            current = store.get(CURRENT_KEY)
+            if current != self.version.encode():
+                if current is not None:
+                    self.edit = _edit(self._definitions_in(store, current.decode()), self.defs)
                 store.write(
                     {
                         CURRENT_KEY: self.version.encode(),
@@ -172,8 +181,9 @@ class Rollout:
         stamp: str = profile.get("v", self.base)
         return stamp != self.version
 
-    def upgrade(self, call: Call, canonical: Identity, profile: prof.Profile,
-                at_ms: int) -> prof.Profile:  # fmt: skip
+    def upgrade(
+        self, call: Call, canonical: Identity, profile: prof.Profile, at_ms: int
+    ) -> prof.Profile:
         """The profile brought to the configured definitions at event time `at_ms` (stored,
         with its changes emitted). Returns it as stored."""
         if not self.stale(profile):
@@ -203,8 +213,20 @@ class Rollout:
             retime=True,
         )
 
-    def _rebuilt(self, txn: Txn, canonical: Identity, profile: prof.Profile,
-                 keys: frozenset[str], at_ms: int) -> prof.Profile:  # fmt: skip
+    def merged_in(
+        self, txn: Txn, canonical: Identity, profile: prof.Profile, moved: prof.Profile, at_ms: int
+    ) -> prof.Profile:
+        """`profile` (current) after a profile built for older definitions merged into it
+        (moved between processes across a restart with edited audiences): the inputs the
+        moved one lacked are rebuilt from the merged history."""
+        if not self.stale(moved) or not profile["events"]:
+            return profile
+        keys = self.defs.inputs - self._definitions(txn, moved.get("v", self.base)).inputs
+        return self._rebuilt(txn, canonical, profile, keys, at_ms) if keys else profile
+
+    def _rebuilt(
+        self, txn: Txn, canonical: Identity, profile: prof.Profile, keys: frozenset[str], at_ms: int
+    ) -> prof.Profile:
         index = self.index
         aggs = [index.aggregates[k] for k in sorted(keys) if k in index.aggregates]
         absents = [index.absents[k] for k in sorted(keys) if k in index.absents]
@@ -225,8 +247,9 @@ class Rollout:
             profile.pop("hfrom", None)
         return profile
 
-    def _removed(self, call: Call, canonical: Identity, profile: prof.Profile,
-                 at_ms: int) -> prof.Profile:  # fmt: skip
+    def _removed(
+        self, call: Call, canonical: Identity, profile: prof.Profile, at_ms: int
+    ) -> prof.Profile:
         """Members of removed segments exit (reason `removed`); the segments leave the profile."""
         segs = profile["segs"]
         gone_ids = sorted(s for s in segs if s not in self.defs.segments)
@@ -247,6 +270,14 @@ class Rollout:
             "segs": {s: v for s, v in segs.items() if s not in held},
             "gone": gone,
         }
+
+    def _definitions_in(self, store: Store, version: str) -> Definitions:
+        held = store.get(VERSIONS + version.encode())
+        return (
+            Definitions({}, frozenset())
+            if held is None
+            else Definitions.from_json(orjson.loads(held))
+        )
 
     def _definitions(self, txn: Txn, version: str) -> Definitions:
         known = self._known.get(version)
@@ -290,12 +321,18 @@ class Rollout:
             canonical = identity_from_key(key)
             profile = self.upgrade(call, canonical, profile, now)
             progress.upgraded += 1
+            self.brought += 1
             for input_key, from_ms in (profile.get("hfrom") or {}).items():
                 for seg in self.index.readers.get(input_key, ()):
                     progress.partial[seg] = max(progress.partial.get(seg, from_ms), from_ms)
         progress.profiles += seen
         progress.done = finished
         progress.save(txn, shard)
+        self.checked += seen
+        if finished:
+            self.open.discard(shard)
+        else:
+            self.open.add(shard)
         return not finished
 
 
@@ -308,6 +345,15 @@ class _Reader:
     def get_json(self, key: bytes) -> Any:
         held = self.store.get(key)
         return None if held is None else orjson.loads(held)
+
+
+def _edit(old: Definitions, new: Definitions) -> tuple[list[str], list[str], list[str]]:
+    added = sorted(s for s in new.segments if s not in old.segments)
+    changed = sorted(
+        s for s, h in new.segments.items() if s in old.segments and old.segments[s] != h
+    )
+    removed = sorted(s for s in old.segments if s not in new.segments)
+    return added, changed, removed
 
 
 def _renumbered(profile: prof.Profile, changed: set[str], at_ms: int) -> prof.Profile:

@@ -135,3 +135,38 @@ def test_a_state_slightly_ahead_or_behind_is_accepted(tmp_path: Path) -> None:
     store.close()
     check_event_time(tmp_path, NOW, 10 * MIN, reset=False)
     check_event_time(tmp_path / "new", NOW, 10 * MIN, reset=False)  # no state yet
+
+
+def test_the_read_side_gives_a_profile_record_its_message_time(decoder: Decoder) -> None:
+    """A CRM record with no time of its own takes its Kafka message timestamp (never later
+    than the wall clock); a file's record (no message) none. Events keep their own time; a
+    replay `--from` a time skips old events but never a profile record, whatever its time."""
+    wall = time.time_ns() // 1_000_000
+    produced = wall - 365 * 86_400_000
+    crm = orjson.dumps({"identityMap": {"ECID": [{"id": "d1"}]}, "tier": "vip"})
+
+    def message(source: str, raw: bytes, stamp: int | None) -> SimpleNamespace:
+        return SimpleNamespace(raw=(Origin(source, 0, 1), raw), stamp=stamp)
+
+    decode = _DecodeBatch(
+        decoder, locate=lambda m: m.raw, start_ms=produced, written=lambda m: m.stamp
+    )
+    out = decode(
+        [
+            message("crm", crm, produced - 1),  # before --from: still applied
+            message("crm", crm, 4_102_444_800_000),  # a producer stamping 2100: the wall clock
+            message("web", body(produced - 2), produced + 5),  # an event before --from: skipped
+            message("web", body(produced + 3), produced + 5),
+        ]
+    )
+    assert [(type(x).__name__, getattr(x, "ts_ms", None)) for x in out[:1]] == [
+        ("Record", produced - 1)
+    ]
+    second = out[1]
+    assert isinstance(second, Record) and second.ts_ms is not None
+    assert wall <= second.ts_ms <= time.time_ns() // 1_000_000
+    assert [(x.origin.source, getattr(x, "ts_ms", None)) for x in out[2:]] == [
+        ("web", produced + 3)
+    ]
+    files = _DecodeBatch(decoder)([(Origin("crm", 0, 1), crm)])
+    assert isinstance(files[0], Record) and files[0].ts_ms is None

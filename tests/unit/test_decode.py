@@ -1,10 +1,12 @@
 import pickle
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from config.settings import parse_settings
+from operators import metrics
 from operators.decode import Decoder
 from operators.rules import event_values  # what sum(...) reads
 from schemas.records import DeadLetter, Origin, Record, record_from_stored, record_to_stored
@@ -315,3 +317,69 @@ def test_undeclared_sources_keep_strings() -> None:
         },
     )
     assert isinstance(rec, Record) and rec.parsed["commerce"]["order"]["priceTotal"] == "450.00"
+
+
+TIME_CONFIG = """\
+namespaces: [{name: CRMID, unique: true}, {name: ECID}]
+sources:
+  - {name: crm, kind: profile, path: c.json, timestamp_field: meta.updatedAt,
+     identities: {crmId: CRMID}}
+  - {name: points, kind: profile, path: p.json, timestamp_field: at, timestamp_unit: s,
+     identities: {crmId: CRMID}}
+  - {name: plain, kind: profile, path: x.json, identities: {crmId: CRMID}}
+  - {name: app, kind: event, path: a.json, timestamp_field: ctx.sentAt,
+     identities: {crmId: CRMID}}
+"""
+T = 1_764_590_400_000  # 2025-12-01T12:00:00Z
+
+
+@pytest.fixture(scope="module")
+def timed() -> Decoder:
+    return Decoder.from_settings(parse_settings(TIME_CONFIG, Path("/c.yaml"), {}, {}))
+
+
+def at(decoder: Decoder, source: str, body: dict[str, object], message: int | None = None) -> Any:
+    return decoder.decode(Origin(source, 0, 1), orjson.dumps(body), message_ms=message)
+
+
+def test_a_profile_records_time_is_its_field_else_its_message_time(timed: Decoder) -> None:
+    rec = at(timed, "crm", {"crmId": "c1", "meta": {"updatedAt": "2025-12-01T12:00:00Z"}}, 5)
+    assert isinstance(rec, Record) and rec.ts_ms == T  # the field beats the message time
+    assert rec.body["meta"] == {"updatedAt": "2025-12-01T12:00:00Z"}  # still an attribute
+    assert at(timed, "points", {"crmId": "c1", "at": T // 1000}).ts_ms == T  # the source's unit
+    # Missing or null: the Kafka message timestamp; none (a file): no time, ordered by place.
+    for body in ({"crmId": "c1"}, {"crmId": "c1", "meta": {"updatedAt": None}}):
+        assert at(timed, "crm", body, T).ts_ms == T
+        assert at(timed, "crm", body).ts_ms is None
+    # Without timestamp_field a profile record's top-level `timestamp` is its time, as before.
+    assert at(timed, "plain", {"crmId": "c1", "timestamp": T}, 5).ts_ms == T
+    assert at(timed, "plain", {"crmId": "c1"}, 5).ts_ms == 5
+    # The order key: the record's time first, so a later message wins over a higher partition.
+    early = timed.decode(Origin("crm", 1, 9), b'{"crmId": "c1"}', message_ms=T - 1)
+    late = timed.decode(Origin("crm", 0, 1), b'{"crmId": "c1"}', message_ms=T)
+    assert isinstance(early, Record) and isinstance(late, Record) and early.order < late.order
+
+
+@pytest.mark.parametrize(
+    ("source", "body", "reason"),
+    [
+        ("crm", {"meta": {"updatedAt": "yesterday"}}, "timestamp_field meta.updatedAt is not ISO"),
+        ("crm", {"meta": {"updatedAt": True}}, "timestamp_field meta.updatedAt must be an ISO"),
+        ("crm", {"meta": {"updatedAt": T // 1000}}, "implausible in milliseconds"),
+        ("points", {"at": T}, "timestamp_field at is implausible in seconds"),
+        ("app", {"eventType": "x", "timestamp": T}, "event has no timestamp (timestamp_field"),
+        ("app", {"eventType": "x", "ctx": {"sentAt": []}}, "timestamp_field ctx.sentAt must be"),
+    ],
+)
+def test_a_bad_time_field_is_a_dead_letter_that_names_the_field(
+    timed: Decoder, source: str, body: dict[str, object], reason: str
+) -> None:
+    out = at(timed, source, {"crmId": "c1", **body}, T)
+    assert isinstance(out, DeadLetter) and reason in out.reason, out
+    assert metrics.reason_kind(out.reason) in ("bad_timestamp", "no_timestamp")
+
+
+def test_an_events_time_field_replaces_its_timestamp(timed: Decoder) -> None:
+    body = {"crmId": "c1", "eventType": "x", "timestamp": 5, "ctx": {"sentAt": T}}
+    rec = at(timed, "app", body, 7)
+    assert isinstance(rec, Record) and rec.ts_ms == T

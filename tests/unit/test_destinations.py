@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,15 @@ def test_render_selects_segments_identities_and_hashes() -> None:
     )
     other = DestinationSettings(name="ads", kind="file", path=Path("x"), segments=("silver",))
     assert render(CHANGE, other) is None
+
+
+def test_the_exits_of_a_removed_audience_reach_every_destination() -> None:
+    """The destination that took "gold" may no longer list it once "gold" is removed."""
+    removed = dataclasses.replace(CHANGE, status="exited", reason="removed", sequence=2)
+    other = DestinationSettings(name="ads", kind="file", path=Path("x"), segments=("silver",))
+    assert orjson.loads(render(removed, other) or b"")["reason"] == "removed"
+    consent = DestinationSettings(name="c", kind="file", path=Path("x"), requires_consent=True)
+    assert render(dataclasses.replace(removed, consent_denied=True), consent) is None
 
 
 @pytest.fixture

@@ -225,3 +225,41 @@ def test_blob_user_guard_refuses_and_records_the_link() -> None:
     ]
     assert engine.stats.conflicts == 2
     assert refused._value.get() - before == 2
+
+
+def test_a_profile_records_message_time_stamps_its_changes_but_never_moves_event_time(
+    settings: Settings,
+) -> None:
+    """A CRM record read from Kafka, written today, before a replay of old events: its change
+    is stamped with its message time; event time stays the events' (the views still count in
+    their 1h window, no timer fires early), and equal-priority updates are ordered by that
+    time, not by partition."""
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    today = 1_764_590_400_000
+
+    def crm(partition: int, offset: int, tier: str, written: int) -> Record:
+        raw = orjson.dumps({"email": "a@x.com", "tier": tier})
+        rec = feed.decoder.decode(Origin("crm", partition, offset), raw, message_ms=written)
+        assert isinstance(rec, Record) and rec.ts_ms == written
+        return rec
+
+    out = engine.process(0, [crm(0, 5, "vip", today)], 0)
+    assert [(c.segment_id, c.status, c.event_time_ms) for c in out if c.segment_id == "vip"] == [
+        ("vip", "entered", today)
+    ]
+    assert engine.inputs.max_event_ms is None  # not dragged to today
+    out = engine.process(
+        0,
+        [feed("web", ev("v1", "view", 0, "d1")), feed("web", ev("v2", "view", 10 * 60_000, "d1"))],
+        0,
+    )
+    assert [(c.segment_id, c.status, c.event_time_ms) for c in out if c.segment_id == "busy"] == [
+        ("busy", "entered", 10 * 60_000)
+    ]
+    # An older update on a higher partition, read later, loses: the later message wins.
+    assert engine.process(0, [crm(1, 0, "basic", today - H)], 0) == []
+    assert engine.inputs.max_event_ms == 10 * 60_000
+    later = engine.process(0, [feed("web", ev("o1", "view", 3 * H, "other"))], 0)
+    assert [(c.segment_id, c.status, c.event_time_ms) for c in later if c.reason == "timer"] == [
+        ("busy", "exited", H)
+    ]

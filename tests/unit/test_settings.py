@@ -211,3 +211,36 @@ def test_a_bad_url_names_the_url_line() -> None:
     text = GOOD + "destinations:\n  - name: hook\n    kind: webhook\n    url: offers.example.com\n"
     (problem,) = problems(text)
     assert problem.startswith("/cfg/cdp.yaml: line 15: destinations.0.url: destination 'hook'")
+
+
+@pytest.mark.parametrize(
+    ("field", "fragment"),
+    [
+        ("'meta..updatedAt'", "timestamp_field 'meta..updatedAt' must be a dotted field path"),
+        ("'.at'", "must be a dotted field path"),
+        ("'up dated'", "must be a dotted field path"),
+    ],
+)
+def test_a_bad_timestamp_field_names_its_line(field: str, fragment: str) -> None:
+    text = GOOD.replace(
+        "    path: crm.json\n", f"    path: crm.json\n    timestamp_field: {field}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        parse(text)
+    message = str(err.value)
+    assert message.startswith("/cfg/cdp.yaml: line 8:"), message
+    assert fragment in message
+
+
+def test_a_timestamp_field_is_a_dotted_path_and_cannot_be_declared_boolean() -> None:
+    text = GOOD.replace("    path: crm.json\n", "    path: crm.json\n    timestamp_field: m.at\n")
+    source = parse_settings(text, Path("/cfg/cdp.yaml"), {}, {}).sources[0]
+    assert source.timestamp_field == "m.at" and source.time_path == ("m", "at")
+    plain = parse_settings(GOOD, Path("/cfg/cdp.yaml"), {}, {}).sources[0]
+    assert plain.time_path == ("timestamp",)
+    wrong = text.replace("    identities:", "    fields: {m.at: boolean}\n    identities:")
+    with pytest.raises(ConfigError) as err:
+        parse(wrong)
+    message = str(err.value)
+    assert message.startswith("/cfg/cdp.yaml: line 9:"), message
+    assert "time field cannot be declared boolean" in message

@@ -162,3 +162,17 @@ def test_save_before_any_event_writes_nothing() -> None:
     txn = Txn(store)
     positions(store).save(txn)
     assert txn.changes() == {}
+
+
+def test_a_profile_sources_stored_event_time_no_longer_holds_the_watermark() -> None:
+    """Profile records moved event time in earlier versions; their partitions never advance
+    now, so a state that kept one would hold the replay's watermark back for good."""
+    store = MemoryStore()
+    store.write({PARTITIONS_KEY: b'{"crm/0": 500, "web/0": 1000}', WATERMARK_KEY: b"500"})
+    pos = Positions(
+        store, graph=False, live=False, lateness_ms=0, profile_sources=frozenset({"crm"})
+    )
+    assert pos.advance("web/0", 2_000)
+    assert pos.max_event_ms == 2_000
+    held = positions(store)  # without knowing crm is a profile source: held back
+    assert not held.advance("web/0", 2_000) and held.max_event_ms == 500
