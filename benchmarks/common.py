@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: the broker, topics, configs, resident memory, the machine."""
+"""Shared pieces of the benchmarks: the broker, topics, configs, resident memory, the machine,
+the event history on or off and the size of a state on disk."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from typing import Any
 
 import yaml
 
+from config.settings import HistorySettings
+from operators.steps.history import PREFIX as HISTORY_PREFIX
+from operators.store import Store, open_store, process_dirs
+
 ROOT = Path(__file__).resolve().parents[1]
+HISTORY_MODES = ("on", "off")
 
 
 def machine() -> dict[str, Any]:
@@ -34,9 +40,34 @@ def run_id() -> str:
     return f"bench{secrets.token_hex(3)}."
 
 
-def bench_config(base: Path, out: Path, prefix: str, bootstrap: str, **extra: Any) -> Path:
-    """A copy of a config with topics prefixed, the broker set and extra top-level keys."""
+def history_overrides(configured_max_events: int | None, mode: str) -> dict[str, int]:
+    """Dotted config overrides (as `load_settings` takes them) for the per-profile event history
+    `on` or `off`. `off` is `max_events: 0`; `on` keeps the config's history if it is on (None:
+    not configured, the default is on), else takes the default `max_events`."""
+    if mode not in HISTORY_MODES:
+        raise ValueError(f"history mode must be one of {HISTORY_MODES}, not {mode!r}")
+    key = "profile.history.max_events"
+    if mode == "off":
+        return {key: 0}
+    if configured_max_events is None or configured_max_events > 0:
+        return {}
+    return {key: HistorySettings().max_events}
+
+
+def bench_config(
+    base: Path, out: Path, prefix: str, bootstrap: str, history: str | None = None, **extra: Any
+) -> Path:
+    """A copy of a config with topics prefixed, the broker set, the event history `on` or `off`
+    (None: as configured) and extra top-level keys."""
     data = yaml.safe_load(base.read_text())
+    if history is not None:
+        held = data.get("profile", {}).get("history", {}).get("max_events")
+        for dotted, value in history_overrides(held, history).items():
+            target = data
+            *parents, last = dotted.split(".")
+            for part in parents:
+                target = target.setdefault(part, {})
+            target[last] = value
     for src in data["sources"]:
         src["topic"] = prefix + src["topic"]
         src.pop("path", None)
@@ -132,3 +163,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _files_mb(root: Path, pattern: str) -> float:
+    return round(sum(p.stat().st_size for p in root.rglob(pattern) if p.is_file()) / 2**20, 2)
+
+
+def state_disk(state_dir: Path) -> dict[str, float]:
+    """The size of a state directory on disk, in MB: as the run left it (`state_mb`: SST files,
+    write-ahead logs, manifests), and its SST files once flushed and fully compacted
+    (`state_mb_compacted`: the live data, free of when RocksDB last flushed or compacted). The
+    compaction rewrites the state: call this once the run is over."""
+    before = _files_mb(state_dir, "*")
+    for part in process_dirs(state_dir) or [state_dir]:
+        store = open_store(part)
+        try:
+            store.compact()
+        finally:
+            store.close()
+    return {"state_mb": before, "state_mb_compacted": _files_mb(state_dir, "*.sst")}
+
+
+def history_held(store: Store) -> dict[str, float]:
+    """The events a state keeps in its history: how many, and their keys and values in MB
+    (uncompressed, as written)."""
+    count, size = 0, 0
+    for key, value in store.scan(HISTORY_PREFIX):
+        count += 1
+        size += len(key) + len(value)
+    return {"history_events": count, "history_mb": round(size / 2**20, 2)}

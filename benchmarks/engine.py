@@ -3,17 +3,28 @@ with no Bytewax and no Kafka. For measuring a change to identity, profiles, rule
 without the noise of the broker and the flow around them.
 
     python -m benchmarks.engine --profiles 20000 --events 100000 [--batch 500] [--projection]
+        [--history on off [--repeat 2]]
 
 The records are the throughput benchmark's (same generator and seed): CRM and loyalty rows
 first, then web, voice and store events interleaved by their position in their own source (as
 partitions read side by side). Prints one JSON object: seconds and CPU seconds of decoding and
-of the engine, records per second, changes and timer firings.
+of the engine, records per second, changes and timer firings, the state's size on disk.
+
+The per-profile event history (DESIGN §13, `profile.history`) is as the config sets it unless
+`--history` is given (`config/bench.yaml` keeps the default: on, 5,000 events, 90 days). With
+`--history on off` the same decoded records go through a fresh engine and state once per mode
+(`off`: `max_events: 0`; `on`: the config's history, or the default one if the config turns
+it off), `--repeat` times, the order alternating from one repeat to the next; `runs` lists
+every run and `history_cost` compares the modes' medians: engine CPU µs per record with and
+without the history, the difference and its share, the state's size on disk (compacted) and
+the difference per 100,000 events kept. The top-level figures are the first run's.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import statistics
 import sys
 import tempfile
 import time
@@ -22,8 +33,15 @@ from typing import Any
 
 import orjson
 
-from benchmarks.common import ROOT, machine
-from config.settings import DestinationSettings, load_settings
+from benchmarks.common import (
+    HISTORY_MODES,
+    ROOT,
+    history_held,
+    history_overrides,
+    machine,
+    state_disk,
+)
+from config.settings import DestinationSettings, Settings, load_settings
 from flows.generator import generate
 from operators.decode import Decoder
 from operators.engine import Engine
@@ -45,6 +63,65 @@ def _raw_records(profiles: int, events: int, seed: int) -> list[tuple[str, bytes
     return out + [(name, raw) for _, _, name, raw in ranked]
 
 
+def _apply(settings: Settings, records: list[Record], batch: int) -> dict[str, Any]:
+    """One engine over a fresh state in a temporary directory: its time, outputs and state."""
+    gc.collect()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(Path(tmp), cache_mb=settings.state.cache_mb)
+        engine = Engine(settings, store)
+        changes = documents = 0
+        outputs: list[Output] = []
+        started, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, len(records), batch):
+            outputs = engine.process(0, records[i : i + batch], WALL_MS)
+            changes += sum(1 for o in outputs if isinstance(o, AudienceChange))
+            documents += sum(1 for o in outputs if isinstance(o, ProfileDocument))
+        outputs = engine.finish(0, WALL_MS)
+        changes += sum(1 for o in outputs if isinstance(o, AudienceChange))
+        documents += sum(1 for o in outputs if isinstance(o, ProfileDocument))
+        engine_s, engine_cpu = time.perf_counter() - started, time.process_time() - cpu
+        held = history_held(store)
+        store.close()
+        disk = state_disk(Path(tmp))
+    return {
+        "engine_s": round(engine_s, 2),
+        "engine_cpu_s": round(engine_cpu, 2),
+        "engine_records_per_s": round(len(records) / engine_s),
+        "engine_cpu_us_per_record": round(engine_cpu / len(records) * 1e6, 1),
+        "changes": changes,
+        "profile_documents": documents,
+        "timers_fired": engine.stats.timers_fired,
+        "merges": engine.stats.merges,
+        **held,
+        **disk,
+    }
+
+
+def history_cost(runs: list[dict[str, Any]], events: int) -> dict[str, Any]:
+    """The modes compared, on the median of each mode's runs: what keeping the history costs."""
+
+    def median(mode: str, key: str) -> float:
+        return round(float(statistics.median(r[key] for r in runs if r["history"] == mode)), 2)
+
+    on_us, off_us = (
+        median("on", "engine_cpu_us_per_record"),
+        median("off", "engine_cpu_us_per_record"),
+    )
+    on_mb, off_mb = median("on", "state_mb_compacted"), median("off", "state_mb_compacted")
+    return {
+        "engine_cpu_us_per_record_on": on_us,
+        "engine_cpu_us_per_record_off": off_us,
+        "us_per_record": round(on_us - off_us, 1),
+        "percent": round((on_us - off_us) / off_us * 100, 1),
+        "engine_records_per_s_on": median("on", "engine_records_per_s"),
+        "engine_records_per_s_off": median("off", "engine_records_per_s"),
+        "state_mb_compacted_on": on_mb,
+        "state_mb_compacted_off": off_mb,
+        "state_mb_per_100k_events": round((on_mb - off_mb) / events * 100_000, 1),
+        "same_changes": len({r["changes"] for r in runs}) == 1,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", type=int, default=20_000)
@@ -58,15 +135,25 @@ def main(argv: list[str] | None = None) -> int:
         help="add a `profiles` destination: the engine also makes each written profile's "
         "document (DESIGN §11)",
     )
+    parser.add_argument(
+        "--history",
+        nargs="+",
+        choices=HISTORY_MODES,
+        help="run once per mode (on, off) instead of with the config's history",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each --history mode")
     args = parser.parse_args(argv)
 
     raws = _raw_records(args.profiles, args.events, args.seed)
-    settings = load_settings(args.config)
-    if args.projection:
+
+    def load(overrides: dict[str, int]) -> Settings:
+        settings = load_settings(args.config, overrides=overrides)
+        if not args.projection:
+            return settings
         projection = DestinationSettings(name="projection", kind="profiles", path=Path("-"))
-        settings = settings.model_copy(
-            update={"destinations": (*settings.destinations, projection)}
-        )
+        return settings.model_copy(update={"destinations": (*settings.destinations, projection)})
+
+    settings = load({})
     decoder = Decoder.from_settings(settings)
     gc.collect()
     gc.set_threshold(50_000, 50, 1_000)  # as flows.runtime does for a run
@@ -81,36 +168,32 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(record, Record):
             records.append(record)
     decode_s, decode_cpu = time.perf_counter() - started, time.process_time() - cpu
+    events = sum(1 for r in records if r.kind == "event")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        store = open_store(Path(tmp), cache_mb=settings.state.cache_mb)
-        engine = Engine(settings, store)
-        changes = documents = 0
-        outputs: list[Output] = []
-        started, cpu = time.perf_counter(), time.process_time()
-        for i in range(0, len(records), args.batch):
-            outputs = engine.process(0, records[i : i + args.batch], WALL_MS)
-            changes += sum(1 for o in outputs if isinstance(o, AudienceChange))
-            documents += sum(1 for o in outputs if isinstance(o, ProfileDocument))
-        outputs = engine.finish(0, WALL_MS)
-        changes += sum(1 for o in outputs if isinstance(o, AudienceChange))
-        documents += sum(1 for o in outputs if isinstance(o, ProfileDocument))
-        engine_s, engine_cpu = time.perf_counter() - started, time.process_time() - cpu
-        store.close()
+    modes: list[str | None] = list(args.history or [None])
+    configured = settings.profile.history.max_events
+    runs: list[dict[str, Any]] = []
+    for repeat in range(args.repeat if args.history else 1):
+        for mode in modes if repeat % 2 == 0 else modes[::-1]:
+            own = settings
+            if mode is not None:
+                own = load(history_overrides(configured, mode))
+            history = own.profile.history
+            label = mode or ("on" if history.enabled else "off")
+            runs.append({"history": label, **_apply(own, records, args.batch)})
     result: dict[str, Any] = {
         "machine": machine(),
         "command": " ".join(sys.argv),
         "records": len(records),
+        "events": events,
         "decode_s": round(decode_s, 2),
         "decode_cpu_s": round(decode_cpu, 2),
-        "engine_s": round(engine_s, 2),
-        "engine_cpu_s": round(engine_cpu, 2),
-        "engine_records_per_s": round(len(records) / engine_s),
-        "changes": changes,
-        "profile_documents": documents,
-        "timers_fired": engine.stats.timers_fired,
-        "merges": engine.stats.merges,
+        **runs[0],
     }
+    if args.history:
+        result["runs"] = runs
+        if {"on", "off"} <= set(args.history):
+            result["history_cost"] = history_cost(runs, events)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     return 0
 

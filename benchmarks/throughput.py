@@ -11,11 +11,22 @@ top-level numbers are the first run's. Before them the floor runs (`benchmarks.f
 `--no-floor`): the same pipeline with the engine taken out, one change out per record in, as
 `floor_events_per_s`. Starts a local broker unless KAFKA_BOOTSTRAP_SERVERS is
 set. Prints one JSON object.
+
+The per-profile event history (DESIGN §13, `profile.history`) is as the config sets it unless
+`--history` is given (`config/bench.yaml` keeps the default: on, 5,000 events, 90 days). With
+`--history on off` every topology runs once per mode over the same topics, each into a fresh
+state (`off`: `max_events: 0`; `on`: the config's history, or the default one if the config
+turns it off), `--repeat` times, the order alternating from one repeat to the next. Each run
+reports its history mode, the events its state keeps and the state's size on disk (as left,
+and compacted); `history_cost` compares the modes' medians per topology: events/s, seconds
+and CPU µs per record with and without the history, and the state's size per 100,000 events.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -26,12 +37,15 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from benchmarks.common import (
+    HISTORY_MODES,
     ROOT,
     bench_config,
     free_port,
+    history_held,
     machine,
     run_cluster,
     run_id,
+    state_disk,
 )
 from flows.generator import generate
 from operators.store import open_state
@@ -76,6 +90,39 @@ def ceiling(bootstrap: str, topics: list[str], expected: int) -> float:
     return seconds
 
 
+def _median(runs: list[dict[str, Any]], mode: str, key: str) -> float:
+    return round(float(statistics.median(r[key] for r in runs if r["history"] == mode)), 2)
+
+
+def history_cost(runs: list[dict[str, Any]], records: int, events: int) -> list[dict[str, Any]]:
+    """Each topology's runs with the history on and off compared, on each mode's medians."""
+    out = []
+    for topology in sorted({(r["processes"], r["workers"]) for r in runs}):
+        own = [r for r in runs if (r["processes"], r["workers"]) == topology]
+        seconds = {mode: _median(own, mode, "seconds") for mode in HISTORY_MODES}
+        cpu_us = {mode: round(_median(own, mode, "cpu_s") / records * 1e6, 1) for mode in seconds}
+        mb = {mode: _median(own, mode, "state_mb_compacted") for mode in seconds}
+        out.append(
+            {
+                "processes": topology[0],
+                "workers": topology[1],
+                "events_per_s_on": round(records / seconds["on"]),
+                "events_per_s_off": round(records / seconds["off"]),
+                "percent_slower": round((seconds["on"] - seconds["off"]) / seconds["off"] * 100, 1),
+                "seconds_us_per_record": round((seconds["on"] - seconds["off"]) / records * 1e6, 1),
+                "cpu_us_per_record_on": cpu_us["on"],
+                "cpu_us_per_record_off": cpu_us["off"],
+                "cpu_us_per_record": round(cpu_us["on"] - cpu_us["off"], 1),
+                "rss_mb_on": _median(own, "on", "rss_mb"),
+                "rss_mb_off": _median(own, "off", "rss_mb"),
+                "state_mb_compacted_on": mb["on"],
+                "state_mb_compacted_off": mb["off"],
+                "state_mb_per_100k_events": round((mb["on"] - mb["off"]) / events * 100_000, 1),
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", type=int, default=100_000)
@@ -89,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="also time the pipeline with the engine taken out (benchmarks.floor)",
     )
+    parser.add_argument(
+        "--history",
+        nargs="+",
+        choices=HISTORY_MODES,
+        help="run each topology once per mode (on, off) instead of with the config's history",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each --history mode")
     args = parser.parse_args(argv)
 
     stream = generate(args.profiles, args.events, seed=args.seed)
@@ -118,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 key_fn=(lambda v: v[:64]) if PARTITIONS[name] > 1 else None,
             )
 
-        def run_config(name: str, **extra: Any) -> tuple[Path, str]:
+        def run_config(name: str, history: str | None = None, **extra: Any) -> tuple[Path, str]:
             """The bench config for one run, with an output topic of its own: each run's
             changes are counted alone."""
             out_topic = f"{prefix}cdp.audience-changes-{name}"
@@ -128,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 Path(tmp) / f"bench-{name}.yaml",
                 prefix,
                 bootstrap,
+                history,
                 destinations=[{"name": "audiences", "kind": "kafka", "topic": out_topic}],
                 **extra,
             )
@@ -154,11 +209,18 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
         topologies = [(1, w) for w in args.workers] + [(p, 1) for p in args.processes]
-        for processes, workers in topologies:
-            name = f"{processes}x{workers}"
+        modes: list[str | None] = list(args.history or [None])
+        plan = [
+            (processes, workers, repeat, mode)
+            for processes, workers in topologies
+            for repeat in range(args.repeat if args.history else 1)
+            for mode in (modes if repeat % 2 == 0 else modes[::-1])
+        ]
+        for processes, workers, repeat, mode in plan:
+            name = f"{processes}x{workers}" + (f"-{mode}-{repeat}" if mode else "")
             state = Path(tmp) / f"state-{name}"
             own, out_topic = run_config(
-                name, identity={"feedback_topic": f"{prefix}feedback-{name}"}
+                name, mode, identity={"feedback_topic": f"{prefix}feedback-{name}"}
             )
             cmd = [
                 sys.executable, "-m", "flows.cli", "replay", "--config", str(own),
@@ -175,10 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             produced = len(consume_all(bootstrap, out_topic, timeout_s=600))
             store = open_state(state)
             profiles = sum(1 for _ in store.scan(b"p/"))
+            held = history_held(store)
             store.close()
             if profiles == 0 or produced == 0:
                 raise RuntimeError(f"broken run: {profiles} profiles, {produced} changes")
             run = {
+                "history": mode or ("on" if held["history_events"] else "off"),
                 "processes": processes,
                 "workers": workers,
                 "seconds": round(seconds, 2),
@@ -187,9 +251,13 @@ def main(argv: list[str] | None = None) -> int:
                 "rss_mb": round(sum(peaks), 1),
                 "rss_mb_per_process": peaks,
                 "cpu_s_per_process": cpu,
+                "cpu_s": round(sum(cpu), 1),
                 "profiles": profiles,
                 "audience_changes": produced,
+                **held,
+                **state_disk(state),
             }
+            shutil.rmtree(state)  # measured; the next runs need the disk
             result.setdefault("runs", []).append(run)
         first = result["runs"][0]
         result.update(
@@ -205,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             }
         )
+        if args.history and {"on", "off"} <= set(args.history):
+            events = sum(len(sources[name]) for name in ("web", "voice", "store"))
+            result["history_cost"] = history_cost(result["runs"], records, events)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     return 0
 

@@ -13,9 +13,9 @@ writes, and `commit` applies everything, offsets included, as one atomic WriteBa
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import zlib
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -153,6 +153,12 @@ class RocksStore:
                 return 0.0
         return float(total)
 
+    def compact(self) -> None:
+        """Flush the memtables and compact every level: what is left on disk is the live data
+        (the benchmarks' size of a state, whatever RocksDB last flushed or compacted)."""
+        self._db.flush()
+        self._db.compact_range(None, None)
+
     def close(self) -> None:
         self._db.close()
 
@@ -255,11 +261,26 @@ class Txn:
         self._raw: dict[bytes, bytes | None] = {}
         self._objects: dict[bytes, Any] = {}
         self._dirty: set[bytes] = set()
-        # The pending keys in order, built on the first `scan` (most calls never scan): the
-        # keys written since wait in `_tail` until it is merged in.
-        self._sorted: list[bytes] | None = None
-        self._indexed: set[bytes] = set()
-        self._tail: list[bytes] = []
+        # The keys written, for `scan` (a key only read holds what the store holds): sorted
+        # runs, each at least twice as long as the next, and the keys written since the last
+        # scan. A scan bisects each run instead of walking every key: a call of the pipeline
+        # writes tens of thousands, and the history scans a profile's events on every merge
+        # (benchmarks/RESULTS.md, session 6).
+        self._runs: list[list[bytes]] = []
+        self._new: list[bytes] = []
+
+    def _written(self, key: bytes) -> None:
+        if key not in self._raw and key not in self._dirty:
+            self._new.append(key)
+
+    def _sorted_runs(self) -> list[list[bytes]]:
+        if self._new:
+            run, runs = sorted(self._new), self._runs
+            self._new = []
+            while runs and len(runs[-1]) <= 2 * len(run):
+                run = sorted(runs.pop() + run)  # two sorted runs: timsort merges them
+            runs.append(run)
+        return self._runs
 
     def get(self, key: bytes) -> bytes | None:
         if key in self._objects:
@@ -281,51 +302,31 @@ class Txn:
         """The store's keys under `prefix` as this transaction sees them (its own writes and
         deletes included), in key order."""
         keys = {k for k, _ in self.store.scan(prefix)}
-        keys.update(self._pending_under(prefix))
+        for run in self._sorted_runs():
+            at = bisect_left(run, prefix)
+            while at < len(run) and run[at].startswith(prefix):
+                keys.add(run[at])
+                at += 1
         for key in sorted(keys):
             value = self.get(key)
             if value is not None:
                 yield key, value
 
-    def _pending_under(self, prefix: bytes) -> list[bytes]:
-        """The keys written in this transaction under `prefix` (a merge of the history scans
-        one profile's keys; a linear pass over every pending key would cost O(batch))."""
-        if self._sorted is None:
-            self._indexed = {*self._raw, *self._objects}
-            self._sorted = sorted(self._indexed)
-            self._tail = []
-        elif len(self._tail) > 64:
-            fresh = sorted({k for k in self._tail if k not in self._indexed})
-            self._indexed.update(fresh)
-            self._sorted.extend(fresh)
-            self._sorted.sort()  # two sorted runs: a linear merge
-            self._tail = []
-        keys, out = self._sorted, []
-        i = bisect.bisect_left(keys, prefix)
-        while i < len(keys) and keys[i].startswith(prefix):
-            out.append(keys[i])
-            i += 1
-        out.extend(k for k in self._tail if k.startswith(prefix))
-        return out
-
     def put(self, key: bytes, value: bytes) -> None:
-        if self._sorted is not None:
-            self._tail.append(key)
+        self._written(key)
         self._objects.pop(key, None)
         self._dirty.discard(key)
         self._raw[key] = value
 
     def put_json(self, key: bytes, value: Any) -> None:
         """Values handed in must not be mutated afterwards (the pure functions never do)."""
-        if self._sorted is not None:
-            self._tail.append(key)
+        self._written(key)
         self._raw.pop(key, None)
         self._objects[key] = value
         self._dirty.add(key)
 
     def delete(self, key: bytes) -> None:
-        if self._sorted is not None:
-            self._tail.append(key)
+        self._written(key)
         self._objects.pop(key, None)
         self._dirty.discard(key)
         self._raw[key] = None
@@ -344,6 +345,5 @@ class Txn:
         self._raw.clear()
         self._objects.clear()
         self._dirty.clear()
-        self._sorted = None
-        self._indexed = set()
-        self._tail = []
+        self._runs.clear()
+        self._new.clear()

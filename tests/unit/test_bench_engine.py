@@ -1,12 +1,17 @@
 """`python -m benchmarks.engine` runs and is repeatable: the same stream gives the same
-changes and timer firings (what a before/after comparison of a change relies on)."""
+changes and timer firings (what a before/after comparison of a change relies on); with
+`--history on off` it compares the event history on and off."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import orjson
 import pytest
 
 from benchmarks import engine
+from benchmarks.common import ROOT, bench_config, history_overrides
+from config.settings import HistorySettings, load_settings
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, object]:
@@ -24,3 +29,36 @@ def test_engine_benchmark_is_repeatable(capsys: pytest.CaptureFixture[str]) -> N
     assert first["changes"] > 0
     assert first["timers_fired"] == again["timers_fired"]
     assert {"decode_s", "engine_s", "engine_cpu_s", "engine_records_per_s"} <= first.keys()
+
+
+def test_engine_benchmark_compares_history_on_and_off(capsys: pytest.CaptureFixture[str]) -> None:
+    result = _run(capsys, "--history", "on", "off", "--repeat", "2")
+    runs = result["runs"]
+    assert isinstance(runs, list)
+    assert [r["history"] for r in runs] == ["on", "off", "off", "on"]  # order alternates
+    on = [r for r in runs if r["history"] == "on"]
+    off = [r for r in runs if r["history"] == "off"]
+    assert all(r["history_events"] == result["events"] for r in on)  # nothing trimmed here
+    assert all(r["history_events"] == 0 for r in off)
+    cost = result["history_cost"]
+    assert isinstance(cost, dict)
+    assert cost["same_changes"] is True  # the history changes no audience
+    assert cost["state_mb_compacted_on"] > cost["state_mb_compacted_off"]
+    assert {"us_per_record", "percent", "state_mb_per_100k_events"} <= cost.keys()
+
+
+def test_history_modes_become_config_overrides() -> None:
+    key = "profile.history.max_events"
+    assert history_overrides(None, "on") == {}  # the default is on
+    assert history_overrides(200, "on") == {}
+    assert history_overrides(0, "on") == {key: HistorySettings().max_events}
+    assert history_overrides(200, "off") == {key: 0}
+    with pytest.raises(ValueError):
+        history_overrides(None, "maybe")
+
+
+def test_bench_config_turns_the_history_on_or_off(tmp_path: Path) -> None:
+    base = ROOT / "config" / "bench.yaml"
+    for mode, kept in (("on", HistorySettings().max_events), ("off", 0), (None, 5000)):
+        path = bench_config(base, tmp_path / f"{mode}.yaml", "x.", "127.0.0.1:9", mode)
+        assert load_settings(path).profile.history.max_events == kept

@@ -1,3 +1,4 @@
+import random
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,31 @@ def test_a_state_refuses_another_keying(tmp_path: Path) -> None:
     check_routing(tmp_path, "processes:2x1")
     with pytest.raises(StoreError, match=r"'processes:2x1'.*'processes:2x1:placed'.*earlier"):
         check_routing(tmp_path, "processes:2x1:placed")
+
+
+def test_txn_scan_sees_its_own_reads_writes_and_deletes_in_key_order(store: Store) -> None:
+    """Txn.scan against a model (a dict of what the store would hold after a commit), with
+    scans between the writes: the keys the transaction holds are sorted lazily."""
+    model = {b"h/a/1": b"1", b"h/a/3": b"3", b"h/b/1": b"1", b"h/a": b"0"}  # values: JSON
+    store.write(model)
+    txn = Txn(store)
+    rng = random.Random(5)
+    for step in range(400):
+        key = f"h/{rng.choice('abc')}/{rng.randrange(6)}".encode()
+        action = rng.randrange(4)
+        if action == 0:
+            txn.put(key, b"[%d]" % step)
+            model[key] = b"[%d]" % step
+        elif action == 1:
+            txn.put_json(key, step)
+            model[key] = b"%d" % step
+        elif action == 2:
+            txn.delete(key)
+            model.pop(key, None)
+        else:
+            txn.get_json(key)  # a read is held too
+        prefix = f"h/{rng.choice('abc')}/".encode()
+        expected = sorted((k, v) for k, v in model.items() if k.startswith(prefix))
+        assert list(txn.scan(prefix)) == expected
+    txn.commit()
+    assert list(Txn(store).scan(b"h/")) == sorted(model.items())
