@@ -206,7 +206,7 @@ def create_app(services: Services) -> FastAPI:
 
 def _inline(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI parts of a route that reads its own body and key."""
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    ref = {"$ref": REF.format(model=model.__name__)}
     return {
         "requestBody": {"required": True, "content": {JSON: {"schema": ref}}},
         "security": [{_bearer.scheme_name: []}],

@@ -77,7 +77,7 @@ async def body_as(request: Request, model: type[Model], limit: int) -> Model:
         raise RequestValidationError(
             [
                 NOT_AN_OBJECT
-                if error["type"] == "model_type"
+                if error["type"] == "model_type" and not error["loc"]
                 else {**error, "loc": ("body", *error["loc"])}
                 for error in errors
             ]
