@@ -8,7 +8,6 @@ and no body is ever written to a log line: the optional access log names the rou
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -18,9 +17,11 @@ import orjson
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 
 from config.settings import ApiKey
 from flows.serve import collect as collecting
+from flows.serve.checks import authorize, body_as
 from flows.serve.errors import JSON, PROBLEM, Refused, problem
 from flows.serve.metrics import ServeMetrics
 from flows.serve.models import (
@@ -42,6 +43,7 @@ ACCESS = logging.getLogger("cdp.serve.access")
 
 
 _bearer = HTTPBearer(auto_error=False, description="an API key of serve.keys")
+REF = "#/components/schemas/{model}"
 
 
 def _services(request: Request) -> Services:
@@ -54,20 +56,10 @@ def require(scope: str) -> Callable[..., Awaitable[ApiKey]]:
     # cost lookups 30-45 % of their throughput (benchmarks.serve); the check never blocks.
     async def check(
         request: Request,
-        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+        _: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
     ) -> ApiKey:
-        if credentials is None:
-            raise Refused(401, "send an API key: Authorization: Bearer KEY")
-        given = credentials.credentials.encode()
-        found = None
-        for key in _services(request).keys:  # every key compared: no timing hint
-            if hmac.compare_digest(key.secret, given):
-                found = key
-        if found is None:
-            raise Refused(401, "the API key is not valid")
-        if scope not in found.scopes:
-            raise Refused(403, f"the key {found.name!r} has no {scope!r} scope")
-        return found
+        # `_bearer` puts the scheme in the OpenAPI document; `authorize` reads the header itself
+        return authorize(_services(request).keys, request.headers.get("authorization"), scope)
 
     return check
 
@@ -112,8 +104,17 @@ def create_app(services: Services) -> FastAPI:
         s: {"model": Problem, "content": {PROBLEM: {}}} for s in (400, 401, 403, 404)
     }
 
-    @app.post("/v1/profiles/lookup", response_model=ProfileDocument, responses=errors)
-    async def lookup(body: IdentityRequest, _: ApiKey = Depends(require("read"))) -> Response:  # noqa: B008
+    # The lookup and the decision read their key and body inline (flows/serve/checks.py): the
+    # OpenAPI parts FastAPI derived from a body parameter and the key dependency are declared.
+    @app.post(
+        "/v1/profiles/lookup",
+        response_model=ProfileDocument,
+        responses=errors,
+        openapi_extra=_inline(IdentityRequest),
+    )
+    async def lookup(request: Request) -> Response:
+        authorize(services.keys, request.headers.get("authorization"), "read")
+        body = await body_as(request, IdentityRequest, limit)
         found = _find(services, body.identity)
         if found is None:
             raise Refused(404, "no profile has this identity")
@@ -127,8 +128,15 @@ def create_app(services: Services) -> FastAPI:
             raise Refused(404, "no such profile")
         return Response(found.document, media_type=JSON)
 
-    @app.post("/v1/decisions", response_model=DecisionResponse, responses=errors)
-    async def decisions(body: DecisionRequest, _: ApiKey = Depends(require("decide"))) -> Response:  # noqa: B008
+    @app.post(
+        "/v1/decisions",
+        response_model=DecisionResponse,
+        responses=errors,
+        openapi_extra=_inline(DecisionRequest),
+    )
+    async def decisions(request: Request) -> Response:
+        authorize(services.keys, request.headers.get("authorization"), "decide")
+        body = await body_as(request, DecisionRequest, limit)
         offers = services.offers.get(body.placement)
         if offers is None:
             raise Refused(404, "no placement of this name under offers:")
@@ -192,7 +200,35 @@ def create_app(services: Services) -> FastAPI:
     async def metrics() -> Response:
         return Response(services.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
+    _document_inline_bodies(app, IdentityRequest, DecisionRequest)
     return app
+
+
+def _inline(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI parts of a route that reads its own body and key."""
+    ref = {"$ref": REF.format(model=model.__name__)}
+    return {
+        "requestBody": {"required": True, "content": {JSON: {"schema": ref}}},
+        "security": [{_bearer.scheme_name: []}],
+    }
+
+
+def _document_inline_bodies(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Adds the schemas `_inline` refers to (and the key's scheme) to the OpenAPI document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = generate()  # made once, then cached by FastAPI: the additions stay
+        components = document.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        for model in models:
+            schemas.setdefault(model.__name__, model.model_json_schema(ref_template=REF))
+        schemes = components.setdefault("securitySchemes", {})
+        bearer = _bearer.model.model_dump(by_alias=True, exclude_none=True)
+        schemes.setdefault(_bearer.scheme_name, bearer)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _errors(app: FastAPI) -> None:

@@ -19,6 +19,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from fastapi import Request, Response
 
 from flows import broker
+from flows.serve.checks import read_body
 from flows.serve.errors import JSON, Refused, problem
 from schemas.records import DeadLetter, Origin
 
@@ -102,20 +103,6 @@ def _settle(done: asyncio.Future[Any], err: KafkaError | None) -> None:
 # -- the route: POST /v1/collect/{source} ---------------------------------------------------
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Refused(413, f"the request is over the limit of {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Refused(413, f"the request is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def collect(services: Services, source: str, request: Request) -> Response:
     settings = services.settings
     serve = settings.serve
@@ -125,7 +112,7 @@ async def collect(services: Services, source: str, request: Request) -> Response
     topic = spec.settings.topic
     max_request = 1 << 20 if serve is None else serve.max_request_bytes
     max_record = 32 << 10 if serve is None else serve.max_record_bytes
-    body = await _body(request, max_request)
+    body = await read_body(request, max_request)
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
