@@ -11,13 +11,15 @@ from typing import Any
 
 import orjson
 
-from config.settings import Settings, load_settings
+from config.settings import SegmentSettings, Settings, load_settings
 from flows import io
 from flows.generator import generate, write_files
 from flows.options import RunOptions
 from flows.pipeline import build_flow
 from flows.runtime import close_engines, engine_for, run_flow
 from operators import queries
+from operators.preview import preview
+from operators.steps.positions import WATERMARK_KEY
 from operators.store import open_store
 
 
@@ -42,6 +44,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             close_engines()
             io.close_files()
         _print_summary(settings, state_dir, audience_out, stats, time.monotonic() - started)
+        _edit(settings, state_dir, workdir / "edit-changes.jsonl")
         if args.keep:
             print(f"\ndata, config and state kept in {workdir}")
             print(f"try: cdp export --config {config_path} --state-dir {state_dir} | head -2")
@@ -96,6 +99,42 @@ def _print_summary(
             f"{change['profile_id']}  reason={change['reason']}"
         )
     print(f"  took {seconds:.1f}s")
+
+
+# The demo's audience edit (DESIGN §13): a rule never configured, previewed, then added while an
+# audience is removed, and the next run rolls the edit out over the stored profiles.
+ADDED = SegmentSettings(
+    id="checkout-regulars",
+    name="Started a checkout twice or more",
+    rule='count(event.eventType == "commerce.checkouts") >= 2',
+)
+REMOVED = "engaged-browsers"
+
+
+def _edit(settings: Settings, state_dir: Path, changes_file: Path) -> None:
+    store = open_store(state_dir, read_only=True)
+    try:
+        watermark = store.get(WATERMARK_KEY)
+        now = 0 if watermark is None else int(watermark) - settings.time.allowed_lateness_ms
+        found = preview(store, settings, now, rule=ADDED.rule, sample=1)
+    finally:
+        store.close()
+    edited = settings.model_copy(
+        update={"segments": (*(s for s in settings.segments if s.id != REMOVED), ADDED)}
+    )
+    options = RunOptions(mode="files", state_dir=state_dir, audience_out=changes_file)
+    try:
+        run_flow(build_flow(edited, options), 1, state_dir / "recovery")
+    finally:
+        close_engines()
+        io.close_files()
+    rolled = _read_lines(changes_file)
+    entered = sum(1 for c in rolled if c["reason"] == "definition" and c["status"] == "entered")
+    removed = sum(1 for c in rolled if c["reason"] == "removed")
+    print("  an audience edit, rolled out over the stored profiles (no input read again):")
+    print(f"    preview of '{ADDED.rule}': {found.size} profiles")
+    print(f"    added {ADDED.id}: {entered} entered (reason definition)")
+    print(f"    removed {REMOVED}: {removed} exited (reason removed)")
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:

@@ -1,0 +1,22 @@
+"""`cdp demo` (the README's first command): the whole pipeline on a generated stream, then an
+audience edit rolled out over the stored profiles, with the preview's size matching it."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from flows.cli import main as cdp
+
+
+def test_the_demo_runs_and_its_edit_matches_its_preview(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cdp(["demo", "--people", "300", "--events", "3000"]) == 0
+    out = capsys.readouterr().out
+    assert "audience sizes now:" in out
+    sizes = dict(re.findall(r"^    (\S+) +(\d+)  ", out, re.MULTILINE))
+    previewed = int(re.search(r"preview of .*: (\d+) profiles", out).group(1))  # type: ignore[union-attr]
+    entered = int(re.search(r"added checkout-regulars: (\d+) entered", out).group(1))  # type: ignore[union-attr]
+    removed = int(re.search(r"removed engaged-browsers: (\d+) exited", out).group(1))  # type: ignore[union-attr]
+    assert previewed == entered > 0
+    assert removed == int(sizes["engaged-browsers"]) > 0
