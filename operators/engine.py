@@ -358,18 +358,14 @@ class Engine:
         canonical = resolution.canonical
         rollout, history = self.rollout, self.history
         profile, fresh = self.profiles.load(txn, canonical)
-        if fresh:
-            profile = rollout.stamp(profile)
-        elif rollout.stale(profile):
-            profile = rollout.upgrade(call, canonical, profile, now)
+        profile = rollout.current(call, canonical, profile, fresh=fresh, at_ms=now)
         merged = False  # a profile merged in: every rule is evaluated again
         index = self.index
         for merge, loser_cluster in losers:
             loser = self.profiles.get(txn, merge.loser)
             if loser is None:
                 continue
-            if rollout.stale(loser):
-                loser = rollout.upgrade(call, merge.loser, loser, now)
+            loser = rollout.upgrade(call, merge.loser, loser, now)
             merged = True
             self.membership.remove(
                 call,

@@ -9,8 +9,8 @@ from typing import Any
 from operators.absent import absent_init, absent_next_change
 from operators.aggregates import agg_init, agg_next_change
 from operators.profile import Profile
-from operators.rules import CompiledRule
 from operators.segments import SegmentIndex, context
+from operators.steps.history import partial_since
 from schemas.records import iso_ms
 
 
@@ -115,24 +115,9 @@ def explain(
         next_changes=tuple(sorted(upcoming, key=lambda item: item[1])),
         facts=tuple(facts),
         timer_ms=profile.get("timer"),
-        history_from=history_from or _partial_history(profile, rule, now_ms),
+        history_from=history_from
+        or partial_since(profile.get("hfrom") or {}, [*rule.aggregates, *rule.absents], now_ms),
     )
-
-
-def _partial_history(profile: Profile, rule: CompiledRule, now_ms: int) -> int | None:
-    """When an input of the rule was rebuilt on history that starts after what its window
-    reads now (`hfrom` in the profile, set by the rollout)."""
-    rebuilt = profile.get("hfrom") or {}
-    out: int | None = None
-    for agg in rule.aggregates:
-        since = rebuilt.get(agg.key)
-        if since is not None and (agg.within_ms is None or now_ms - agg.within_ms < since):
-            out = max(out or since, since)
-    for absent in rule.absents:
-        since = rebuilt.get(absent.key)
-        if since is not None:
-            out = max(out or since, since)
-    return out
 
 
 def _absent_fact(state: Any, within_ms: int, now_ms: int) -> str:

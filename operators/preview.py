@@ -15,9 +15,9 @@ from config.settings import Settings
 from operators import profile as prof
 from operators import queries
 from operators.identity import profile_id
-from operators.rules import compile_rules, compile_traits
+from operators.rules import Absent, Aggregate, compile_rules, compile_traits
 from operators.segments import SegmentIndex, evaluate
-from operators.steps.history import History
+from operators.steps.history import History, partial_since
 from operators.steps.profiles import PREFIX as PROFILES
 from operators.steps.rollout import BASE_KEY, VERSIONS
 from operators.store import Store, identity_from_key
@@ -54,7 +54,8 @@ class StateView:
         """The profile with every input `index` reads, and from when the rebuilt ones saw the
         history (None: complete)."""
         index = self.index
-        held = _held_partial(profile, index, self._wanted, now_ms)
+        inputs: list[Aggregate | Absent] = [*index.aggregates.values(), *index.absents.values()]
+        held = partial_since(profile.get("hfrom") or {}, inputs, now_ms)
         missing = self._wanted - self._inputs_held(profile.get("v", self._base))
         if not missing or not profile["events"]:
             return profile, held
@@ -62,39 +63,14 @@ class StateView:
         absents = [index.absents[k] for k in sorted(missing) if k in index.absents]
         view = self.history.view(self.store, canonical, profile, now_ms)
         rebuilt = prof.rebuild_inputs(profile, view.events, aggs, absents)
-        partial = _reach(view.from_ms, aggs, bool(absents), now_ms)
-        if held is None or partial is None:
-            return rebuilt, held if partial is None else partial
-        return rebuilt, max(held, partial)
+        rebuilt_from = {} if view.from_ms is None else dict.fromkeys(missing, view.from_ms)
+        read: list[Aggregate | Absent] = [*aggs, *absents]
+        partial = partial_since(rebuilt_from, read, now_ms)
+        return rebuilt, max((p for p in (held, partial) if p is not None), default=None)
 
     def profiles(self) -> Iterator[tuple[Identity, prof.Profile]]:
         for key, raw in self.store.scan(PROFILES):
             yield identity_from_key(key), orjson.loads(raw)
-
-
-def _held_partial(
-    profile: prof.Profile, index: SegmentIndex, wanted: frozenset[str], now_ms: int
-) -> int | None:
-    """From when the inputs the profile holds were rebuilt on partial history (`hfrom`, set by
-    the rollout), where a rule still reads further back."""
-    out: int | None = None
-    for key, since in (profile.get("hfrom") or {}).items():
-        if key not in wanted:
-            continue
-        agg = index.aggregates.get(key)
-        if agg is not None and agg.within_ms is not None and now_ms - agg.within_ms >= since:
-            continue
-        out = since if out is None else max(out, since)
-    return out
-
-
-def _reach(from_ms: int | None, aggs: list[Any], absents: bool, now_ms: int) -> int | None:
-    """`from_ms` when a rebuilt input's window reaches before it, else None."""
-    if from_ms is None:
-        return None
-    if absents or any(a.within_ms is None or now_ms - a.within_ms < from_ms for a in aggs):
-        return from_ms
-    return None
 
 
 @dataclass

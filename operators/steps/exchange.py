@@ -185,7 +185,7 @@ class Exchange:
         self.stats.records += 1
         txn, now = call.txn, self.positions.now_ms
         profile, fresh = self.profiles.load(txn, item.canonical)
-        profile = self._current(call, item.canonical, profile, fresh)
+        profile = self.rollout.current(call, item.canonical, profile, fresh=fresh, at_ms=now)
         if item.members:
             profile = self.profiles.with_members(profile, item.members)
         if record.kind == "event":  # the identity step dropped duplicates
@@ -203,17 +203,6 @@ class Exchange:
             at_ms=at_ms,
         )
 
-    def _current(
-        self, call: Call, canonical: Identity, profile: prof.Profile, fresh: bool
-    ) -> prof.Profile:
-        """A profile at the configured audience definitions (`operators.steps.rollout`)."""
-        rollout = self.rollout
-        if fresh:
-            return rollout.stamp(profile)
-        if rollout.stale(profile):
-            return rollout.upgrade(call, canonical, profile, self.positions.now_ms)
-        return profile
-
     def _move(self, call: Call, move: Move) -> None:
         """The loser's side of a merge: exits, then the profile leaves through the feedback
         topic. A forwarding pointer stays, for moves into this profile still on their way."""
@@ -223,7 +212,9 @@ class Exchange:
         loser = self.profiles.get(txn, move.loser)
         if loser is None:
             return
-        loser = self._current(call, move.loser, loser, False)
+        loser = self.rollout.current(
+            call, move.loser, loser, fresh=False, at_ms=self.positions.now_ms
+        )
         cluster = self.profiles.cluster_of(txn, move.loser, loser)
         self.membership.remove(
             call,
@@ -263,7 +254,9 @@ class Exchange:
             return
         index = self.index
         survivor, fresh = self.profiles.load(txn, adopt.survivor)
-        survivor = self._current(call, adopt.survivor, survivor, fresh)
+        survivor = self.rollout.current(
+            call, adopt.survivor, survivor, fresh=fresh, at_ms=self.positions.now_ms
+        )
         moved = dict(adopt.profile)
         events = moved.pop("history", None) or []
         profile = prof.merge_profiles(survivor, moved, index.aggregates, index.absents)

@@ -21,16 +21,17 @@ The profile document holds `hist: [count, oldest_ms]` of what is stored.
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
 
 from config.settings import HistorySettings
 from operators import profile as prof
-from operators.store import Store, Txn
+from operators.rules import Absent, Aggregate
+from operators.store import Store, Txn, shard_of
 from schemas.records import Identity, Record
 
 PREFIX = b"h/"
@@ -38,10 +39,31 @@ META_KEY = b"meta/history"
 Event = tuple[int, dict[str, Any]]  # (event time, body)
 
 
+@lru_cache(maxsize=1 << 16)
 def history_prefix(canonical: Identity, shards: int) -> bytes:
+    """Memoised: built for every event kept (as `operators.store.identity_key` is)."""
     text = f"{canonical[0]}:{canonical[1]}"
-    shard = zlib.crc32(text.encode()) % shards
-    return f"h/{shard:04d}/{len(text):04x}/{text}/".encode()
+    return f"h/{shard_of(canonical, shards):04d}/{len(text):04x}/{text}/".encode()
+
+
+def reads_before(input_: Aggregate | Absent, now_ms: int, since_ms: int) -> bool:
+    """Whether a rule input reads, at `now_ms`, events older than `since_ms` (an `absent()`
+    input can: its latest `after` event may be of any age)."""
+    within = input_.within_ms if isinstance(input_, Aggregate) else None
+    return within is None or now_ms - within < since_ms
+
+
+def partial_since(
+    rebuilt_from: Mapping[str, int], inputs: Iterable[Aggregate | Absent], now_ms: int
+) -> int | None:
+    """The latest "history from" among `inputs` rebuilt on partial history (`rebuilt_from`:
+    input key -> from when its events were kept) that still read further back at `now_ms`."""
+    out: int | None = None
+    for input_ in inputs:
+        since = rebuilt_from.get(input_.key)
+        if since is not None and reads_before(input_, now_ms, since):
+            out = since if out is None else max(out, since)
+    return out
 
 
 def entry_key(prefix: bytes, ts_ms: int, event_id: str) -> bytes:

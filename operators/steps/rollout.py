@@ -33,10 +33,10 @@ from typing import Any
 import orjson
 
 from operators import profile as prof
-from operators.rules import definition_hash
+from operators.rules import Absent, Aggregate, definition_hash
 from operators.segments import SegmentIndex, exit_all
 from operators.steps.call import Call
-from operators.steps.history import History
+from operators.steps.history import History, reads_before
 from operators.steps.membership import Membership
 from operators.steps.positions import Positions
 from operators.steps.profiles import PREFIX as PROFILES
@@ -137,6 +137,7 @@ class Rollout:
         self.checked = 0
         self.brought = 0
         self.open: set[int | None] = set()
+        self._finished: set[int | None] = set()  # passes done at this version
         if held:
             self._record(store)
 
@@ -180,6 +181,15 @@ class Rollout:
     def stale(self, profile: prof.Profile) -> bool:
         stamp: str = profile.get("v", self.base)
         return stamp != self.version
+
+    def current(
+        self, call: Call, canonical: Identity, profile: prof.Profile, *, fresh: bool, at_ms: int
+    ) -> prof.Profile:
+        """A profile just loaded, at the configured definitions: a new one stamped, a stale
+        one upgraded at `at_ms`."""
+        if fresh:
+            return self.stamp(profile)
+        return self.upgrade(call, canonical, profile, at_ms)
 
     def upgrade(
         self, call: Call, canonical: Identity, profile: prof.Profile, at_ms: int
@@ -236,11 +246,10 @@ class Rollout:
         for key in keys:
             partial.pop(key, None)
         if view.from_ms is not None:
-            for agg in aggs:
-                if agg.within_ms is None or at_ms - agg.within_ms < view.from_ms:
-                    partial[agg.key] = view.from_ms
-            for absent in absents:  # the latest A can be of any age
-                partial[absent.key] = view.from_ms
+            rebuilt: list[Aggregate | Absent] = [*aggs, *absents]
+            for input_ in rebuilt:
+                if reads_before(input_, at_ms, view.from_ms):
+                    partial[input_.key] = view.from_ms
         if partial:
             profile["hfrom"] = partial
         else:
@@ -291,10 +300,13 @@ class Rollout:
     # -- the pass over the store --------------------------------------------------------------
 
     def pending(self, shard: int | None) -> bool:
-        if not self.needed:
+        """Asked after every batch of every key: a pass known done is not read again."""
+        if not self.needed or shard in self._finished:
             return False
-        done: bool = Progress.load(_Reader(self.store), shard, self.version).done
-        return not done
+        if Progress.load(_Reader(self.store), shard, self.version).done:
+            self._finished.add(shard)
+            return False
+        return True
 
     def step(self, call: Call, shard: int | None) -> bool:
         """One batch of the pass over a shard's (None: every) profile; True while more remain."""
@@ -331,6 +343,7 @@ class Rollout:
         self.checked += seen
         if finished:
             self.open.discard(shard)
+            self._finished.add(shard)
         else:
             self.open.add(shard)
         return not finished
