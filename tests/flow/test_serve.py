@@ -287,3 +287,54 @@ def test_a_kept_store_resumes_where_the_projection_was_read_to(tmp_path: Path) -
     with server(settings_of(config), config) as http:
         assert _lookup(http, "Email:a@example.com").status_code == 404
         assert _lookup(http, "Email:z@example.com").status_code == 200
+
+
+def test_a_sigkilled_server_with_a_kept_store_answers_everything_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """kill -9 while it follows a growing projection: started again on its kept store, it
+    has every document, the ones written while it was down too, and logged no identity."""
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("  keys:", "  state_dir: serve-state\n  keys:"))
+    projection = tmp_path / "profiles.jsonl"
+    for n in range(200):
+        append(projection, document(f"p_{n}", 1, {"Email": [f"u{n}@example.com"]}))
+
+    def start() -> tuple[subprocess.Popen[str], str]:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve", "--config", str(config),
+             "--port", str(port)],
+            env={**os.environ, **KEYS}, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/healthz").json()["status"] == "ok"
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout_s=30)
+        return proc, url
+
+    proc, _ = start()
+    for n in range(200, 400):  # written while it follows, then it dies mid-stream
+        append(projection, document(f"p_{n}", 1, {"Email": [f"u{n}@example.com"]}))
+    proc.kill()
+    _, first_err = proc.communicate(timeout=20)
+    for n in range(400, 450):  # written while it is down
+        append(projection, document(f"p_{n}", 1, {"Email": [f"u{n}@example.com"]}))
+    proc, url = start()
+    try:
+        for n in (0, 199, 200, 399, 400, 449):
+            body = {"identity": f"Email:U{n}@example.com"}
+            found = httpx.post(f"{url}/v1/profiles/lookup", json=body, headers=READ)
+            assert found.status_code == 200 and found.json()["profile_id"] == f"p_{n}"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "example.com" not in (first_err + err).lower()
