@@ -3,6 +3,7 @@ that write bytes. No business logic lives here."""
 
 from __future__ import annotations
 
+import os
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -253,6 +254,32 @@ def kafka_raw(topic_to_source: dict[str, str], msg: KafkaSourceMessage[Any, Any]
     return origin, msg.value if msg.value is not None else b""
 
 
+def _cut_torn_line(path: Path) -> None:
+    """A process killed in the middle of a write leaves a line without its end; appending
+    after it would glue the next line to it. It goes: what it held was not yet acknowledged
+    (its batch's snapshot never completed), so it is written again after the restart."""
+    if not path.exists():
+        return
+    with path.open("r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        step = 1 << 16
+        end = size
+        while end > 0:
+            start = max(0, end - step)
+            handle.seek(start)
+            at = handle.read(end - start).rfind(b"\n")
+            if at >= 0:
+                handle.truncate(start + at + 1)
+                return
+            end = start
+        handle.truncate(0)
+
+
 class _SharedFile:
     """One append handle per path per process, shared by the worker threads."""
 
@@ -264,6 +291,7 @@ class _SharedFile:
         with cls._lock:
             if path not in cls._open:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                _cut_torn_line(path)
                 cls._open[path] = (path.open("ab"), threading.Lock())
             return cls._open[path]
 

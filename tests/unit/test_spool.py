@@ -202,3 +202,26 @@ def test_settings_of_the_breaker() -> None:
     for bad in ({"retry_every": "soon"}, {"retry_every": "0s"}, {"down_after": 0}):
         with pytest.raises(ValueError, match=r"retry_every|down_after"):
             _hook("http://127.0.0.1:1/x", **bad)
+
+
+def test_a_line_torn_by_a_kill_is_cut_before_appending(tmp_path: Path) -> None:
+    """SIGKILL in the middle of a write leaves a line without its end: the next run's first
+    line must not be glued to it."""
+    from flows import io  # noqa: PLC0415
+
+    path = tmp_path / "changes.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": ')
+    write = io.append_lines(path)
+    try:
+        write([b'{"d": 4}'])
+    finally:
+        io.close_files()
+    assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n{"d": 4}\n'
+    torn_only = tmp_path / "torn.jsonl"
+    torn_only.write_bytes(b'{"x": ')
+    write = io.append_lines(torn_only)
+    try:
+        write([b'{"y": 1}'])
+    finally:
+        io.close_files()
+    assert torn_only.read_bytes() == b'{"y": 1}\n'
