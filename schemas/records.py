@@ -209,6 +209,60 @@ class ProfileDocument:
         return (ProfileDocument, (self.profile_id, self.document, self.read_ns))
 
 
+@dataclass(frozen=True, slots=True)
+class JourneySend:
+    """One message a journey step sends (DESIGN §12) to the destination it names. `id` is
+    deterministic (journey, version, instance, step): a replay or a crash re-emits the same id,
+    so the message is sent once. `payload` is what the destination asked to personalize with
+    (`attributes`, `traits`, `event`: the event that started the instance)."""
+
+    id: str
+    journey_id: str
+    version: str
+    instance_id: str
+    step: str
+    message: str
+    destination: str
+    profile_id: str
+    identities: dict[str, list[str]]
+    event_time_ms: int
+    emitted_at_ms: int
+    payload: dict[str, Any] | None = None
+    read_ns: int = 0  # when the record that caused it was read; 0 for timers (not in the JSON)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "journey_send",
+            "journey_id": self.journey_id,
+            "version": self.version,
+            "instance_id": self.instance_id,
+            "step": self.step,
+            "message": self.message,
+            "profile_id": self.profile_id,
+            "identities": self.identities,
+            "event_time": iso_ms(self.event_time_ms),
+            "emitted_at": iso_ms(self.emitted_at_ms),
+        }
+
+    def to_stored(self) -> dict[str, Any]:
+        return {
+            "cmd": "send",
+            "s": [
+                self.id, self.journey_id, self.version, self.instance_id, self.step,
+                self.message, self.destination, self.profile_id, self.identities,
+                self.event_time_ms, self.emitted_at_ms, self.payload, self.read_ns,
+            ],
+        }  # fmt: skip
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> JourneySend:
+        return cls(*data["s"])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JourneySend.from_stored, (self.to_stored(),))
+
+
 def iso_ms(ms: int) -> str:
     """Epoch milliseconds -> `2020-08-11T00:00:00Z` (milliseconds shown only when non-zero).
     Two per audience change: the date comes from a cache, the time of day by arithmetic."""
@@ -411,12 +465,16 @@ def command_from_stored(d: dict[str, Any], origin: Origin | None = None) -> Comm
     raise ValueError(f"unknown command {kind!r}")
 
 
-def output_from_stored(data: Any) -> AudienceChange | ProfileDocument | Command:
-    """An outbox entry: an audience change (a list), a profile document or a command (a
-    dict)."""
+def output_from_stored(
+    data: Any,
+) -> AudienceChange | ProfileDocument | JourneySend | Command:
+    """An outbox entry: an audience change (a list), a profile document, a journey's send or
+    a command (a dict)."""
     if isinstance(data, dict):
         if data["cmd"] == "profile":
             doc = data["doc"]
             return ProfileDocument(doc["profile_id"], doc, data.get("read_ns", 0))
+        if data["cmd"] == "send":
+            return JourneySend.from_stored(data)
         return command_from_stored(data)
     return AudienceChange.from_stored(data)

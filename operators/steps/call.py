@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from operators.store import Txn
-from schemas.records import AudienceChange, Command, ProfileDocument
+from schemas.records import AudienceChange, Command, JourneySend, ProfileDocument
 
-Output = AudienceChange | ProfileDocument | Command
+Output = AudienceChange | ProfileDocument | JourneySend | Command
 
 
 @dataclass(slots=True)
