@@ -68,7 +68,43 @@ def cross_check(settings: Settings) -> list[Problem]:
                 loc = ("destinations", i, key, j)
                 _known(problems, loc, "namespace", namespace, namespaces)
     problems.extend(offer_problems(settings))
+    problems.extend(journey_problems(settings))
     return problems
+
+
+def journey_problems(settings: Settings) -> list[Problem]:
+    """A journey id twice, a trigger segment or a send destination that is not defined (or
+    cannot take a message: a `profiles` destination)."""
+    problems: list[Problem] = []
+    _unique(problems, "journeys", "id", [j.id for j in settings.journeys])
+    segments = [s.id for s in settings.segments]
+    sendable = [d.name for d in settings.destinations if d.kind != "profiles"]
+    for i, journey in enumerate(settings.journeys):
+        if journey.trigger.segment is not None:
+            loc: Loc = ("journeys", i, "trigger", "segment")
+            _known(problems, loc, "segment", journey.trigger.segment, segments)
+        if journey.key is not None and journey.trigger.event is None:
+            problems.append(
+                Problem(
+                    ("journeys", i, "key"),
+                    "key reads the triggering event: it needs an event trigger",
+                )
+            )
+        for where, step in _steps(journey.steps, ("journeys", i, "steps")):
+            if step.send is not None:
+                loc = (*where, "send", "destination")
+                _known(problems, loc, "destination", step.send.destination, sendable)
+    return problems
+
+
+def _steps(steps: Sequence[Any], loc: Loc) -> list[tuple[Loc, Any]]:
+    """Every step of a journey with where it is written, branches included."""
+    out: list[tuple[Loc, Any]] = []
+    for j, step in enumerate(steps):
+        out.append(((*loc, j), step))
+        out.extend(_steps(step.then, (*loc, j, "then")))
+        out.extend(_steps(step.else_, (*loc, j, "else")))
+    return out
 
 
 def offer_problems(settings: Settings) -> list[Problem]:

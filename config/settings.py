@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -365,6 +366,8 @@ class Settings(_Frozen):
     max_record_bytes: int = Field(default=1_000_000, ge=1024)
     serve: ServeSettings | None = None  # `cdp serve` (DESIGN §11)
     offers: tuple[PlacementSettings, ...] = ()  # `cdp serve`'s decisions
+    journeys: tuple[JourneySettings, ...] = ()  # DESIGN §12
+    journey_caps: JourneyCapSettings | None = None
     base_dir: Path = Path()
 
     @model_validator(mode="after")
@@ -660,6 +663,177 @@ def projection_target(dest: DestinationSettings) -> DestinationSettings:
             "hash_identities or requires_consent (it carries whole profile documents)"
         )
     return dest
+
+
+# -- issue #16, journeys (DESIGN §12) ---------------------------------------------------------
+
+_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_PERCENT = re.compile(r"^(\d+(\.\d+)?)%$")
+
+
+class SendSettings(_Frozen):
+    destination: str
+    message: str
+
+
+class WaitUntilSettings(_Frozen):
+    """Until the next `until` (HH:MM) in `timezone`: an IANA name (`Europe/Berlin`) or a
+    profile attribute holding one (`profile.timezone`; UTC when it holds none valid)."""
+
+    until: str
+    timezone: str = "UTC"
+
+    @field_validator("until")
+    @classmethod
+    def _clock(cls, value: str) -> str:
+        if not _CLOCK.match(value):
+            raise ValueError(f"until {value!r} must be a time of day HH:MM, e.g. '09:00'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        if value.startswith("profile."):
+            return value
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone {value!r} is neither an IANA time zone (Europe/Berlin) nor a"
+                " profile attribute (profile.timezone)"
+            ) from None
+        return value
+
+
+class StepSettings(_Frozen):
+    """One step: exactly one of `send`, `wait` (a duration, or `{until, timezone}`) or `if`
+    (a rule, with `then` and `else` steps)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    send: SendSettings | None = None
+    wait: str | WaitUntilSettings | None = None
+    if_: str | None = Field(default=None, alias="if")
+    then: tuple[StepSettings, ...] = ()
+    else_: tuple[StepSettings, ...] = Field(default=(), alias="else")
+
+    @model_validator(mode="after")
+    def _one(self) -> StepSettings:
+        given = [k for k in ("send", "wait", "if_") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a step is exactly one of send, wait or if")
+        if self.if_ is None and (self.then or self.else_):
+            raise ValueError("only an if step has then/else")
+        if isinstance(self.wait, str):
+            duration_ms(self.wait)
+        return self
+
+
+class TriggerSettings(_Frozen):
+    """What starts an instance: entering a segment, or an event matching a condition (written
+    as inside `exists(...)`)."""
+
+    segment: str | None = None
+    event: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> TriggerSettings:
+        if (self.segment is None) == (self.event is None):
+            raise ValueError("a trigger is exactly one of segment or event")
+        return self
+
+
+class ReentrySettings(_Frozen):
+    """When a profile may start the journey again (per `key`). With none of these: once the
+    instance before has ended. Kept in the state with no expiry."""
+
+    min_gap: str | None = None
+    max: int | None = Field(default=None, ge=1)
+    per: str | None = None
+    once: bool = False
+
+    @model_validator(mode="after")
+    def _valid(self) -> ReentrySettings:
+        for value in (self.min_gap, self.per):
+            if value is not None:
+                duration_ms(value)
+        if (self.max is None) != (self.per is None):
+            raise ValueError("reentry max and per go together: {max: 3, per: 30d}")
+        return self
+
+
+class JourneySettings(_Frozen):
+    id: str
+    name: str | None = None
+    trigger: TriggerSettings
+    # A path in the triggering event (`event.cart.id`): one instance per value (two carts are
+    # two instances). None: one per profile.
+    key: str | None = None
+    exit_when: str | None = None  # a rule; the instance ends the moment it holds
+    reentry: ReentrySettings = ReentrySettings()
+    holdout: str = "0%"  # a share of profiles, chosen by profile id: tracked, never sent
+    priority: int = 0  # who wins under journey_caps
+    late: Literal["skip", "send"] = "skip"  # a send due more than max_lateness ago
+    max_lateness: str = "1h"
+    on_edit: Literal["finish", "exit"] = "finish"  # instances in flight when the journey changes
+    steps: tuple[StepSettings, ...] = Field(min_length=1)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError(f"journey id {value!r} must be letters, digits, _ . -")
+        return value
+
+    @field_validator("holdout")
+    @classmethod
+    def _holdout(cls, value: str) -> str:
+        match = _PERCENT.match(str(value).strip())
+        if match is None or float(match.group(1)) > 100:
+            raise ValueError(f"holdout {value!r} must be a percentage from 0% to 100%, e.g. '5%'")
+        return value
+
+    @field_validator("max_lateness")
+    @classmethod
+    def _lateness(cls, value: str) -> str:
+        duration_ms(value)
+        return value
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and not _PATH.match(value.removeprefix("event.")):
+            raise ValueError(f"key {value!r} must be a path in the event, e.g. event.cart.id")
+        return value
+
+    @property
+    def holdout_bp(self) -> int:
+        """The holdout in basis points (5% -> 500)."""
+        match = _PERCENT.match(self.holdout.strip())
+        assert match is not None
+        return round(float(match.group(1)) * 100)
+
+    @property
+    def max_lateness_ms(self) -> int:
+        return duration_ms(self.max_lateness)
+
+
+class JourneyCapSettings(_Frozen):
+    """At most `per_profile` sends to one profile, over all journeys, in any `per` window;
+    journey `priority` decides between sends due at the same moment."""
+
+    per_profile: int = Field(ge=1)
+    per: str = "1d"
+
+    @field_validator("per")
+    @classmethod
+    def _per(cls, value: str) -> str:
+        if duration_ms(value) <= 0:
+            raise ValueError("per must be more than 0")
+        return value
+
+    @property
+    def per_ms(self) -> int:
+        return duration_ms(self.per)
 
 
 Settings.model_rebuild()

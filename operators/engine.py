@@ -31,6 +31,8 @@ from operators.steps.call import Call, Output
 from operators.steps.exchange import GRAPH_KEY, Exchange, FlowCounts
 from operators.steps.graph import Graph
 from operators.steps.history import History
+from operators.steps.journeys import VERSIONS as JOURNEY_VERSIONS
+from operators.steps.journeys import Journeys, journey_conditions
 from operators.steps.membership import Membership
 from operators.steps.outbox import Outbox
 from operators.steps.positions import Positions
@@ -48,9 +50,11 @@ Role = Literal["all", "graph", "profile"]
 
 
 def build_index(settings: Settings) -> SegmentIndex:
-    """The rules and traits compiled (RuleErrors with every problem of both)."""
+    """The rules, traits and journeys' rules compiled (RuleErrors with every problem)."""
     traits = compile_traits([(t.name, t.value) for t in settings.traits])
-    return SegmentIndex(compile_rules([(s.id, s.rule) for s in settings.segments], traits), traits)
+    rules = compile_rules([(s.id, s.rule) for s in settings.segments], traits)
+    conditions = journey_conditions(settings, traits) if settings.journeys else []
+    return SegmentIndex(rules, traits, conditions)
 
 
 class Engine:
@@ -110,6 +114,16 @@ class Engine:
             published=self._published,
         )
         self.privacy.membership = self.membership
+        # Journeys (DESIGN §12): also with none configured while instances of removed ones
+        # may be in flight (they end, reason `removed`). None: no per-record cost.
+        self.journeys: Journeys | None = None
+        if not graph and (
+            settings.journeys or next(iter(store.scan(JOURNEY_VERSIONS)), None) is not None
+        ):
+            self.journeys = Journeys(
+                store=store, settings=settings, index=self.index, profiles=self.profiles
+            )
+            self.membership.journeys = self.journeys
         self.rollout = Rollout(
             store=store,
             index=self.index,
@@ -377,6 +391,8 @@ class Engine:
                 merged_into=canonical,
             )
             profile = prof.merge_profiles(profile, loser, index.aggregates, index.absents)
+            if self.journeys is not None:
+                profile = self.journeys.merged(call, profile, loser, at_ms)
             profile = history.move(txn, merge.loser, loser, canonical, profile, now_ms=now)
         duplicate = record.kind == "event" and self.profiles.duplicate(txn, record)
         if record.kind == "event" and not duplicate:

@@ -27,6 +27,12 @@ UPGRADED = Counter(
 )
 CHANGES = Counter("cdp_audience_changes", "Audience changes", ["segment", "status"])
 TIMERS = Counter("cdp_timers_fired", "Window timers fired")
+JOURNEYS = Counter(
+    "cdp_journey_steps",
+    "Journey instances entered, completed, exited (by reason) and steps sent, late, capped or"
+    " held out, by journey and step",
+    ["journey", "step", "outcome"],
+)
 PROFILE_DOCUMENTS = Counter(
     "cdp_profile_documents",
     "Profile documents made for the projection (`profiles` destinations), by kind",

@@ -27,8 +27,13 @@ class SegmentIndex:
     """The compiled rules and the maps from each rule input to the rules that read it."""
 
     def __init__(
-        self, rules: Sequence[CompiledRule], traits: Mapping[str, Aggregate] | None = None
+        self,
+        rules: Sequence[CompiledRule],
+        traits: Mapping[str, Aggregate] | None = None,
+        conditions: Sequence[CompiledRule] = (),
     ) -> None:
+        """`conditions`: rules that are not segments (journeys' `exit_when` and `if`), read
+        on demand: their inputs are maintained like a trait's, and they flip nothing."""
         self.rules = tuple(rules)  # dependencies first (compile_rules orders them)
         # name -> aggregate: maintained per event like the rules' inputs (their keys are in
         # `aggregates`), rebuilt by a rollout when added; read by `trait_values`.
@@ -50,6 +55,9 @@ class SegmentIndex:
         self.rule_aggregates = dict(self.aggregates)
         for agg in self.traits.values():
             self.aggregates.setdefault(agg.key, agg)
+        for condition in conditions:
+            for agg in condition.aggregates:
+                self.aggregates.setdefault(agg.key, agg)
         # Inputs whose value moves with time alone: a change to them reschedules the timer.
         self.windowed = frozenset(
             [k for k, a in self.rule_aggregates.items() if a.within_ms is not None]

@@ -44,9 +44,15 @@ Other modules import from ``operators.rules`` only (the names below).
 
 from operators.rules.compiled import Absent, Aggregate, CompiledRule, EvalContext, ExplainLine
 from operators.rules.duration import parse_duration
-from operators.rules.errors import RuleError, RuleErrors, TraitError
+from operators.rules.errors import JourneyError, RuleError, RuleErrors, TraitError
 from operators.rules.paths import event_values
-from operators.rules.ruleset import compile_rules, compile_traits, definition_hash
+from operators.rules.ruleset import (
+    compile_condition,
+    compile_event_condition,
+    compile_rules,
+    compile_traits,
+    definition_hash,
+)
 
 __all__ = [
     "Absent",
@@ -54,9 +60,12 @@ __all__ = [
     "CompiledRule",
     "EvalContext",
     "ExplainLine",
+    "JourneyError",
     "RuleError",
     "RuleErrors",
     "TraitError",
+    "compile_condition",
+    "compile_event_condition",
     "compile_rules",
     "compile_traits",
     "definition_hash",

@@ -43,3 +43,15 @@ class TraitError(RuleError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class JourneyError(RuleError):
+    """One problem in a journey's rule (`exit_when`, an `if` step, an event trigger), located
+    by the journey, where in it, and a column."""
+
+    def __init__(self, name: str, column: int, message: str) -> None:
+        super().__init__(name, column, message)
+        self.args = (f"journey {name}, column {column}: {message}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from operators.rules.compile import Caches, RuleCompiler
 from operators.rules.compiled import Aggregate, CompiledRule
-from operators.rules.errors import RuleError, RuleErrors, TraitError
+from operators.rules.errors import JourneyError, RuleError, RuleErrors, TraitError
 from operators.rules.nodes import Bare, Call, render
 from operators.rules.parse import SyntaxProblem, parse_rule
 
@@ -195,6 +195,59 @@ def compile_traits(traits: Sequence[tuple[str, str]]) -> dict[str, Aggregate]:
     if errors:
         raise RuleErrors(errors)
     return out
+
+
+def compile_condition(
+    name: str,
+    text: str,
+    segments: Sequence[str],
+    traits: Mapping[str, Aggregate] | None = None,
+) -> CompiledRule:
+    """One rule that is not a segment (a journey's `exit_when` or `if`), over the segments
+    `segments` names and `traits`; evaluated on demand, never a membership. `absent(...)` is
+    refused: its state needs a timer, which only segments have (write it as a segment and
+    read it with in_segment). Raises RuleErrors (`JourneyError`s named `name`)."""
+    try:
+        tree = parse_rule(text)
+    except SyntaxProblem as problem:
+        raise RuleErrors([JourneyError(name, problem.pos + 1, problem.message)]) from None
+    compiler = RuleCompiler(name, text, frozenset(segments), ({}, {}), traits or {})
+    root = compiler.expr(tree, "profile")
+    errors = [JourneyError(name, e.column, e.message) for e in compiler.errors]
+    if compiler.absents and not errors:
+        errors.append(
+            JourneyError(
+                name,
+                1,
+                "absent(...) is not supported here: define it as a segment and read it with"
+                " in_segment(...)",
+            )
+        )
+    if errors:
+        raise RuleErrors(errors)
+    return CompiledRule(
+        segment_id=name,
+        text=text,
+        aggregates=tuple(compiler.aggregates.values()),
+        absents=(),
+        profile_paths=frozenset(compiler.profile_paths),
+        segment_refs=frozenset(compiler.refs),
+        evaluate=root.fn,
+        _root=root,
+    )
+
+
+def compile_event_condition(name: str, text: str) -> Aggregate:
+    """An event condition, written as inside `exists(...)` (a journey's event trigger): the
+    aggregate whose `matches` takes an event body, and whose `event_types` pre-filter it."""
+    wrapped = f"exists({text})"
+    try:
+        (agg,) = compile_traits([(name, wrapped)]).values()
+    except RuleErrors as exc:
+        raise RuleErrors(
+            JourneyError(name, max(1, e.column - len("exists(")), e.message) for e in exc.errors
+        ) from None
+    return agg
 
 
 def definition_hash(rule: CompiledRule) -> str:

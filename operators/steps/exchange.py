@@ -260,6 +260,8 @@ class Exchange:
         moved = dict(adopt.profile)
         events = moved.pop("history", None) or []
         profile = prof.merge_profiles(survivor, moved, index.aggregates, index.absents)
+        if self.membership.journeys is not None:
+            profile = self.membership.journeys.merged(call, profile, moved, adopt.at_ms)
         profile = self.history.adopt(
             txn,
             adopt.survivor,

@@ -6,7 +6,7 @@ memberships that flip, and the audience changes they emit. Memberships live in t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from operators import profile as prof
 from operators.identity import Cluster, profile_id
@@ -28,6 +28,9 @@ from operators.steps.stats import EngineStats, Published
 from operators.steps.timers import Timers
 from schemas.records import AudienceChange, Identity, Record
 
+if TYPE_CHECKING:
+    from operators.steps.journeys import Journeys
+
 
 class Membership:
     def __init__(
@@ -48,6 +51,9 @@ class Membership:
         self.consent = consent
         self.stats = stats
         self._published = published
+        # Journeys (`operators.steps.journeys`), when the config has any: told of every
+        # evaluation, to start, move on and end instances (set by the engine).
+        self.journeys: Journeys | None = None
         # Brings a stale profile to edited definitions before a timer evaluates it (set by the
         # engine: `operators.steps.rollout`).
         self.upgrade: Callable[[Call, Identity, prof.Profile, int], prof.Profile] | None = None
@@ -117,6 +123,7 @@ class Membership:
             reason=reason,
             now_ms=now_ms,
             retime=False,  # only if a segment reading a window is evaluated (see `evaluate`)
+            record=record,
         )
 
     def evaluate(
@@ -131,6 +138,7 @@ class Membership:
         reason: str,
         now_ms: int | None = None,
         retime: bool = True,
+        record: Record | None = None,
     ) -> prof.Profile:
         """Evaluate `which` segments, emit the transitions, and prune the windows and
         reschedule the profile's timer when a segment reading a window was evaluated (a
@@ -140,6 +148,7 @@ class Membership:
         index, txn = self.index, call.txn
         stream_now = self.positions.now_ms
         now = stream_now if now_ms is None else now_ms
+        changes: list[Transition] = []
         if which:
             results = evaluate(profile, index, which, now)
             retime = retime or not index.timed.isdisjoint(results)
@@ -149,12 +158,28 @@ class Membership:
                 if cluster is None:
                     cluster = self.profiles.cluster_of(txn, canonical, profile)
                 self.emit(call, canonical, cluster, profile, changes, at_ms=at_ms, reason=reason)
+        journeys = self.journeys
+        if journeys is not None:
+            profile, moved = journeys.react(
+                call,
+                canonical=canonical,
+                cluster=cluster,
+                profile=profile,
+                changes=changes,
+                record=record,
+                at_ms=at_ms,
+                now_ms=now,
+            )
+            retime = retime or moved
         if retime:
             # Pruned only up to the stream's event time: a live event evaluated at its own,
             # later time must not drop what a record of the same profile at now still reads.
             pruned_at = min(now, stream_now)
             profile = prof.prune(profile, index.aggregates, index.absents, pruned_at)
             due = next_flip(profile, index, now)
+            waits = profile["j"].get("due") if "j" in profile else None
+            if waits is not None and (due is None or waits < due):
+                due = waits  # a journey's wait (`operators.steps.journeys`)
             if due != profile.get("timer"):
                 self.timers.set(txn, canonical, profile.get("timer"), due)
                 profile = {**profile, "timer": due}

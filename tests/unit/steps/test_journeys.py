@@ -1,0 +1,327 @@
+"""Journeys on the engine over an in-memory store (DESIGN §12): entries by event and by
+segment, waits as timers, exit_when at once, re-entry, holdout, caps, late sends, versions,
+merges and deletes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from config.settings import ConfigError, Settings, parse_settings
+from operators.decode import Decoder
+from operators.engine import Engine, build_index
+from operators.journeys import held_out
+from operators.rules import RuleErrors
+from operators.steps.profiles import profile_key
+from operators.store import MemoryStore
+from schemas.records import AudienceChange, JourneySend, Origin, Record
+
+H = 3_600_000
+D = 24 * H
+T0 = 1_780_000_000_000  # 2026-05-28: the tests' wall clock is near their event times
+
+BASE = """\
+namespaces:
+  - {name: Email, unique: true, normalize: email}
+  - {name: ECID}
+sources:
+  - {name: web, kind: event, path: w.jsonl}
+  - {name: crm, kind: profile, path: c.json, identities: {email: Email}}
+segments:
+  - {id: carted, rule: 'absent(event.eventType == "buy", after=event.eventType == "add", within="30m")'}
+  - {id: vip, rule: 'profile.tier == "vip"'}
+destinations:
+  - {name: email, kind: file, path: email.jsonl, segments: []}
+  - {name: sms, kind: file, path: sms.jsonl, segments: []}
+"""
+
+CART = """\
+journeys:
+  - id: cart
+    trigger: {event: 'event.eventType == "add"'}
+    exit_when: 'exists(event.eventType == "buy", within="2d")'
+    steps:
+      - send: {destination: email, message: cart-1}
+      - wait: 1d
+      - if: 'profile.tier == "vip"'
+        then: [{send: {destination: email, message: cart-vip}}]
+        else: [{send: {destination: sms, message: cart-2}}]
+"""
+
+
+def make(extra: str = CART) -> Settings:
+    return parse_settings(BASE + extra, Path("/c.yaml"), {}, {})
+
+
+class Feed:
+    def __init__(self, settings: Settings) -> None:
+        self.decoder = Decoder.from_settings(settings)
+        self.offset = 0
+
+    def __call__(self, source: str, body: dict[str, Any]) -> Record:
+        self.offset += 1
+        rec = self.decoder.decode(Origin(source, 0, self.offset), orjson.dumps(body))
+        assert isinstance(rec, Record), rec
+        return rec
+
+
+def ev(eid: str, kind: str, ts: int, ecid: str, **more: Any) -> dict[str, Any]:
+    ids: dict[str, Any] = {"ECID": [{"id": ecid}]}
+    if "email" in more:
+        ids["Email"] = [{"id": more.pop("email")}]
+    return {"_id": eid, "eventType": kind, "timestamp": ts, "identityMap": ids, **more}
+
+
+def sends(out: list[Any]) -> list[tuple[str, str, str]]:
+    return [(s.journey_id, s.step, s.message) for s in out if isinstance(s, JourneySend)]
+
+
+def state(engine: Engine, ecid: str) -> dict[str, Any]:
+    raw = engine.store.get(profile_key(("ECID", ecid), engine.settings.shards))
+    assert raw is not None
+    data: dict[str, Any] = orjson.loads(raw)["j"]
+    return data
+
+
+def test_cart_journey_sends_then_waits_then_branches() -> None:
+    settings = make()
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    out = engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    assert sends(out) == [("cart", "1", "cart-1")]
+    (send,) = [s for s in out if isinstance(s, JourneySend)]
+    assert send.destination == "email" and send.event_time_ms == T0
+    assert state(engine, "d1")["due"] == T0 + D
+    assert sends(engine.advance(0, T0 + D - 1, T0 + D - 1)) == []
+    # A day later the wait ends; not a vip: the else branch.
+    out = engine.advance(0, T0 + D, T0 + D)
+    assert sends(out) == [("cart", "3.else.1", "cart-2")]
+    j = state(engine, "d1")
+    assert j["i"] == {} and j["n"]["cart"] == {"entered": 1, "sent": 2, "completed": 1}
+
+
+def test_a_buyer_during_the_wait_exits_at_once_and_gets_no_reminder() -> None:
+    settings = make()
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    out = engine.process(0, [feed("web", ev("e2", "buy", T0 + H, "d1"))], T0 + H)
+    assert sends(out) == []
+    j = state(engine, "d1")
+    assert j["i"] == {} and j["n"]["cart"]["exited_exit_when"] == 1
+    assert sends(engine.advance(0, T0 + 2 * D, T0 + 2 * D)) == []
+
+
+def test_send_ids_are_deterministic_across_runs() -> None:
+    def run() -> list[str]:
+        settings = make()
+        engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+        out = engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+        out += engine.advance(0, T0 + D, T0 + D)
+        return [s.id for s in out if isinstance(s, JourneySend)]
+
+    first = run()
+    assert len(first) == 2 and len(set(first)) == 2 and first == run()
+
+
+def test_no_reentry_while_in_flight_and_min_gap_after() -> None:
+    settings = make(CART.replace("    exit_when", "    reentry: {min_gap: 3d}\n    exit_when"))
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    out = engine.process(0, [feed("web", ev("e2", "add", T0 + H, "d1"))], T0 + H)
+    assert sends(out) == []  # in flight: one instance per key
+    engine.advance(0, T0 + D, T0 + D)  # completes
+    out = engine.process(0, [feed("web", ev("e3", "add", T0 + 2 * D, "d1"))], T0 + 2 * D)
+    assert sends(out) == []  # 2 days after the last entry: refused by min_gap 3d
+    out = engine.process(0, [feed("web", ev("e4", "add", T0 + 3 * D, "d1"))], T0 + 3 * D)
+    assert sends(out) == [("cart", "1", "cart-1")]
+    assert state(engine, "d1")["n"]["cart"]["reentry_refused"] == 1
+
+
+def test_once_and_max_per() -> None:
+    once = make(CART.replace("    exit_when", "    reentry: {once: true}\n    exit_when"))
+    engine, feed = Engine(once, MemoryStore()), Feed(once)
+    engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    engine.advance(0, T0 + D, T0 + D)
+    out = engine.process(0, [feed("web", ev("e2", "add", T0 + 400 * D, "d1"))], T0 + 400 * D)
+    assert sends(out) == []  # no hidden expiry
+    capped = make(CART.replace("    exit_when", "    reentry: {max: 2, per: 10d}\n    exit_when"))
+    engine, feed = Engine(capped, MemoryStore()), Feed(capped)
+    entered = []
+    for day in range(0, 8, 2):
+        at = T0 + day * D
+        out = engine.process(0, [feed("web", ev(f"a{day}", "add", at, "d1"))], at)
+        entered.append(bool(sends(out)))
+        engine.advance(0, at + D, at + D)
+    assert entered == [True, True, False, False]
+    out = engine.process(0, [feed("web", ev("late", "add", T0 + 11 * D, "d1"))], T0 + 11 * D)
+    assert sends(out)  # the first entry left the 10-day window
+
+
+def test_key_makes_one_instance_per_cart() -> None:
+    settings = make(CART.replace("    exit_when", "    key: event.cart.id\n    exit_when"))
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    out = engine.process(0, [feed("web", ev("e1", "add", T0, "d1", cart={"id": "A"}))], T0)
+    out += engine.process(0, [feed("web", ev("e2", "add", T0 + 1, "d1", cart={"id": "B"}))], T0)
+    out += engine.process(0, [feed("web", ev("e3", "add", T0 + 2, "d1", cart={"id": "A"}))], T0)
+    assert sends(out) == [("cart", "1", "cart-1"), ("cart", "1", "cart-1")]
+    assert len({s.instance_id for s in out if isinstance(s, JourneySend)}) == 2
+
+
+def test_segment_trigger_starts_on_entry() -> None:
+    settings = make(
+        """\
+journeys:
+  - id: carted
+    trigger: {segment: carted}
+    steps: [{send: {destination: email, message: come-back}}]
+"""
+    )
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    out = engine.advance(0, T0 + H, T0 + H)  # the absent window closes: entered, a timer
+    assert [c.segment_id for c in out if isinstance(c, AudienceChange)] == ["carted"]
+    assert sends(out) == [("carted", "1", "come-back")]
+
+
+def test_a_late_send_is_recorded_not_sent_unless_late_send() -> None:
+    settings = make()
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    out = engine.process(0, [feed("web", ev("e1", "add", T0 - 30 * D, "d1"))], T0)
+    assert sends(out) == []
+    out = engine.advance(0, T0 - 29 * D, T0)
+    assert sends(out) == []
+    assert state(engine, "d1")["n"]["cart"] == {"entered": 1, "late": 2, "completed": 1}
+    loose = make(CART.replace("    exit_when", "    late: send\n    exit_when"))
+    engine, feed = Engine(loose, MemoryStore()), Feed(loose)
+    out = engine.process(0, [feed("web", ev("e1", "add", T0 - 30 * D, "d1"))], T0)
+    assert sends(out) == [("cart", "1", "cart-1")]
+
+
+def test_holdout_is_tracked_never_sent() -> None:
+    settings = make(CART.replace("    exit_when", "    holdout: 100%\n    exit_when"))
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    out = engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    out += engine.advance(0, T0 + D, T0 + D)
+    assert sends(out) == []
+    assert state(engine, "d1")["n"]["cart"]["held_out"] == 2
+
+
+def test_holdout_share_is_deterministic_and_near_its_percentage() -> None:
+    picked = [held_out(f"p_{i}", "cart", 500) for i in range(20_000)]
+    assert 0.04 < sum(picked) / len(picked) < 0.06
+    assert picked == [held_out(f"p_{i}", "cart", 500) for i in range(20_000)]
+
+
+def test_global_cap_priority_decides_and_loser_is_capped() -> None:
+    settings = make(
+        """\
+journey_caps: {per_profile: 1, per: 1d}
+journeys:
+  - id: low
+    priority: 1
+    trigger: {event: 'event.eventType == "add"'}
+    steps: [{send: {destination: sms, message: low}}]
+  - id: high
+    priority: 9
+    trigger: {event: 'event.eventType == "add"'}
+    steps: [{send: {destination: email, message: high}}]
+"""
+    )
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    out = engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    assert sends(out) == [("high", "1", "high")]
+    assert state(engine, "d1")["n"]["low"]["capped"] == 1
+    out = engine.process(0, [feed("web", ev("e2", "add", T0 + D + 1, "d1"))], T0 + D)
+    assert sends(out) == [("high", "1", "high")]  # a new day: one slot again
+
+
+def test_merge_moves_a_waiting_instance_to_the_survivor() -> None:
+    settings = make()
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    out = engine.process(0, [feed("web", ev("e2", "view", T0 + H, "d1", email="a@x.com"))], T0)
+    assert sends(out) == []
+    out = engine.advance(0, T0 + D, T0 + D)
+    assert sends(out) == [("cart", "3.else.1", "cart-2")]  # woke on the merged profile
+
+
+def test_removed_journey_ends_its_instances_and_edit_keeps_version() -> None:
+    store = MemoryStore()
+    settings = make()
+    engine, feed = Engine(settings, store), Feed(settings)
+    engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    first = next(s for s in engine.outbox_after(0, 0) if isinstance(s, JourneySend))
+    # Edited: the message of the last step changes; the instance finishes on its version.
+    edited = make(CART.replace("cart-2", "cart-2b"))
+    engine = Engine(edited, store)
+    out = engine.advance(0, T0 + D, T0 + D)
+    assert sends(out) == [("cart", "3.else.1", "cart-2")]
+    assert [s.version for s in out if isinstance(s, JourneySend)] == [first.version]
+    # Removed: the next instance ends at its wake-up, nothing sent.
+    engine = Engine(edited, store)
+    engine.process(0, [feed("web", ev("e9", "add", T0 + 2 * D, "d1"))], T0 + 2 * D)
+    engine = Engine(make(""), store)
+    out = engine.advance(0, T0 + 3 * D, T0 + 3 * D)
+    assert sends(out) == []
+    assert state(engine, "d1")["n"]["cart"]["exited_removed"] == 1
+
+
+def test_on_edit_exit_ends_old_instances() -> None:
+    store = MemoryStore()
+    settings = make(CART.replace("    exit_when", "    on_edit: exit\n    exit_when"))
+    engine, feed = Engine(settings, store), Feed(settings)
+    engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    edited = make(
+        CART.replace("    exit_when", "    on_edit: exit\n    exit_when").replace("1d", "2d")
+    )
+    engine = Engine(edited, store)
+    assert sends(engine.advance(0, T0 + D, T0 + D)) == []
+    assert state(engine, "d1")["n"]["cart"]["exited_edited"] == 1
+
+
+def test_forget_ends_instances() -> None:
+    settings = make()
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    assert engine.forget(0, ("ECID", "d1"), T0) is not None
+    assert sends(engine.advance(0, T0 + 2 * D, T0 + 2 * D)) == []
+
+
+def test_wait_until_a_local_time_across_a_dst_change() -> None:
+    settings = make(
+        """\
+journeys:
+  - id: morning
+    trigger: {event: 'event.eventType == "like"'}
+    late: send
+    steps:
+      - wait: {until: "09:00", timezone: profile.timezone}
+      - send: {destination: email, message: good-morning}
+"""
+    )
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    # Berlin leaves summer time on 2026-10-25 at 03:00 local. An add late on the 24th waits
+    # for 09:00 on the 25th, which is 08:00 UTC (CET), not 07:00 (CEST).
+    crm = {"email": "b@x.com", "timezone": "Europe/Berlin", "ecid": "d1"}
+    at = int(datetime(2026, 10, 24, 22, 0, tzinfo=UTC).timestamp() * 1000)
+    engine.process(0, [feed("crm", crm)], at)
+    add = ev("e1", "like", at, "d1", email="b@x.com")
+    assert sends(engine.process(0, [feed("web", add)], at)) == []
+    due = int(datetime(2026, 10, 25, 8, 0, tzinfo=UTC).timestamp() * 1000)
+    assert engine.next_timer_ms() == due
+    assert sends(engine.advance(0, due - 1, due)) == []
+    assert sends(engine.advance(0, due, due)) == [("morning", "2", "good-morning")]
+
+
+def test_config_errors_name_the_journey_and_line() -> None:
+    with pytest.raises(ConfigError) as bad:
+        make(CART.replace("destination: sms", "destination: smss"))
+    assert "unknown destination 'smss'" in str(bad.value) and "line" in str(bad.value)
+    with pytest.raises(ConfigError) as bad:
+        make(CART.replace("{event:", "{segment: nope, event:"))
+    with pytest.raises(RuleErrors) as rules:
+        build_index(make(CART.replace('"buy", within', '"buy", within=')))
+    assert "journey 'cart' exit_when" in str(rules.value)
