@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from operators.steps.call import Output
 from operators.store import Store, Txn, decode, encode
-from schemas.records import AudienceChange, Identity, output_from_stored
+from schemas.records import AudienceChange, Identity, JourneySend, output_from_stored
 
 PREFIX = b"q/"
 
@@ -79,16 +79,20 @@ class Outbox:
 
     def drop_person(self, txn: Txn, members: Sequence[Identity]) -> None:
         """Outputs still waiting that name any of `members` go (a GDPR delete): audience
-        changes and profile documents (the delete's own document follows them)."""
+        changes, journey sends and profile documents (the delete's own document follows
+        them)."""
         names = {f"{ns}:{v}" for ns, v in members}
         for key, raw in self.store.scan(PREFIX):
             if key.endswith(b"/seq"):
                 continue
             stored_output = decode(raw)
             if isinstance(stored_output, dict):
-                if stored_output["cmd"] != "profile":
+                if stored_output["cmd"] == "send":  # a journey's message
+                    held = JourneySend.from_stored(stored_output).identities
+                elif stored_output["cmd"] == "profile":
+                    held = stored_output["doc"].get("identities") or {}
+                else:
                     continue  # a command between the steps, not an output to a destination
-                held = stored_output["doc"].get("identities") or {}
             else:
                 held = AudienceChange.from_stored(stored_output).identities
             if any(f"{ns}:{v}" in names for ns, values in held.items() for v in values):

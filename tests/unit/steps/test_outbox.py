@@ -5,7 +5,7 @@ from __future__ import annotations
 from operators.steps.call import Output
 from operators.steps.outbox import Outbox, outbox_key, seq_key
 from operators.store import MemoryStore, Txn
-from schemas.records import AudienceChange, Move
+from schemas.records import AudienceChange, JourneySend, Move
 
 
 def change(n: int, identities: dict[str, list[str]] | None = None) -> AudienceChange:
@@ -115,3 +115,20 @@ def test_drop_person_removes_only_changes_naming_the_person() -> None:
     assert ids(outbox.after(0, 0)) == ["c2", "Move"]
     assert ids(outbox.after(5, 0)) == ["c4"]  # every key; d22 is someone else
     assert outbox.seq(0) == 3 and Outbox(store).seq(5) == 2
+
+
+def test_drop_person_removes_their_journey_sends_too() -> None:
+    store = MemoryStore()
+    outbox = Outbox(store)
+
+    def send(n: int, ecid: str) -> JourneySend:
+        return JourneySend(
+            f"s{n}", "cart", "v1", f"i{n}", "1", "cart-1", "email", f"p_{n}", {"ECID": [ecid]}, n, 0
+        )
+
+    append(store, outbox, 0, [send(1, "d2"), send(2, "d3"), change(3, {"ECID": ["d2"]})])
+    txn = Txn(store)
+    outbox.drop_person(txn, [("ECID", "d2")])
+    txn.commit()
+    assert [o.id for o in outbox.after(0, 0) if isinstance(o, JourneySend)] == ["s2"]
+    assert len(outbox.after(0, 0)) == 1
