@@ -229,12 +229,14 @@ def _count(state: dict[str, Any], journey_id: str, what: str, n: int = 1) -> Non
     totals[what] = totals.get(what, 0) + n
 
 
-def _log(state: dict[str, Any], line: tuple[int, str, str, str, str, str]) -> None:
+def _log(state: dict[str, Any], line: tuple[int, str, str, str, str, str]) -> list[Any]:
     """One trace line: (ms, journey, instance, what, step, detail)."""
     log = state.setdefault("log", [])
-    log.append(list(line))
+    entry = list(line)
+    log.append(entry)
     if len(log) > LOG_MAX:
         del log[: len(log) - LOG_MAX]
+    return entry
 
 
 class _Run:
@@ -259,7 +261,8 @@ class _Run:
         self.state: dict[str, Any] = orjson.loads(orjson.dumps(state)) if state else {}
         self.old_due = None if state is None else state.get("due")
         self.pid = profile_id(canonical)
-        self.pending: list[tuple[Journey, str, dict[str, Any], Step, int]] = []
+        # Sends of this moment, each with its trace line (its outcome is known at `flush`).
+        self.pending: list[tuple[Journey, str, dict[str, Any], Step, int, list[Any]]] = []
 
     @property
     def instances(self) -> dict[str, dict[str, Any]]:
@@ -270,7 +273,7 @@ class _Run:
         """Instances of journeys removed or edited (`on_edit: exit`) end; `exit_when` ends
         instances; waits due by `now_ms` go on."""
         j, index = self.j, self.j.index
-        verdicts: dict[tuple[str, str], bool] = {}
+        verdicts: dict[tuple[str, str, int], bool] = {}
         for iid, inst in sorted(self.instances.items(), key=_by_due):
             current = j.current.get(inst["j"])
             if current is None:
@@ -283,17 +286,19 @@ class _Run:
             if journey is None:
                 self.end(iid, inst, "removed", now_ms)
                 continue
+            due: int | None = inst.get("due")
+            woken = due is not None and due <= now_ms
+            at: int = due if due is not None and woken else now_ms  # judged as of a wait's end
             if journey.exit_rule is not None:
-                held = (journey.id, journey.version)
+                held = (journey.id, journey.version, at)
                 if held not in verdicts:
-                    verdicts[held] = holds(journey.exit_rule, self.profile, index, now_ms)
+                    verdicts[held] = holds(journey.exit_rule, self.profile, index, at)
                 if verdicts[held]:
-                    self.end(iid, inst, "exit_when", now_ms)
+                    self.end(iid, inst, "exit_when", at)
                     continue
-            due = inst.get("due")
-            if due is not None and due <= now_ms:
-                _log(self.state, (due, journey.id, iid, "woke", inst["at"] or "", ""))
-                self.go(journey, iid, inst, inst["at"], due)
+            if woken:
+                _log(self.state, (at, journey.id, iid, "woke", inst["at"] or "", ""))
+                self.go(journey, iid, inst, inst["at"], at)
 
     def enter(self, journey: Journey, event: dict[str, Any] | None, at_ms: int) -> None:
         key = key_of(journey, event)
@@ -342,7 +347,8 @@ class _Run:
         for step in taken:
             node = step.node
             if node.kind == "send":
-                self.pending.append((journey, iid, inst, step, at_ms))
+                line = _log(self.state, (at_ms, journey.id, iid, "send", node.path, node.message))
+                self.pending.append((journey, iid, inst, step, at_ms, line))
             elif node.kind == "wait":
                 detail = f"until {iso_ms(step.due_ms)}" if step.due_ms is not None else ""
                 _log(self.state, (at_ms, journey.id, iid, "waiting", node.path, detail))
@@ -369,7 +375,7 @@ class _Run:
         self.pending.sort(key=lambda p: (*_rank(p[0]), p[1], p[3].node.path))
         caps = self.j.caps
         window: list[int] = self.state.get("c", [])
-        for journey, iid, inst, step, at_ms in self.pending:
+        for journey, iid, inst, step, at_ms, line in self.pending:
             path = step.node.path
             if caps is not None:
                 window = [t for t in window if t > at_ms - caps.per_ms]
@@ -385,7 +391,7 @@ class _Run:
                     window.append(at_ms)
                 self.emit(journey, iid, inst, step, at_ms)
             _count(self.state, journey.id, outcome)
-            _log(self.state, (at_ms, journey.id, iid, outcome, path, step.node.message))
+            line[3] = outcome
             metrics.JOURNEYS.labels(journey.id, path, outcome).inc()
         if caps is not None:
             self.state["c"] = window

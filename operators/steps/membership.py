@@ -94,12 +94,16 @@ class Membership:
             which = set()
         reason = "merge" if merged else ""
         now_ms = self.positions.now_ms
+        retime = False  # only if a segment reading a window is evaluated (see `evaluate`)
         if record.kind == "event":
             if self.positions.live and record.ts_ms is not None and record.ts_ms > now_ms:
                 # A live event a little ahead of the wall clock (within time.max_future) is
                 # evaluated at its own time, so its change is emitted now with its reason.
                 now_ms = record.ts_ms
             if not duplicate:
+                if self.journeys is not None and "j" in profile:
+                    profile, woke = self._wake_before(call, canonical, cluster, profile, record)
+                    retime = retime or woke
                 aggs, absents = index.candidates(record.event_type or "")
                 profile, changed = prof.apply_event(profile, record, aggs, absents)
                 which |= index.affected_by_inputs(changed)
@@ -122,8 +126,34 @@ class Membership:
             at_ms=at_ms,
             reason=reason,
             now_ms=now_ms,
-            retime=False,  # only if a segment reading a window is evaluated (see `evaluate`)
+            retime=retime,
             record=record,
+        )
+
+    def _wake_before(
+        self,
+        call: Call,
+        canonical: Identity,
+        cluster: Cluster | None,
+        profile: prof.Profile,
+        record: Record,
+    ) -> tuple[prof.Profile, bool]:
+        """A journey wait that ends before this event's time ends before the event is applied,
+        though event time (the slowest partition) has not reached it yet: per profile, steps
+        and events happen in event-time order, so 1 or 2 workers send the same."""
+        due = profile["j"].get("due")
+        if due is None or record.ts_ms is None or due > record.ts_ms:
+            return profile, False
+        assert self.journeys is not None
+        return self.journeys.react(
+            call,
+            canonical=canonical,
+            cluster=cluster,
+            profile=profile,
+            changes=(),
+            record=None,
+            at_ms=due,
+            now_ms=record.ts_ms,
         )
 
     def evaluate(

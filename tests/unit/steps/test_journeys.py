@@ -325,3 +325,27 @@ def test_config_errors_name_the_journey_and_line() -> None:
     with pytest.raises(RuleErrors) as rules:
         build_index(make(CART.replace('"buy", within', '"buy", within=')))
     assert "journey 'cart' exit_when" in str(rules.value)
+
+
+def test_a_wait_ending_before_an_event_runs_first_though_another_partition_lags() -> None:
+    """Per profile, steps and events happen in event-time order: the reminder due a day after
+    the add goes out before a purchase two days later, whether or not the slowest partition
+    has moved event time past the reminder (1 and 2 workers send the same)."""
+
+    def run(lagging: bool) -> list[tuple[str, str, str]]:
+        settings = make(CART.replace("    exit_when", "    late: send\n    exit_when"))
+        engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+        decoder = Decoder.from_settings(settings)
+        out = engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+        if lagging:  # partition 1 holds event time at T0
+            other = decoder.decode(Origin("web", 1, 1), orjson.dumps(ev("x", "view", T0, "z9")))
+            assert isinstance(other, Record)
+            out += engine.process(0, [other], T0)
+        buy = ev("e2", "buy", T0 + 2 * D, "d1")
+        out += engine.process(0, [feed("web", buy)], T0 + 2 * D)
+        return sends(out)
+
+    assert run(lagging=False) == run(lagging=True) == [
+        ("cart", "1", "cart-1"),
+        ("cart", "3.else.1", "cart-2"),
+    ]
