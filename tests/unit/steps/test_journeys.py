@@ -345,7 +345,11 @@ def test_a_wait_ending_before_an_event_runs_first_though_another_partition_lags(
         out += engine.process(0, [feed("web", buy)], T0 + 2 * D)
         return sends(out)
 
-    assert run(lagging=False) == run(lagging=True) == [
-        ("cart", "1", "cart-1"),
-        ("cart", "3.else.1", "cart-2"),
-    ]
+    assert (
+        run(lagging=False)
+        == run(lagging=True)
+        == [
+            ("cart", "1", "cart-1"),
+            ("cart", "3.else.1", "cart-2"),
+        ]
+    )
