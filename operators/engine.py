@@ -121,7 +121,11 @@ class Engine:
             settings.journeys or next(iter(store.scan(JOURNEY_VERSIONS)), None) is not None
         ):
             self.journeys = Journeys(
-                store=store, settings=settings, index=self.index, profiles=self.profiles
+                store=store,
+                settings=settings,
+                index=self.index,
+                profiles=self.profiles,
+                consent=consent,
             )
             self.membership.journeys = self.journeys
         self.rollout = Rollout(

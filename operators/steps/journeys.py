@@ -58,6 +58,7 @@ from operators.journeys import (
 from operators.rules import Aggregate
 from operators.segments import SegmentIndex, Transition
 from operators.steps.call import Call
+from operators.steps.privacy import Consent
 from operators.steps.profiles import Profiles
 from operators.store import Store, Txn
 from schemas.records import Identity, JourneySend, Record, iso_ms
@@ -85,10 +86,12 @@ class Journeys:
         settings: Settings,
         index: SegmentIndex,
         profiles: Profiles,
+        consent: Consent,
     ) -> None:
         self.store = store
         self.index = index
         self.profiles = profiles
+        self.consent = consent
         self._segments = [s.id for s in settings.segments]
         compiled = compile_journeys(settings.journeys, self._segments, index.traits)
         self.current = {j.id: j for j in compiled}
