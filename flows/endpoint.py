@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import orjson
+
 from config.settings import http_url
 
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -26,6 +28,21 @@ class Post(NamedTuple):
     body: bytes
     id: str  # of the change or send: the `Idempotency-Key` header
     send: bool = False  # a journey send: posted once per id (`flows.delivered`)
+
+
+# A `Post`; a `(profile id, body)` pair is an audience change (its id read from the body).
+Item = Post | tuple[str, bytes]
+
+
+def as_post(item: Item) -> Post:
+    if isinstance(item, Post):
+        return item
+    profile, body = item
+    try:
+        post_id = str(orjson.loads(body)["id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):  # no id: posted without the header
+        post_id = ""
+    return Post(profile, body, post_id)
 
 
 @dataclass(frozen=True, slots=True)

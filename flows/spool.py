@@ -23,7 +23,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
@@ -53,6 +53,25 @@ class Spooled:
         doc = orjson.loads(line)
         body = orjson.dumps(doc["body"])
         return cls(doc["id"], doc["profile"], body, doc["reason"], bool(doc.get("send")))
+
+
+@dataclass
+class Redelivery:
+    """What one delivery of a spool did (counted by its lanes' threads)."""
+
+    delivered: int = 0
+    refused: int = 0  # answered no for good: sent to the dead letters
+    already: int = 0  # journey sends in the ledger: delivered before, not posted again
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, refused: bool = False, already: bool = False) -> None:  # lanes' threads
+        with self._lock:
+            if already:
+                self.already += 1
+            elif refused:
+                self.refused += 1
+            else:
+                self.delivered += 1
 
 
 def change_id(body: bytes) -> str:

@@ -27,36 +27,22 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from config.settings import DestinationSettings
 from flows.delivered import Ledger
-from flows.endpoint import Endpoint, Post, PostResult, lane_of
-from flows.spool import Breaker, Spool, Spooled, change_id
+from flows.endpoint import Endpoint, Item, Post, PostResult, as_post, lane_of
+from flows.spool import Breaker, Redelivery, Spool, Spooled
 from operators import metrics
 from schemas.records import DeadLetter, Origin
 
 log = logging.getLogger("cdp.destinations")
 
-# A `Post`; a `(profile id, body)` pair is an audience change (its id read from the body).
-Item = Post | tuple[str, bytes]
-
-__all__ = ["Endpoint", "Post", "Redelivery", "WebhookDestination", "WebhookSink", "lane_of"]
-
-
-def as_post(item: Item) -> Post:
-    if isinstance(item, Post):
-        return item
-    profile, body = item
-    try:
-        post_id = change_id(body)
-    except (orjson.JSONDecodeError, KeyError, TypeError):  # no id: posted without the header
-        post_id = ""
-    return Post(profile, body, post_id)
+__all__ = [
+    "Endpoint", "Item", "Post", "Redelivery", "WebhookDestination", "WebhookSink", "lane_of",
+]  # fmt: skip
 
 
 class WebhookDestination:
@@ -284,23 +270,6 @@ class WebhookDestination:
                 if self._ledger is not None:
                     self._ledger.close()
                     self._ledger = None
-
-
-@dataclass
-class Redelivery:
-    delivered: int = 0
-    refused: int = 0  # answered no for good: sent to the dead letters
-    already: int = 0  # journey sends in the ledger: delivered before, not posted again
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, *, refused: bool = False, already: bool = False) -> None:  # lanes' threads
-        with self._lock:
-            if already:
-                self.already += 1
-            elif refused:
-                self.refused += 1
-            else:
-                self.delivered += 1
 
 
 class _Shared:
