@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from operators.store import RocksStore
+from operators.store import RocksStore, StoreError
 
 _ID = b"i/"
 _AGE = b"t/"
@@ -40,7 +40,10 @@ class Ledger:
     def __init__(self, directory: Path, window_ms: int, now_ms: int | None = None) -> None:
         self.path = directory
         self.window_ms = window_ms
-        self._store = RocksStore(directory)
+        try:
+            self._store = RocksStore(directory)
+        except StoreError as exc:  # its message speaks of the state store
+            raise StoreError(f"the ledger of delivered journey sends {directory}: {exc}") from exc
         self._lock = threading.Lock()
         self.pruned = self.prune(_now_ms() if now_ms is None else now_ms)
 

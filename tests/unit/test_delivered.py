@@ -4,7 +4,10 @@ in a temp dir, the webhook sink and the spool with it against a real HTTP server
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from flows.redeliver import redeliver
 from flows.spool import Spool, Spooled
 from flows.webhook import Post, WebhookDestination, WebhookSink
 from operators import metrics
+from operators.store import StoreError
 from tests.http_server import Server
 
 DAY_MS = 86_400_000
@@ -249,3 +253,58 @@ def test_redeliver_skips_a_spooled_send_the_ledger_has_and_reads_old_spools(
             again.close()
     finally:
         srv.close()
+
+
+_KILLED_AFTER_DELIVERY = """
+import os, signal, sys
+from pathlib import Path
+import orjson
+from config.settings import DestinationSettings
+from flows.webhook import Post, WebhookSink
+
+url, state = sys.argv[1], Path(sys.argv[2])
+dest = DestinationSettings(name="hook", kind="webhook", url=url, concurrency=2)
+hook = WebhookSink(dest, lambda _l: None, state / "spool", state / "delivered").build("w", 0, 1)
+posts = []
+for n in range(1, 4):
+    body = orjson.dumps({"id": f"s{n}", "type": "journey_send", "n": n})
+    posts.append(Post(f"p_{n}", body, f"s{n}", send=True))
+hook.write_batch(posts)
+os.kill(os.getpid(), signal.SIGKILL)  # the sends went out; nothing closed or flushed
+"""
+
+
+def test_a_process_killed_after_posting_sends_does_not_post_them_again(tmp_path: Path) -> None:
+    """The ledger of a SIGKILLed process keeps what it delivered: the outbox replay of the
+    next process posts only the send it had not made yet."""
+    srv = Server([], keep_alive=True)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _KILLED_AFTER_DELIVERY, srv.url, str(tmp_path)],
+            cwd=Path(__file__).resolve().parents[2],
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == -signal.SIGKILL
+        assert sorted(h["Idempotency-Key"] for h in srv.headers) == ["s1", "s2", "s3"]
+        sink = WebhookSink(
+            _hook(srv.url), lambda _l: None, tmp_path / "spool", tmp_path / "delivered"
+        )
+        hook = sink.build("w", 0, 1)
+        try:
+            replay = [send_post(n, f"p_{n}") for n in range(1, 5)]
+            hook.write_batch(replay)
+        finally:
+            hook.close()
+        assert sorted(h["Idempotency-Key"] for h in srv.headers) == ["s1", "s2", "s3", "s4"]
+    finally:
+        srv.close()
+
+
+def test_a_ledger_is_held_by_one_process_at_a_time(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "hook", DAY_MS)
+    try:
+        with pytest.raises(StoreError, match="ledger of delivered journey sends"):
+            Ledger(tmp_path / "hook", DAY_MS)
+    finally:
+        ledger.close()
