@@ -213,6 +213,9 @@ class DestinationSettings(_Frozen):
     # webhook: while its spool holds changes, the oldest is tried this often; when it goes
     # through, the spool is delivered in order before newer changes of the same profiles
     retry_every: str = "30s"
+    # webhook: the ids of the journey sends it delivered are kept this long (in
+    # STATE/delivered/<name>), so a send emitted again after a crash is not posted again
+    dedup_window: str = "7d"
 
     @field_validator("retry_every")
     @classmethod
@@ -224,6 +227,17 @@ class DestinationSettings(_Frozen):
     @property
     def retry_every_s(self) -> float:
         return duration_ms(self.retry_every) / 1000
+
+    @field_validator("dedup_window")
+    @classmethod
+    def _dedup_window(cls, value: str) -> str:
+        if duration_ms(value) <= 0:
+            raise ValueError("dedup_window must be more than 0")
+        return value
+
+    @property
+    def dedup_window_ms(self) -> int:
+        return duration_ms(self.dedup_window)
 
     @model_validator(mode="after")
     def _target(self) -> DestinationSettings:

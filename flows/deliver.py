@@ -10,40 +10,42 @@ from confluent_kafka import Producer
 
 from config.settings import DestinationSettings, Settings
 from flows import io
-from flows.webhook import WebhookSink
+from flows.webhook import Post, WebhookSink
 from flows.write import dead_letter_writer
 from operators.destinations import render, render_document
-from schemas.records import AudienceChange, ProfileDocument
+from schemas.records import AudienceChange, JourneySend, ProfileDocument
 
 
 def deliver(
     settings: Settings,
-    changes: Sequence[AudienceChange],
+    changes: Sequence[AudienceChange | JourneySend],
     spool_dir: Path | None = None,
     documents: Sequence[ProfileDocument] = (),
 ) -> dict[str, int]:
     """Render and write each change to every destination that takes it, and the profile
     documents to the `profiles` destinations; counts per name. `spool_dir`: a webhook's
     changes join those waiting in its spool, after them (a change must not overtake an
-    earlier one of its profile)."""
+    earlier one of its profile). Journey sends are ignored: `cdp forget` makes none (a
+    forgotten profile's journeys end without a message)."""
+    only = [c for c in changes if isinstance(c, AudienceChange)]
     sent: dict[str, int] = {}
     for dest in settings.destinations:
         if dest.kind == "profiles":
             sent[dest.name] = _deliver_documents(settings, dest, documents)
             continue
-        rendered = [(c.profile_id, body) for c in changes if (body := render(c, dest)) is not None]
+        rendered = [Post(c.profile_id, body, c.id) for c in only if (body := render(c, dest))]
         sent[dest.name] = len(rendered)
         if not rendered:
             continue
-        bodies = [body for _, body in rendered]
+        bodies = [post.body for post in rendered]
         if dest.kind == "file":
             assert dest.path is not None
             io.append_lines(settings.resolve(dest.path))(bodies)
         elif dest.kind == "kafka":
             assert dest.topic is not None
             producer = Producer({"enable.idempotence": "true", **settings.kafka.client_config()})
-            for key, body in rendered:
-                producer.produce(dest.topic, body, key=key.encode())
+            for post in rendered:
+                producer.produce(dest.topic, post.body, key=post.profile.encode())
             if producer.flush(30) != 0:
                 raise RuntimeError(f"destination {dest.name}: Kafka did not take every change")
         else:

@@ -8,6 +8,9 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import orjson
 
 from config.settings import http_url
 
@@ -16,6 +19,30 @@ RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
 # A kept-alive connection the server has closed meanwhile fails on its next request with one of
 # these, before the server saw anything: the request is sent again at once on a new connection.
 _STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class Post(NamedTuple):
+    """What a webhook sink takes: one audience change or journey send, rendered."""
+
+    profile: str  # picks the lane: a profile's posts keep to one, in order
+    body: bytes
+    id: str  # of the change or send: the `Idempotency-Key` header
+    send: bool = False  # a journey send: posted once per id (`flows.delivered`)
+
+
+# A `Post`; a `(profile id, body)` pair is an audience change (its id read from the body).
+Item = Post | tuple[str, bytes]
+
+
+def as_post(item: Item) -> Post:
+    if isinstance(item, Post):
+        return item
+    profile, body = item
+    try:
+        post_id = str(orjson.loads(body)["id"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):  # no id: posted without the header
+        post_id = ""
+    return Post(profile, body, post_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +77,12 @@ class Endpoint:
             self._used = False
         return self._conn
 
-    def _send(self, body: bytes) -> int:
+    def _send(self, body: bytes, key: str) -> int:
         conn = self._connection()
-        conn.request("POST", self._path, body=body, headers=self._headers)
+        # The same key on every attempt and every re-delivery of one change or send: an
+        # endpoint can tell a repeat from a new one.
+        headers = {**self._headers, "Idempotency-Key": key} if key else self._headers
+        conn.request("POST", self._path, body=body, headers=headers)
         response = conn.getresponse()
         response.read()
         self._used = True
@@ -60,16 +90,17 @@ class Endpoint:
             self.close()
         return response.status
 
-    def post_once(self, body: bytes) -> int:
-        """The HTTP status of one POST; raises OSError or HTTPException when there is none."""
+    def post_once(self, body: bytes, key: str = "") -> int:
+        """The HTTP status of one POST; raises OSError or HTTPException when there is none.
+        `key`: its `Idempotency-Key` header (none if empty)."""
         try:
             try:
-                return self._send(body)
+                return self._send(body, key)
             except _STALE:
                 if not self._used:
                     raise
                 self.close()  # closed by the server while idle: once more, on a new connection
-                return self._send(body)
+                return self._send(body, key)
         except (OSError, http.client.HTTPException):
             self.close()
             raise
@@ -80,13 +111,14 @@ class Endpoint:
         *,
         max_attempts: int,
         backoff_ms: int,
+        key: str = "",
         sleep: Callable[[float], object] = time.sleep,
         give_up: Callable[[], bool] = lambda: False,
     ) -> PostResult:
         problem = ""
         for attempt in range(1, max_attempts + 1):
             try:
-                status = self.post_once(body)
+                status = self.post_once(body, key)
             except (OSError, http.client.HTTPException) as exc:
                 problem = f"connection failed: {type(exc).__name__}"
             else:

@@ -33,16 +33,14 @@ from flows.kicks import KickSource, kicks
 from flows.options import RunOptions
 from flows.placement import shard_keys
 from flows.read import decoded_records
-from flows.write import write_changes, write_dead_letters
+from flows.write import Delivered, write_changes, write_dead_letters
 from operators.steps.call import Output
 from operators.store import shard_of
 from schemas.records import (
     Adopt,
-    AudienceChange,
     Command,
     Forget,
     Kick,
-    ProfileDocument,
     Record,
 )
 
@@ -85,9 +83,9 @@ def build_flow(settings: Settings, options: RunOptions) -> Dataflow:
     return flow
 
 
-def _only_changes(outputs: Stream[Output]) -> Stream[AudienceChange | ProfileDocument]:
-    """One process emits only audience changes and profile documents (commands exist with
-    several processes)."""
+def _only_changes(outputs: Stream[Output]) -> Stream[Delivered]:
+    """One process emits only audience changes, journey sends and profile documents
+    (commands exist with several processes)."""
     return outputs  # type: ignore[return-value]
 
 
@@ -97,7 +95,7 @@ def _apply_on_processes(
     settings: Settings,
     options: RunOptions,
     raw_parts: Callable[[], int],
-) -> Stream[AudienceChange | ProfileDocument]:
+) -> Stream[Delivered]:
     """Identity on one key, profiles on shard keys, moves through the feedback topic."""
     # Every record goes to the graph key, a list per input batch (see `_packed`).
     packed = op.flat_map_batch("pack_for_graph", records, lambda batch: [batch])

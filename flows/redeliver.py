@@ -45,11 +45,14 @@ def redeliver(settings: Settings, name: str, state_dir: Path) -> Outcome:
         if not (folder / f"{name}.jsonl").exists():
             continue
         outcome.spools += 1
-        hook = WebhookDestination(dest, dead_letter_writer(settings), folder)
+        # the process's ledger of delivered journey sends, next to its spool
+        ledger = folder.parent / "delivered"
+        hook = WebhookDestination(dest, dead_letter_writer(settings), folder, ledger)
         try:
             assert hook.spool is not None
             outcome.delivered_before += hook.spool.delivered_before
             done = hook.redeliver()
+            outcome.delivered_before += done.already
             outcome.delivered += done.delivered
             outcome.refused += done.refused
             outcome.left += hook.spool.count

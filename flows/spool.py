@@ -5,7 +5,8 @@ after the first one that goes through). `Spool`: the changes a destination has n
 disk in the order they came, until they are delivered; held by one process at a time.
 
 On disk, in the spool directory (`STATE/spool/`):
-- `<name>.jsonl`: one change a line, `{"id", "profile", "reason", "body"}`, appended and
+- `<name>.jsonl`: one change a line, `{"id", "profile", "reason", "body"}` (and `"send": true`
+  for a journey send; a line without it is an audience change), appended and
   flushed as they come (`sync` makes them durable before the sink's `write_batch` returns);
 - `<name>.done`: the ids delivered (or refused and dead-lettered) since, one a line, so a
   change is sent once even when delivery stops half-way; both files are emptied when every
@@ -22,7 +23,7 @@ import fcntl
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
@@ -39,15 +40,38 @@ class Spooled:
     profile: str
     body: bytes
     reason: str
+    send: bool = False  # a journey send (posted once per id), not an audience change
 
     def to_line(self) -> bytes:
-        doc = {"id": self.id, "profile": self.profile, "reason": self.reason}
+        doc: dict[str, object] = {"id": self.id, "profile": self.profile, "reason": self.reason}
+        if self.send:  # only then: the lines of a spool written before sends read the same
+            doc["send"] = True
         return orjson.dumps({**doc, "body": orjson.Fragment(self.body)}) + b"\n"
 
     @classmethod
     def from_line(cls, line: bytes) -> Spooled:
         doc = orjson.loads(line)
-        return cls(doc["id"], doc["profile"], orjson.dumps(doc["body"]), doc["reason"])
+        body = orjson.dumps(doc["body"])
+        return cls(doc["id"], doc["profile"], body, doc["reason"], bool(doc.get("send")))
+
+
+@dataclass
+class Redelivery:
+    """What one delivery of a spool did (counted by its lanes' threads)."""
+
+    delivered: int = 0
+    refused: int = 0  # answered no for good: sent to the dead letters
+    already: int = 0  # journey sends in the ledger: delivered before, not posted again
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, refused: bool = False, already: bool = False) -> None:  # lanes' threads
+        with self._lock:
+            if already:
+                self.already += 1
+            elif refused:
+                self.refused += 1
+            else:
+                self.delivered += 1
 
 
 def change_id(body: bytes) -> str:
@@ -124,15 +148,25 @@ class Spool:
     def holds(self, profile: str) -> bool:
         return profile in self._pending
 
-    def put(self, profile: str, body: bytes, reason: str, *, force: bool) -> bool:
+    def put(
+        self,
+        profile: str,
+        body: bytes,
+        reason: str,
+        *,
+        force: bool,
+        id: str | None = None,
+        send: bool = False,
+    ) -> bool:
         """Keep this change in the spool if `force` or its profile has changes waiting here
         (a profile's changes must not overtake each other); True if it is in the spool or
         was delivered from it (a change sent again after a restart), so it must not be sent
-        now. The line is written, not yet synced: see `sync`."""
+        now. `id`: the change's or send's (read from `body` when not given). The line is
+        written, not yet synced: see `sync`."""
         with self._mutex:
             if not force and profile not in self._pending:
-                return bool(self._done) and change_id(body) in self._done
-            entry = Spooled(change_id(body), profile, body, reason)
+                return bool(self._done) and (id or change_id(body)) in self._done
+            entry = Spooled(id or change_id(body), profile, body, reason, send)
             if entry.id in self._ids:
                 return True
             self._out.write(entry.to_line())

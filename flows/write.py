@@ -1,5 +1,6 @@
 """The write side: audience changes rendered per destination and written to Kafka, files or
-webhooks; dead letters to their file or topic."""
+webhooks; each journey send to the one destination it names; profile documents to the
+`profiles` destinations; dead letters to their file or topic."""
 
 from __future__ import annotations
 
@@ -15,21 +16,22 @@ from bytewax.dataflow import Stream
 from config.settings import DestinationSettings, Settings
 from flows import io
 from flows.options import RunOptions
-from flows.webhook import WebhookSink
+from flows.webhook import Post, WebhookSink
 from operators import metrics
-from operators.destinations import render, render_document
-from schemas.records import AudienceChange, DeadLetter, ProfileDocument
+from operators.destinations import render, render_document, render_send
+from schemas.records import AudienceChange, DeadLetter, JourneySend, ProfileDocument
+
+Delivered = AudienceChange | ProfileDocument | JourneySend  # what the engine hands the sinks
+Message = AudienceChange | JourneySend  # what the kafka, file and webhook destinations take
 
 
-def write_changes(
-    outputs: Stream[AudienceChange | ProfileDocument], settings: Settings, options: RunOptions
-) -> None:
+def write_changes(outputs: Stream[Delivered], settings: Settings, options: RunOptions) -> None:
     config = settings.kafka.client_config()
     brokers = config.pop("bootstrap.servers")
     projections = [d for d in settings.destinations if d.kind == "profiles"]
     if projections:
-        split = op.branch("split_projection", outputs, lambda x: isinstance(x, AudienceChange))
-        changes: Stream[AudienceChange] = split.trues  # type: ignore[assignment]
+        split = op.branch("split_projection", outputs, lambda x: not isinstance(x, ProfileDocument))
+        changes: Stream[Message] = split.trues  # type: ignore[assignment]
         documents: Stream[ProfileDocument] = split.falses  # type: ignore[assignment]
         for dest in projections:
             _write_documents(documents, dest, settings, brokers, config)
@@ -49,10 +51,12 @@ def write_changes(
             assert dest.path is not None
             op.output(f"write_{dest.name}", rendered, io.JsonLinesSink(settings.resolve(dest.path)))
         else:
-            hook = WebhookSink(dest, dead_letter_writer(settings), options.state_dir / "spool")
+            state = options.state_dir
+            dead = dead_letter_writer(settings)
+            hook = WebhookSink(dest, dead, state / "spool", state / "delivered")
             op.output(f"write_{dest.name}", rendered, hook)
     if options.audience_out is not None:
-        everything = op.map("render_audience_out", changes, render_all)
+        everything = op.flat_map_batch("render_audience_out", changes, audience_lines)
         op.output("write_audience_out", everything, io.JsonLinesSink(options.audience_out))
 
 
@@ -87,23 +91,32 @@ def _document_lines(documents: list[ProfileDocument]) -> list[Any]:
     return [render_document(d, topic=False) for d in documents]
 
 
-def _render_batch(dest: Any, changes: list[AudienceChange]) -> list[Any]:
-    """A batch of changes as this destination's sink takes them (those it does not take left
-    out), observing each one's latency: Kafka messages on the sink's one key, JSON lines for a
-    file, `(profile id, body)` for a webhook."""
+def render_message(item: Message, dest: DestinationSettings) -> bytes | None:
+    """The body `dest` receives for an audience change or a journey send; None if it does
+    not take it. A send goes to the destination it names only, whatever its `segments`."""
+    if isinstance(item, JourneySend):
+        return render_send(item, dest) if item.destination == dest.name else None
+    return render(item, dest)
+
+
+def _render_batch(dest: DestinationSettings, items: list[Message]) -> list[Any]:
+    """A batch of changes and sends as this destination's sink takes them (those it does not
+    take left out), observing each change's latency: Kafka messages on the sink's one key
+    (the message keyed by profile id), JSON lines for a file, a `Post` for a webhook (its
+    lane by profile id, its id the idempotency key)."""
     now = time.time_ns()
     kind = dest.kind
     out: list[Any] = []
-    for change in changes:
-        body = render(change, dest)
+    for item in items:
+        body = render_message(item, dest)
         if body is None:
             continue
-        if change.read_ns:
-            metrics.LATENCY.observe((now - change.read_ns) / 1e9)
+        if item.read_ns and isinstance(item, AudienceChange):
+            metrics.LATENCY.observe((now - item.read_ns) / 1e9)
         if kind == "kafka":
-            out.append(("0", io.timed_message(change.profile_id, body, change.read_ns)))
+            out.append(("0", io.timed_message(item.profile_id, body, item.read_ns)))
         elif kind == "webhook":
-            out.append((change.profile_id, body))
+            out.append(Post(item.profile_id, body, item.id, isinstance(item, JourneySend)))
         else:
             out.append(body)
     return out
@@ -111,6 +124,11 @@ def _render_batch(dest: Any, changes: list[AudienceChange]) -> list[Any]:
 
 def render_all(change: AudienceChange) -> bytes:
     return orjson.dumps(change.to_dict())
+
+
+def audience_lines(items: list[Message]) -> list[bytes]:
+    """`--audience-out`: every audience change, as it is (journey sends are not in it)."""
+    return [render_all(i) for i in items if isinstance(i, AudienceChange)]
 
 
 def dead_letter_writer(settings: Settings) -> Callable[[list[bytes]], None]:

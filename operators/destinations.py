@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from config.settings import DestinationSettings
-from schemas.records import AudienceChange, ProfileDocument
+from schemas.records import AudienceChange, JourneySend, ProfileDocument
 
 
 def sha256_hex(value: str) -> str:
@@ -52,3 +52,12 @@ def render_document(document: ProfileDocument, topic: bool) -> bytes | None:
     if topic and document.deleted:
         return None
     return orjson.dumps(document.document)
+
+
+# render_send: replaced by the payloads branch (which personalizes; keep that one on merge)
+def render_send(send: JourneySend, destination: DestinationSettings) -> bytes:
+    """A journey send as its destination receives it: its JSON, with its payload's keys."""
+    doc: dict[str, Any] = send.to_dict()
+    if send.payload:
+        doc.update(send.payload)
+    return orjson.dumps(doc)

@@ -116,3 +116,8 @@ SPOOLED = Gauge(
 REDELIVERED = Counter(
     "cdp_destination_redelivered", "Changes delivered from a destination's spool", ["destination"]
 )
+SENDS_SKIPPED = Counter(
+    "cdp_destination_sends_skipped",
+    "Journey sends not posted again: the webhook delivered them already (an outbox replay)",
+    ["destination"],
+)

@@ -1,5 +1,5 @@
-"""A real HTTP server on loopback for the webhook tests: scripted statuses, the bodies and the
-connections they came on, the most requests in flight at once."""
+"""A real HTTP server on loopback for the webhook tests: scripted statuses, the bodies, headers
+and connections they came on, the most requests in flight at once."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 
 
 class Server:
-    """Answers each POST with the next status of a script (then 200), recording bodies, the
-    connections they came on and the most requests in flight at once. `keep_alive`: HTTP/1.1
+    """Answers each POST with the next status of a script (then 200), recording bodies, their
+    headers (`headers[i]` those of `bodies[i]`), the connections they came on and the most requests in flight at once. `keep_alive`: HTTP/1.1
     connections stay open; `drop_idle`: the server closes each connection after answering
     without saying so (as a server timing out an idle connection does); `delay_s`: each
     answer waits."""
@@ -25,6 +25,7 @@ class Server:
     ) -> None:
         self.script = list(script)
         self.bodies: list[bytes] = []
+        self.headers: list[dict[str, str]] = []
         self.connections: list[tuple[str, int]] = []
         self.in_flight = self.peak = 0
         lock = threading.Lock()
@@ -39,6 +40,7 @@ class Server:
                     outer.in_flight += 1
                     outer.peak = max(outer.peak, outer.in_flight)
                     outer.bodies.append(body)
+                    outer.headers.append(dict(self.headers.items()))
                     outer.connections.append(self.client_address)
                     status = outer.script.pop(0) if outer.script else 200
                 time.sleep(delay_s)
