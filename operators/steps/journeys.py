@@ -64,7 +64,7 @@ from operators.store import Store, Txn
 from schemas.records import Identity, JourneySend, Record, iso_ms
 
 VERSIONS = b"meta/journeys/v/"
-LOG_MAX = 100  # trace lines kept per profile (the totals in `n` are never trimmed)
+LOG_MAX = 50  # trace lines kept per profile (the totals in `n` are never trimmed)
 
 
 def version_key(journey_id: str, version: str) -> bytes:
@@ -150,14 +150,29 @@ class Journeys:
         profile and whether its timer must be set again."""
         state = profile.get("j")
         triggered = self._triggered(changes, record)
-        if state is None and not triggered:
-            return profile, False
+        if not triggered and (state is None or self._quiet(state, profile, now_ms)):
+            return profile, False  # nothing to do: the state is not even copied
         run_ = _Run(self, call, canonical=canonical, cluster=cluster, profile=profile, state=state)
         run_.settle(now_ms)
         for journey, event in triggered:
             run_.enter(journey, event, at_ms)
         run_.flush()
         return run_.result()
+
+    def _quiet(self, state: dict[str, Any], profile: prof.Profile, now_ms: int) -> bool:
+        """No instance in flight ends or wakes at `now_ms` (the common case of a record of
+        someone waiting: only the exit rules are read)."""
+        for inst in state.get("i", {}).values():
+            current = self.current.get(inst["j"])
+            if current is None or inst["v"] != current.version:
+                return False  # removed or edited: `settle` decides
+            due = inst.get("due")
+            if due is not None and due <= now_ms:
+                return False
+            rule = current.exit_rule
+            if rule is not None and holds(rule, profile, self.index, now_ms):
+                return False
+        return True
 
     def _triggered(
         self, changes: Sequence[Transition], record: Record | None
