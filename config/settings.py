@@ -212,6 +212,21 @@ class DestinationSettings(_Frozen):
     # webhook: while its spool holds changes, the oldest is tried this often; when it goes
     # through, the spool is delivered in order before newer changes of the same profiles
     retry_every: str = "30s"
+    # Personalization (issue #16): what each of its messages carries besides the change.
+    # `attributes`: profile field paths (dotted, as in the profile: `person.name.firstName`);
+    # `traits`: names of `traits:`; `event`: the body of the record that caused the change
+    # (null for a change a timer, a merge or an edit caused). Over `max_payload_bytes` the
+    # message leaves out the event, then the traits, then the attributes, and names them in
+    # `"omitted"`.
+    attributes: tuple[str, ...] = ()
+    traits: tuple[str, ...] = ()
+    event: bool = False
+    max_payload_bytes: int = Field(default=32768, ge=1)
+
+    @property
+    def personalized(self) -> bool:
+        """It asks for something besides the change itself."""
+        return bool(self.attributes or self.traits or self.event)
 
     @field_validator("retry_every")
     @classmethod
