@@ -108,6 +108,7 @@ class Engine:
             consent=consent,
             stats=self.stats,
             published=self._published,
+            destinations=settings.destinations,
         )
         self.privacy.membership = self.membership
         self.rollout = Rollout(

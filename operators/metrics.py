@@ -110,3 +110,8 @@ SPOOLED = Gauge(
 REDELIVERED = Counter(
     "cdp_destination_redelivered", "Changes delivered from a destination's spool", ["destination"]
 )
+PAYLOAD_OMITTED = Counter(
+    "cdp_payload_omitted",
+    "Parts of a personalized message left out to keep it under its destination's max_payload_bytes",
+    ["destination", "part"],  # part: event, traits, attributes
+)

@@ -246,7 +246,9 @@ def test_a_timestamp_field_is_a_dotted_path_and_cannot_be_declared_boolean() -> 
     assert "time field cannot be declared boolean" in message
 
 
-PERSONAL = GOOD + """\
+PERSONAL = (
+    GOOD
+    + """\
 traits:
   - {name: lifetime_value, value: 'sum(event.total, event.eventType == "buy")'}
 destinations:
@@ -259,6 +261,7 @@ destinations:
     max_payload_bytes: 4096
   - {name: projection, kind: profiles, path: p.jsonl}
 """
+)
 
 
 def test_payload_keys_of_a_destination() -> None:
