@@ -54,6 +54,7 @@ class Membership:
         # What the destinations personalize with (`operators.payloads`): nothing, and emitting
         # a change costs nothing more.
         self.wants = wants_of(destinations)
+        self._personalized = bool(self.wants)
         # Brings a stale profile to edited definitions before a timer evaluates it (set by the
         # engine: `operators.steps.rollout`).
         self.upgrade: Callable[[Call, Identity, prof.Profile, int], prof.Profile] | None = None
@@ -246,7 +247,7 @@ class Membership:
         denied = self.consent.denied(profile)
         extra: dict[str, Any] | None = None
         # A forgotten person's exits carry nothing of them but the identities to remove.
-        if self.wants and changes and reason != "delete":
+        if self._personalized and changes and reason != "delete":
             now = self.positions.now_ms if now_ms is None else now_ms
             body = record.body if record is not None and self.wants.event else None
             extra = payload(profile, self.index, now, body, self.wants)
