@@ -5,6 +5,7 @@ problem is (its line), so every error names the line to edit."""
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +68,7 @@ def cross_check(settings: Settings) -> list[Problem]:
             for j, namespace in enumerate(getattr(dest, key) or ()):
                 loc = ("destinations", i, key, j)
                 _known(problems, loc, "namespace", namespace, namespaces)
+    problems.extend(payload_problems(settings))
     problems.extend(offer_problems(settings))
     problems.extend(journey_problems(settings))
     return problems
@@ -105,6 +107,46 @@ def _steps(steps: Sequence[Any], loc: Loc) -> list[tuple[Loc, Any]]:
         out.extend(_steps(step.then, (*loc, j, "then")))
         out.extend(_steps(step.else_, (*loc, j, "else")))
     return out
+
+
+PAYLOAD_KEYS = ("attributes", "traits", "event", "max_payload_bytes")
+_ATTRIBUTE_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")  # person.name.firstName
+
+
+def payload_problems(settings: Settings) -> list[Problem]:
+    """A destination's personalization (`attributes`, `traits`, `event`): each path a dotted
+    profile path, each trait one of `traits:`, and none of it on a `profiles` destination
+    (it carries whole documents already)."""
+    problems: list[Problem] = []
+    traits = [t.name for t in settings.traits]
+    for i, dest in enumerate(settings.destinations):
+        if dest.kind == "profiles":
+            for key in PAYLOAD_KEYS:
+                if key in dest.model_fields_set:
+                    message = (
+                        f"destination {dest.name!r} of kind profiles takes no {key!r} (it "
+                        "carries whole profile documents)"
+                    )
+                    problems.append(Problem(("destinations", i, key), message))
+            continue
+        for j, path in enumerate(dest.attributes):
+            loc: Loc = ("destinations", i, "attributes", j)
+            if not _ATTRIBUTE_PATH.match(path):
+                message = (
+                    f"attribute {path!r} must be a dotted profile path, like "
+                    "'person.name.firstName'"
+                )
+                problems.append(Problem(loc, message))
+            elif path.startswith("profile."):
+                # A rule's `profile.x` is the profile's `x`: this path would never have a value.
+                message = (
+                    f"attribute {path!r}: write the path inside the profile, without 'profile.'"
+                    f" ({path.removeprefix('profile.')!r})"
+                )
+                problems.append(Problem(loc, message))
+        for j, name in enumerate(dest.traits):
+            _known(problems, ("destinations", i, "traits", j), "trait", name, traits)
+    return problems
 
 
 def offer_problems(settings: Settings) -> list[Problem]:

@@ -216,6 +216,21 @@ class DestinationSettings(_Frozen):
     # webhook: the ids of the journey sends it delivered are kept this long (in
     # STATE/delivered/<name>), so a send emitted again after a crash is not posted again
     dedup_window: str = "7d"
+    # Personalization (issue #16): what each of its messages carries besides the change.
+    # `attributes`: profile field paths (dotted, as in the profile: `person.name.firstName`);
+    # `traits`: names of `traits:`; `event`: the body of the record that caused the change
+    # (null for a change a timer, a merge or an edit caused). Over `max_payload_bytes` the
+    # message leaves out the event, then the traits, then the attributes, and names them in
+    # `"omitted"`.
+    attributes: tuple[str, ...] = ()
+    traits: tuple[str, ...] = ()
+    event: bool = False
+    max_payload_bytes: int = Field(default=32768, ge=1)
+
+    @property
+    def personalized(self) -> bool:
+        """It asks for something besides the change itself."""
+        return bool(self.attributes or self.traits or self.event)
 
     @field_validator("retry_every")
     @classmethod

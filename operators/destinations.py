@@ -1,4 +1,5 @@
-"""What each destination receives: its segments, its identities, hashed where asked."""
+"""What each destination receives: its segments, its identities, hashed where asked, and the
+personalization it asked for (`operators.payloads`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import orjson
 
 from config.settings import DestinationSettings
+from operators.payloads import personalize
 from schemas.records import AudienceChange, JourneySend, ProfileDocument
 
 
@@ -29,20 +31,37 @@ def render(change: AudienceChange, destination: DestinationSettings) -> bytes | 
     if destination.requires_consent and change.consent_denied:
         return None
     doc: dict[str, Any] = change.to_dict()
+    if destination.identities is not None or destination.hash_identities:
+        doc["identities"] = _identities(change.identities, destination)
+    if destination.personalized:
+        return personalize(doc, change.payload, destination)
+    return orjson.dumps(doc)  # the common case: all identities, in clear, nothing added
+
+
+def render_send(send: JourneySend, destination: DestinationSettings) -> bytes:
+    """A journey's message as its destination receives it: its identities as the destination
+    takes them, personalized with the send's payload (`send.destination` names this one)."""
+    doc = send.to_dict()
+    if destination.identities is not None or destination.hash_identities:
+        doc["identities"] = _identities(send.identities, destination)
+    return personalize(doc, send.payload, destination)
+
+
+def _identities(
+    identities: dict[str, list[str]], destination: DestinationSettings
+) -> dict[str, list[str]]:
+    """The namespaces the destination takes, those it asks hashed as SHA-256."""
     wanted = destination.identities
-    if wanted is None and not destination.hash_identities:  # the common case: all, in clear
-        return orjson.dumps(doc)
     hashed = set(destination.hash_identities)
-    identities: dict[str, list[str]] = {}
-    for namespace, values in change.identities.items():
+    out: dict[str, list[str]] = {}
+    for namespace, values in identities.items():
         if wanted is not None and namespace not in wanted:
             continue
         if namespace in hashed:
-            identities[namespace] = [sha256_hex(v) for v in values]
+            out[namespace] = [sha256_hex(v) for v in values]
         else:
-            identities[namespace] = list(values)
-    doc["identities"] = identities
-    return orjson.dumps(doc)
+            out[namespace] = list(values)
+    return out
 
 
 def render_document(document: ProfileDocument, topic: bool) -> bytes | None:
@@ -53,11 +72,3 @@ def render_document(document: ProfileDocument, topic: bool) -> bytes | None:
         return None
     return orjson.dumps(document.document)
 
-
-# render_send: replaced by the payloads branch (which personalizes; keep that one on merge)
-def render_send(send: JourneySend, destination: DestinationSettings) -> bytes:
-    """A journey send as its destination receives it: its JSON, with its payload's keys."""
-    doc: dict[str, Any] = send.to_dict()
-    if send.payload:
-        doc.update(send.payload)
-    return orjson.dumps(doc)

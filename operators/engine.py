@@ -112,6 +112,7 @@ class Engine:
             consent=consent,
             stats=self.stats,
             published=self._published,
+            destinations=settings.destinations,
         )
         self.privacy.membership = self.membership
         # Journeys (DESIGN §12): also with none configured while instances of removed ones

@@ -121,3 +121,8 @@ SENDS_SKIPPED = Counter(
     "Journey sends not posted again: the webhook delivered them already (an outbox replay)",
     ["destination"],
 )
+PAYLOAD_OMITTED = Counter(
+    "cdp_payload_omitted",
+    "Parts of a personalized message left out to keep it under its destination's max_payload_bytes",
+    ["destination", "part"],  # part: event, traits, attributes
+)

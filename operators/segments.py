@@ -293,13 +293,20 @@ def exit_all(
     return transitions(memberships, {s: False for s, held in memberships.items() if held[0]}, at_ms)
 
 
-def trait_values(profile: Profile, index: SegmentIndex, now_ms: int) -> dict[str, Any]:
+def trait_values(
+    profile: Profile, index: SegmentIndex, now_ms: int, names: Iterable[str] | None = None
+) -> dict[str, Any]:
     """Each trait's value at `now_ms` (None: no value, e.g. the sum of no purchases' prices is
-    0 but the `last` of none is None)."""
+    0 but the `last` of none is None); only the `names` given (an unknown one: None)."""
     states = profile["aggs"]
     readers = index.value_readers
+    traits = index.traits
     out: dict[str, Any] = {}
-    for name, agg in index.traits.items():
+    for name in traits if names is None else names:
+        agg = traits.get(name)
+        if agg is None:
+            out[name] = None
+            continue
         key = agg.key
         state = states[key] if key in states else agg_init(agg)
         out[name] = readers[key](state, now_ms)

@@ -151,6 +151,9 @@ class AudienceChange:
     sequence: int  # the n-th transition of (profile, segment): odd entered, even exited
     read_ns: int = 0  # when the record that caused it was read; 0 for timers (not in the JSON)
     consent_denied: bool = False  # the profile's consent attribute says no (not in the JSON)
+    # What the destinations asked to personalize with (`operators.payloads`): `attributes`,
+    # `traits`, `event`; each destination gets its own part (not in `to_dict`). None: none asked.
+    payload: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,10 +181,12 @@ class AudienceChange:
             self.sequence,
             self.read_ns,
             self.consent_denied,
+            self.payload,
         ]
 
     @classmethod
     def from_stored(cls, data: list[Any]) -> AudienceChange:
+        """Also the 11 fields an outbox written before payloads holds (no payload)."""
         return cls(*data)
 
     def __reduce__(self) -> tuple[Any, ...]:

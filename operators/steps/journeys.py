@@ -55,6 +55,7 @@ from operators.journeys import (
     run,
     send_id,
 )
+from operators.payloads import payload, wants_of
 from operators.rules import Aggregate
 from operators.segments import SegmentIndex, Transition
 from operators.steps.call import Call
@@ -108,15 +109,13 @@ class Journeys:
         self._event_types = _event_types(self.on_event)
         self.caps: JourneyCapSettings | None = settings.journey_caps
         self.destinations = {d.name: d for d in settings.destinations}
+        # What each destination personalizes a send with (`operators.payloads`).
+        self.wants = {d.name: wants_of([d]) for d in settings.destinations}
         # Journeys whose sends want the triggering event: it is kept with the instance.
         self._keep_event = {
             j.id
             for j in compiled
-            if any(
-                getattr(self.destinations.get(n.destination), "event", False)
-                for n in j.nodes.values()
-                if n.kind == "send"
-            )
+            if any(self.wants[n.destination].event for n in j.nodes.values() if n.kind == "send")
         }
         self._save_versions(settings.journeys, compiled)
 
@@ -434,10 +433,18 @@ class _Run:
                 identities=self.cluster.by_namespace(),
                 event_time_ms=at_ms,
                 emitted_at_ms=call.wall_ms,
-                payload=None,
+                payload=self.payload(node.destination, inst, at_ms),
                 read_ns=call.read_ns,
             )
         )
+
+    def payload(self, destination: str, inst: dict[str, Any], at_ms: int) -> dict[str, Any] | None:
+        """What the destination personalizes with: the profile as of the send, the event that
+        started the instance."""
+        wants = self.j.wants.get(destination)
+        if not wants:
+            return None
+        return payload(self.profile, self.j.index, at_ms, inst.get("ev"), wants)
 
     def result(self) -> tuple[prof.Profile, bool]:
         state = self.state

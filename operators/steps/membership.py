@@ -5,11 +5,13 @@ memberships that flip, and the audience changes they emit. Memberships live in t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
+from config.settings import DestinationSettings
 from operators import profile as prof
 from operators.identity import Cluster, profile_id
+from operators.payloads import payload, wants_of
 from operators.segments import (
     SegmentIndex,
     Transition,
@@ -43,6 +45,7 @@ class Membership:
         consent: Consent,
         stats: EngineStats,
         published: Published,
+        destinations: Iterable[DestinationSettings] = (),
     ) -> None:
         self.index = index
         self.profiles = profiles
@@ -54,6 +57,10 @@ class Membership:
         # Journeys (`operators.steps.journeys`), when the config has any: told of every
         # evaluation, to start, move on and end instances (set by the engine).
         self.journeys: Journeys | None = None
+        # What the destinations personalize with (`operators.payloads`): nothing, and emitting
+        # a change costs nothing more.
+        self.wants = wants_of(destinations)
+        self._personalized = bool(self.wants)
         # Brings a stale profile to edited definitions before a timer evaluates it (set by the
         # engine: `operators.steps.rollout`).
         self.upgrade: Callable[[Call, Identity, prof.Profile, int], prof.Profile] | None = None
@@ -173,7 +180,8 @@ class Membership:
         """Evaluate `which` segments, emit the transitions, and prune the windows and
         reschedule the profile's timer when a segment reading a window was evaluated (a
         windowed input or another input of it changed: when it next flips may have moved), or
-        always with `retime` (a timer fired: the profile's timer is spent). Returns the
+        always with `retime` (a timer fired: the profile's timer is spent). `record`: the one
+        that caused it (None: a timer, a merge, an edit of the audiences). Returns the
         profile as stored."""
         index, txn = self.index, call.txn
         stream_now = self.positions.now_ms
@@ -187,7 +195,17 @@ class Membership:
                 profile = {**profile, "segs": segs}
                 if cluster is None:
                     cluster = self.profiles.cluster_of(txn, canonical, profile)
-                self.emit(call, canonical, cluster, profile, changes, at_ms=at_ms, reason=reason)
+                self.emit(
+                    call,
+                    canonical,
+                    cluster,
+                    profile,
+                    changes,
+                    at_ms=at_ms,
+                    reason=reason,
+                    record=record,
+                    now_ms=now,
+                )
         journeys = self.journeys
         if journeys is not None:
             profile, moved = journeys.react(
@@ -271,10 +289,21 @@ class Membership:
         *,
         at_ms: int,
         reason: str,
+        record: Record | None = None,
+        now_ms: int | None = None,
     ) -> None:
+        """The transitions as audience changes, with one payload for all of them when a
+        destination personalizes (its traits read at `now_ms`, default the stream's time; its
+        event the body of `record`)."""
         pid = profile_id(canonical)
         identities = cluster.by_namespace()
         denied = self.consent.denied(profile)
+        extra: dict[str, Any] | None = None
+        # A forgotten person's exits carry nothing of them but the identities to remove.
+        if self._personalized and changes and reason != "delete":
+            now = self.positions.now_ms if now_ms is None else now_ms
+            body = record.body if record is not None and self.wants.event else None
+            extra = payload(profile, self.index, now, body, self.wants)
         counts = self._published.changes
         out, wall_ms, read_ns = call.out, call.wall_ms, call.read_ns
         for change in changes:
@@ -293,5 +322,6 @@ class Membership:
                     sequence=change.sequence,
                     read_ns=read_ns,
                     consent_denied=denied,
+                    payload=extra,
                 )
             )

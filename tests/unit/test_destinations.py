@@ -12,8 +12,8 @@ import pytest
 
 from config.settings import DestinationSettings
 from flows.webhook import Endpoint, WebhookSink
-from operators.destinations import render
-from schemas.records import AudienceChange
+from operators.destinations import render, render_send
+from schemas.records import AudienceChange, JourneySend
 from tests.http_server import Server
 
 CHANGE = AudienceChange(
@@ -166,3 +166,69 @@ def test_sink_posts_in_parallel_and_each_profile_in_order() -> None:
         order = [a["n"] for a in arrived if a["p"] == profile]
         assert order == sorted(order) and len(order) == 12
     assert len(set(srv.connections)) <= 4  # kept alive: one connection a lane
+
+
+def test_render_adds_the_destinations_own_part_of_the_payload() -> None:
+    payload = {
+        "attributes": {"person.name.firstName": "Danny", "tier": "gold"},
+        "traits": {"lifetime_value": 120.5},
+        "event": {"eventType": "commerce.productListAdds", "productListItems": [{"SKU": "S1"}]},
+    }
+    change = dataclasses.replace(CHANGE, payload=payload)
+    email = DestinationSettings(
+        name="email",
+        kind="file",
+        path=Path("x"),
+        identities=("Email",),
+        hash_identities=("Email",),
+        attributes=("person.name.firstName",),
+        event=True,
+    )
+    doc = orjson.loads(render(change, email) or b"")
+    assert doc["identities"] == {"Email": [hashlib.sha256(b"a@example.com").hexdigest()]}
+    assert doc["attributes"] == {"person.name.firstName": "Danny"}
+    assert doc["event"]["productListItems"] == [{"SKU": "S1"}]
+    assert "traits" not in doc and "omitted" not in doc
+    plain = DestinationSettings(name="all", kind="file", path=Path("x"))
+    assert render(change, plain) == render(CHANGE, plain)  # asks for nothing, gets nothing
+    small = email.model_copy(update={"max_payload_bytes": len(render(change, email) or b"") - 1})
+    cut = orjson.loads(render(change, small) or b"")
+    assert cut["omitted"] == ["event"] and cut["attributes"] == doc["attributes"]
+
+
+def test_render_send_personalizes_a_journey_send() -> None:
+    send = JourneySend(
+        id="s1",
+        journey_id="cart-reminder",
+        version="v1",
+        instance_id="i1",
+        step="0",
+        message="cart-1",
+        destination="email",
+        profile_id="p_1",
+        identities={"Email": ["a@example.com"], "ECID": ["e1"]},
+        event_time_ms=1597104000000,
+        emitted_at_ms=1597104000123,
+        payload={"attributes": {"person.name.firstName": "Danny"}, "event": {"eventType": "x"}},
+    )
+    email = DestinationSettings(
+        name="email",
+        kind="webhook",
+        url="http://127.0.0.1/x",
+        segments=(),
+        identities=("Email",),
+        attributes=("person.name.firstName",),
+        traits=(),
+        event=True,
+    )
+    doc = orjson.loads(render_send(send, email))
+    assert doc == {
+        **send.to_dict(),
+        "identities": {"Email": ["a@example.com"]},
+        "attributes": {"person.name.firstName": "Danny"},
+        "event": {"eventType": "x"},
+    }
+    tiny = email.model_copy(update={"max_payload_bytes": 10})
+    assert orjson.loads(render_send(send, tiny))["omitted"] == ["event", "attributes"]
+    bare = DestinationSettings(name="email", kind="file", path=Path("x"))
+    assert render_send(send, bare) == orjson.dumps(send.to_dict())

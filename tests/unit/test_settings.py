@@ -244,3 +244,60 @@ def test_a_timestamp_field_is_a_dotted_path_and_cannot_be_declared_boolean() -> 
     message = str(err.value)
     assert message.startswith("/cfg/cdp.yaml: line 9:"), message
     assert "time field cannot be declared boolean" in message
+
+
+PERSONAL = (
+    GOOD
+    + """\
+traits:
+  - {name: lifetime_value, value: 'sum(event.total, event.eventType == "buy")'}
+destinations:
+  - name: email
+    kind: webhook
+    url: http://127.0.0.1/x
+    attributes: [person.name.firstName, homeAddress]
+    traits: [lifetime_value]
+    event: true
+    max_payload_bytes: 4096
+  - {name: projection, kind: profiles, path: p.jsonl}
+"""
+)
+
+
+def test_payload_keys_of_a_destination() -> None:
+    s = parse(PERSONAL)
+    email, projection = s.destinations  # type: ignore[attr-defined]
+    assert email.attributes == ("person.name.firstName", "homeAddress")
+    assert email.traits == ("lifetime_value",) and email.event is True
+    assert email.max_payload_bytes == 4096 and email.personalized
+    assert not projection.personalized and projection.max_payload_bytes == 32768
+
+
+def test_payload_problems_each_at_its_line() -> None:
+    text = (
+        PERSONAL.replace("[person.name.firstName, homeAddress]", "['person..name', profile.tier]")
+        .replace("traits: [lifetime_value]", "traits: [lifetime_valeu, nope]")
+        .replace(
+            "  - {name: projection, kind: profiles, path: p.jsonl}",
+            "  - name: projection\n    kind: profiles\n    path: p.jsonl\n    event: true\n"
+            "    attributes: [a]",
+        )
+    )
+    found = problems(text)
+    expect = [
+        (line_of(text, "person..name"), "attribute 'person..name' must be a dotted profile path"),
+        (line_of(text, "person..name"), "without 'profile.' ('tier')"),
+        (line_of(text, "lifetime_valeu"), "unknown trait 'lifetime_valeu'; did you mean"),
+        (line_of(text, "lifetime_valeu"), "unknown trait 'nope' (known: lifetime_value)"),
+        (line_of(text, "    attributes: [a]") - 1, "takes no 'event'"),
+        (line_of(text, "    attributes: [a]"), "takes no 'attributes'"),
+    ]
+    assert len(found) == len(expect), found
+    for (line, fragment), problem in zip(expect, found, strict=True):
+        assert problem.startswith(f"/cfg/cdp.yaml: line {line}:"), problem
+        assert fragment in problem, problem
+
+
+def test_max_payload_bytes_must_be_positive() -> None:
+    (problem,) = problems(PERSONAL.replace("max_payload_bytes: 4096", "max_payload_bytes: 0"))
+    assert "destinations.0.max_payload_bytes" in problem

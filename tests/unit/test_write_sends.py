@@ -56,7 +56,8 @@ def dest(name: str, kind: str, **extra: object) -> DestinationSettings:
 
 def test_a_send_goes_only_to_the_destination_it_names() -> None:
     for kind in ("kafka", "file", "webhook"):
-        named, other = dest("mail", kind, segments=[]), dest("ads", kind)
+        named = dest("mail", kind, segments=[], attributes=["person.name.firstName"])
+        other = dest("ads", kind)
         body = render_message(SEND, named)
         assert body is not None
         doc = orjson.loads(body)

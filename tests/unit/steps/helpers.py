@@ -161,6 +161,7 @@ def build(
         consent=consent,
         stats=stats,
         published=published,
+        destinations=config.destinations,
     )
     privacy.membership = membership
     rollout = Rollout(

@@ -13,6 +13,7 @@ import pytest
 
 from config.settings import ConfigError, Settings, parse_settings
 from operators.decode import Decoder
+from operators.destinations import render_send
 from operators.engine import Engine, build_index
 from operators.journeys import held_out
 from operators.rules import RuleErrors
@@ -353,3 +354,25 @@ def test_a_wait_ending_before_an_event_runs_first_though_another_partition_lags(
             ("cart", "3.else.1", "cart-2"),
         ]
     )
+
+
+def test_a_send_carries_the_name_and_the_cart_its_destination_asks_for() -> None:
+    text = (BASE + CART).replace(
+        "{name: email, kind: file, path: email.jsonl, segments: []}",
+        "{name: email, kind: file, path: email.jsonl, segments: [],"
+        " attributes: [person.firstName], event: true}",
+    )
+    settings = parse_settings(text, Path("/c.yaml"), {}, {})
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    engine.process(0, [feed("crm", {"email": "a@x.com", "person": {"firstName": "Ann"}})], T0)
+    items = [{"SKU": "LLMH09", "quantity": 1}]
+    add = ev("e1", "add", T0, "d1", email="a@x.com", productListItems=items)
+    out = engine.process(0, [feed("web", add)], T0)
+    out += engine.advance(0, T0 + D, T0 + D)
+    first, second = [s for s in out if isinstance(s, JourneySend)]
+    assert first.payload is not None and first.payload["attributes"] == {"person.firstName": "Ann"}
+    assert first.payload["event"]["productListItems"] == items
+    assert second.destination == "sms" and second.payload is None  # sms asks for nothing
+    body = orjson.loads(render_send(first, settings.destinations[0]))
+    assert body["attributes"]["person.firstName"] == "Ann" and body["event"]["_id"] == "e1"
+    assert body["type"] == "journey_send" and body["id"] == first.id
