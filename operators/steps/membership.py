@@ -208,6 +208,12 @@ class Membership:
                 )
         journeys = self.journeys
         if journeys is not None:
+            journey_now = now
+            if record is not None and record.kind == "event" and record.ts_ms is not None:
+                # exit_when is judged as of the event (its waits due before it ran first: see
+                # `_wake_before`), though event time lags it while another partition is behind
+                # (several workers): a purchase ends the wait at once, as on one worker.
+                journey_now = max(now, record.ts_ms)
             profile, moved = journeys.react(
                 call,
                 canonical=canonical,
@@ -216,7 +222,7 @@ class Membership:
                 changes=changes,
                 record=record,
                 at_ms=at_ms,
-                now_ms=now,
+                now_ms=journey_now,
             )
             retime = retime or moved
         if retime:

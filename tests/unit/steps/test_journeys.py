@@ -376,3 +376,28 @@ def test_a_send_carries_the_name_and_the_cart_its_destination_asks_for() -> None
     body = orjson.loads(render_send(first, settings.destinations[0]))
     assert body["attributes"]["person.firstName"] == "Ann" and body["event"]["_id"] == "e1"
     assert body["type"] == "journey_send" and body["id"] == first.id
+
+
+def test_a_purchase_ahead_of_a_lagging_partition_exits_at_once() -> None:
+    """exit_when is judged as of the record that may end the instance, not the stream's event
+    time: with another partition holding event time back (several workers), a purchase during
+    the wait still ends the instance at once, and the next add finds none in flight, as on one
+    worker (the totals and the trace agree)."""
+
+    def run(lagging: bool) -> dict[str, Any]:
+        settings = make()
+        engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+        decoder = Decoder.from_settings(settings)
+        engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+        if lagging:  # partition 1 holds event time at T0
+            other = decoder.decode(Origin("web", 1, 1), orjson.dumps(ev("x", "view", T0, "z9")))
+            assert isinstance(other, Record)
+            engine.process(0, [other], T0)
+        engine.process(0, [feed("web", ev("e2", "buy", T0 + H, "d1"))], T0 + H)
+        engine.process(0, [feed("web", ev("e3", "add", T0 + 2 * H, "d1"))], T0 + 2 * H)
+        return state(engine, "d1")
+
+    calm, lagging = run(lagging=False), run(lagging=True)
+    assert calm["i"] == {} and calm["n"]["cart"]["exited_exit_when"] == 2
+    assert lagging["i"] == calm["i"] and lagging["n"] == calm["n"]
+    assert [line[3] for line in lagging["log"]] == [line[3] for line in calm["log"]]
