@@ -108,6 +108,7 @@ class _ApplyRecords(StatefulBatchLogic[Any, Output, tuple[int, int]]):
                 outbox=options.recovery,
                 role=self._role,
                 live=options.mode == "live",
+                partitions=options.partitions,
             )
         return self._engine_ref
 

@@ -292,14 +292,16 @@ def _parse_time(text: str) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     settings = settings_of(args)
     root = state_dir_of(args, settings)
+    partitions: frozenset[str] = frozenset()
     if not args.files:  # refuse missing topics, say where each partition is read from
-        startup.check_sources(settings, root)
+        partitions = startup.to_read(settings, startup.check_sources(settings, root))
     options = RunOptions(
         mode="files" if args.files else "replay",
         audience_out=args.audience_out,
         from_ts_ms=_parse_time(args.from_timestamp) if args.from_timestamp else None,
         workers=args.workers,
         recovery=settings.recovery.enabled,
+        partitions=partitions,
         **_cluster_options(args, root, args.files),
     )
     started = time.monotonic()

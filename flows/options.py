@@ -26,6 +26,9 @@ class RunOptions:
     processes: int = 1
     process_id: int = 0
     run: str = ""  # several processes: the run id of the shared state (flows.feedback)
+    # A Kafka replay: the event partitions with records to read (`SOURCE/PARTITION`, from
+    # `flows.startup.check_sources`); event time waits until each has delivered one.
+    partitions: frozenset[str] = frozenset()
 
     @property
     def clustered(self) -> bool:

@@ -43,6 +43,7 @@ def engine_for(
     outbox: bool = True,
     role: Role = "all",
     live: bool = False,
+    partitions: frozenset[str] = frozenset(),
 ) -> Engine:
     """The process's engine for a state directory and role (with several processes, the
     identity step and the profile step have an engine each, over the same store). `routing`
@@ -61,7 +62,14 @@ def engine_for(
             _stores[path] = store
             metrics.watch_state_size(store.size_bytes)
         if (path, role) not in _engines:
-            engine = Engine(settings, _stores[path], role=role, live=live, keep_outbox=outbox)
+            engine = Engine(
+                settings,
+                _stores[path],
+                role=role,
+                live=live,
+                keep_outbox=outbox,
+                partitions=partitions,
+            )
             _engines[(path, role)] = engine
             _log_edit(engine)
         return _engines[(path, role)]

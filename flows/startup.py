@@ -138,6 +138,15 @@ def check_sources(
     return starts
 
 
+def to_read(settings: Settings, starts: list[PartitionStart]) -> frozenset[str]:
+    """The event partitions (`SOURCE/PARTITION`) with records left to read: a replay's event
+    time waits until each has delivered one (`operators.steps.positions`)."""
+    events = {s.name for s in settings.sources if s.kind == "event"}
+    return frozenset(
+        f"{s.source}/{s.partition}" for s in starts if s.source in events and s.end > (s.saved or 0)
+    )
+
+
 def _exists(consumer: Consumer, topic: str, partition: int, offset: int) -> bool:
     """Whether the partition holds a record at `offset` or after (read once, briefly)."""
     consumer.assign([TopicPartition(topic, partition, offset)])

@@ -62,7 +62,8 @@ class Engine:
     processes, a "graph" engine applies the identity graph (`route`) and a "profile" engine
     (one per process, same store) the profiles and segments (`process_commands`). `live`:
     event time follows the wall clock (`operators.steps.positions`). `keep_outbox`: outputs are
-    kept for re-sending (Bytewax recovery on)."""
+    kept for re-sending (Bytewax recovery on). `partitions`: a replay's event partitions with
+    records to read (`SOURCE/PARTITION`); event time waits until each has delivered."""
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class Engine:
         *,
         live: bool = False,
         keep_outbox: bool = True,
+        partitions: frozenset[str] = frozenset(),
     ) -> None:
         self.settings = settings
         self.role = role
@@ -87,7 +89,13 @@ class Engine:
         lateness = settings.time.allowed_lateness_ms
         profile_sources = frozenset(s.name for s in settings.sources if s.kind == "profile")
         self.inputs = Positions(
-            store, graph=graph, live=live, lateness_ms=lateness, profile_sources=profile_sources
+            store,
+            graph=graph,
+            live=live,
+            lateness_ms=lateness,
+            profile_sources=profile_sources,
+            # A profile engine's event time is the identity step's (several processes).
+            expected=partitions if role != "profile" else frozenset(),
         )
         self.timers = Timers(store, held=not graph)
         self.outbox = Outbox(store, keep=keep_outbox)

@@ -70,6 +70,7 @@ class Positions:
         live: bool,
         lateness_ms: int,
         profile_sources: frozenset[str] = frozenset(),
+        expected: frozenset[str] = frozenset(),
     ) -> None:
         self._watermark_key = GRAPH_WATERMARK_KEY if graph else WATERMARK_KEY
         self._partitions_key = GRAPH_PARTITIONS_KEY if graph else PARTITIONS_KEY
@@ -83,6 +84,11 @@ class Positions:
         # would hold the lowest partition's time back forever, as they never advance now.
         for part in [p for p in self._partition_max if p.rsplit("/", 1)[0] in profile_sources]:
             del self._partition_max[part]
+        # A replay's event partitions with records to read (`SOURCE/PARTITION`): event time
+        # waits until each has delivered one, else the first partition read would drag it to
+        # its own end and another's records would all arrive late (a journey's waits run
+        # before the events that should have stopped them). The end of input releases it.
+        self._unseen = set(expected) - set(self._partition_max)
         self._runs: dict[str, _PartitionRun] = {}
         self.offsets: dict[str, int] = {}  # last offset applied per partition (progress)
 
@@ -112,15 +118,19 @@ class Positions:
         return (part, *run.applied(record.seq, ts))
 
     def advance(self, part: str, ts_ms: int | None) -> bool:
-        """Raise a partition's event time; the watermark is the lowest over the partitions,
-        so a replay never treats events as late because partitions are read at different
-        speeds. Returns True when the watermark moved (never live: the wall clock moves it,
-        so no record's clock can drag everyone's time)."""
+        """Raise a partition's event time; the watermark is the lowest over the partitions
+        (once every expected one has delivered), so a replay never treats events as late
+        because partitions are read at different speeds. Returns True when the watermark
+        moved (never live: the wall clock moves it, so no record's clock can drag everyone's
+        time)."""
         if ts_ms is None or ts_ms <= self._partition_max.get(part, -1):
             return False
         self._partition_max[part] = ts_ms
         if self.live:
             return False
+        self._unseen.discard(part)
+        if self._unseen:
+            return False  # a partition expected to deliver has not yet
         low = min(self._partition_max.values())
         if self.max_event_ms is not None and low <= self.max_event_ms:
             return False

@@ -176,3 +176,37 @@ def test_a_profile_sources_stored_event_time_no_longer_holds_the_watermark() -> 
     assert pos.max_event_ms == 2_000
     held = positions(store)  # without knowing crm is a profile source: held back
     assert not held.advance("web/0", 2_000) and held.max_event_ms == 500
+
+
+def test_a_replay_waits_for_every_partition_expected_to_deliver() -> None:
+    """The first partition read does not drag event time to its end while another, not yet
+    read, still has records of earlier times (a Kafka replay on one worker reads one
+    partition's first batch before the other's)."""
+    pos = Positions(
+        MemoryStore(),
+        graph=False,
+        live=False,
+        lateness_ms=0,
+        expected=frozenset({"web/0", "web/1"}),
+    )
+    assert not pos.advance("web/0", 9_000)  # web/1 has delivered nothing yet
+    assert pos.max_event_ms is None
+    assert pos.advance("web/1", 1_000)  # the lowest of both
+    assert pos.max_event_ms == 1_000
+    assert pos.advance("web/1", 5_000) and pos.max_event_ms == 5_000
+    # A restarted replay knows its partitions from the state: nothing to wait for.
+    store = MemoryStore()
+    txn = Txn(store)
+    pos.save(txn)
+    txn.commit()
+    again = Positions(
+        store, graph=False, live=False, lateness_ms=0, expected=frozenset({"web/0", "web/1"})
+    )
+    assert again.max_event_ms == 5_000
+    assert again.advance("web/1", 6_000) and again.max_event_ms == 6_000
+    # The end of input releases a partition that never delivered (all its records junk).
+    held = Positions(
+        MemoryStore(), graph=False, live=False, lateness_ms=0, expected=frozenset({"web/0", "x/0"})
+    )
+    assert not held.advance("web/0", 7_000)
+    assert held.to_last_event() == 7_000 and held.max_event_ms == 7_000
