@@ -135,6 +135,7 @@ class Membership:
             now_ms=now_ms,
             retime=retime,
             record=record,
+            duplicate=duplicate,
         )
 
     def _wake_before(
@@ -176,12 +177,14 @@ class Membership:
         now_ms: int | None = None,
         retime: bool = True,
         record: Record | None = None,
+        duplicate: bool = False,
     ) -> prof.Profile:
         """Evaluate `which` segments, emit the transitions, and prune the windows and
         reschedule the profile's timer when a segment reading a window was evaluated (a
         windowed input or another input of it changed: when it next flips may have moved), or
         always with `retime` (a timer fired: the profile's timer is spent). `record`: the one
-        that caused it (None: a timer, a merge, an edit of the audiences). Returns the
+        that caused it (None: a timer, a merge, an edit of the audiences); `duplicate`: an
+        event applied before (its `_id`), which starts no journey instance again. Returns the
         profile as stored."""
         index, txn = self.index, call.txn
         stream_now = self.positions.now_ms
@@ -209,11 +212,16 @@ class Membership:
         journeys = self.journeys
         if journeys is not None:
             journey_now = now
-            if record is not None and record.kind == "event" and record.ts_ms is not None:
-                # exit_when is judged as of the event (its waits due before it ran first: see
-                # `_wake_before`), though event time lags it while another partition is behind
-                # (several workers): a purchase ends the wait at once, as on one worker.
-                journey_now = max(now, record.ts_ms)
+            if duplicate:
+                record = None  # a re-delivered add must not start another instance (and send)
+            elif record is not None and record.kind == "event" and record.ts_ms is not None:
+                # Per profile, journeys run in event-time order: an event is judged as of its
+                # own time, whatever the stream's. Ahead of it (another partition behind, on
+                # several workers), a purchase ends a wait at once; behind it (this profile's
+                # records reach its shard later than others'), a wait due after the event
+                # runs after it, on the profile's timer. Waits due before it ran first
+                # (`_wake_before`).
+                journey_now = record.ts_ms
             profile, moved = journeys.react(
                 call,
                 canonical=canonical,

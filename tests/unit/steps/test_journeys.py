@@ -401,3 +401,52 @@ def test_a_purchase_ahead_of_a_lagging_partition_exits_at_once() -> None:
     assert calm["i"] == {} and calm["n"]["cart"]["exited_exit_when"] == 2
     assert lagging["i"] == calm["i"] and lagging["n"] == calm["n"]
     assert [line[3] for line in lagging["log"]] == [line[3] for line in calm["log"]]
+
+
+def test_records_behind_event_time_still_run_in_their_order() -> None:
+    """Per profile, journeys run in event-time order though the stream's event time is ahead
+    of the profile's records (a partition read late; on several processes, a shard whose
+    commands come after another's later ones): a second add during the first instance's wait
+    starts nothing, and the wait ends after it, on the profile's timer."""
+
+    def run(behind: bool) -> list[tuple[str, str, str]]:
+        settings = make(CART.replace("    exit_when", "    late: send\n    exit_when"))
+        engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+        decoder = Decoder.from_settings(settings)
+        other = decoder.decode(Origin("web", 1, 1), orjson.dumps(ev("x", "view", T0 + 3 * D, "z")))
+        assert isinstance(other, Record)
+        out = engine.process(0, [other], T0) if behind else []  # event time three days on
+        out += engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+        out += engine.process(0, [feed("web", ev("e2", "add", T0 + H, "d1"))], T0)
+        if not behind:
+            out += engine.process(0, [other], T0)
+        out += engine.finish(0, T0)
+        assert totals(state(engine, "d1")) == {"entered": 1, "sent": 2, "completed": 1}
+        return sends(out)
+
+    assert (
+        run(behind=False)
+        == run(behind=True)
+        == [
+            ("cart", "1", "cart-1"),
+            ("cart", "3.else.1", "cart-2"),
+        ]
+    )
+
+
+def test_an_add_delivered_twice_starts_no_second_instance() -> None:
+    """An event applied before (its `_id`: a producer's retry after a broker outage) starts
+    no instance again, so no second reminder with a new id goes out."""
+    settings = make(CART.replace("    exit_when", "    late: send\n    exit_when"))
+    engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+    out = engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    out += engine.advance(0, T0 + 2 * D, T0 + 2 * D)
+    assert sends(out) == [("cart", "1", "cart-1"), ("cart", "3.else.1", "cart-2")]
+    again = engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0 + 2 * D)
+    assert sends(again) == [] and engine.stats.duplicates == 1
+    assert totals(state(engine, "d1")) == {"entered": 1, "sent": 2, "completed": 1}
+
+
+def totals(j: dict[str, Any]) -> dict[str, int]:
+    """The cart journey's totals by outcome (not those per step, `OUTCOME:STEP`)."""
+    return {k: v for k, v in j["n"]["cart"].items() if ":" not in k}
