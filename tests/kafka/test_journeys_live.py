@@ -7,7 +7,8 @@ Kafka topic. A person who buys during the wait gets nothing; one who does not ge
 reminder, exactly once at the endpoint, through a SIGKILL during the wait and one right after
 the first POSTs (the outbox emits the delivered reminders again; the ledger of delivered sends
 keeps them from the endpoint), and through a broker outage during the wait (the webhook
-reminders go out during it, the Kafka ones once after it), with junk input dead-lettered.
+reminders go out during it, the Kafka ones once after it), with junk input dead-lettered and an
+add delivered twice applied once.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 
 from flows.delivered import Ledger
 from schemas.records import iso_ms
+from tests.flow.test_journeys_flow import journey_totals
 from tests.http_server import Server
 from tests.journey_data import ADD, BUY, NAMES, crm_record, email
 from tests.kafka.outage import Worker, during, wait_until
@@ -184,7 +186,12 @@ def test_a_buyer_during_the_wait_gets_no_reminder_a_keeper_gets_one(
         known(worker, range(6))
         added = now_ms()
         worker.produce(carts(keepers, buyers, added))
-        took = settle(hook, worker, len(keepers), 5.0)
+        took = settle(hook, worker, len(keepers), 1.0)
+        # A keeper's add again (a producer's retry, after the journey ended): applied once,
+        # so no second instance and no second reminder once its wait would have ended.
+        worker.produce([web_event("add-0", ADD, 0, added)])
+        wait_until("the duplicate", lambda: worker.metric("cdp_duplicate_events_total"), 30, worker)
+        time.sleep(6.0)
         sends = check_reminders(hook, keepers)
         # Each wait ended exactly 4 seconds of event time after its add.
         assert {s["event_time"] for s in sends} == {iso_ms(added + 4000)}
@@ -196,6 +203,9 @@ def test_a_buyer_during_the_wait_gets_no_reminder_a_keeper_gets_one(
         if worker.alive():
             worker.stop()
     print(f"reminders at the endpoint {took:.1f}s after the adds (wait 4s)")
+    totals = journey_totals(tmp_path / "state")[JOURNEY]
+    assert totals["entered"] == 6 and totals["exited_exit_when"] == 3, totals
+    assert totals["sent"] == 6 and totals["completed"] == 3, totals  # two sends each
     assert sorted(map(person_of, on_kafka)) == list(keepers)
     # The same instances, their next step (a send's id is per step).
     assert {s["instance_id"] for s in on_kafka} == {s["instance_id"] for s in sends}
@@ -275,7 +285,8 @@ def test_a_broker_outage_during_the_wait_and_junk_lose_nothing(
             known(worker, range(7))
             junk = [b"not json", b'{"eventType": "x"}', b"[]"]
             values = carts(keepers, buyers, now_ms())
-            worker.produce(values[:3] + junk + values[3:])
+            # An add sent twice (a producer's retry): applied once, one reminder.
+            worker.produce(values[:3] + junk + values[:1] + values[3:])
             wait_until("the entries", lambda: steps_metric(worker, "entered") >= 7, 30, worker)
             cut_posts = len(hook.bodies)
             for _ in during(proxy, 12.0, worker):
