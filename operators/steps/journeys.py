@@ -386,8 +386,8 @@ class _Run:
                 if caps is not None:
                     window.append(at_ms)
                 self.emit(journey, iid, inst, step, at_ms)
-            _count(self.state, journey.id, outcome)
             _count(self.state, journey.id, f"{outcome}:{path}")
+            _count(self.state, journey.id, outcome)
             _log(self.state, (at_ms, journey.id, iid, outcome, path, step.node.message))
             metrics.JOURNEYS.labels(journey.id, path, outcome).inc()
         if caps is not None:
