@@ -60,18 +60,21 @@ def render_status(status: js.JourneyStatus) -> list[str]:
         f"  in flight {status.in_flight}",
     ]
     for w in status.waiting:
-        edited = "" if w.version == status.version else f"  (on version {w.version})"
+        edited = "" if w.version == status.version else f" (on version {w.version})"
         wake = _span(w.first_wake_ms, w.last_wake_ms)
-        out.append(f"    before {w.step:<10} {w.instances:>7}  wake {wake}  {w.label}{edited}")
-    out.append(
-        "  sends: "
-        + ", ".join(f"{_words(o)} {t.get(o, 0)}" for o in js.SEND_OUTCOMES)
-        + (" (by step:)" if status.steps else "")
+        out.append(f"    {w.instances} waiting before {w.step}{edited}, wake {wake}: {w.label}")
+    outcomes = status.send_outcomes
+    out.append("  sends: " + ", ".join(f"{_words(o)} {t.get(o, 0)}" for o in outcomes))
+    out += _table(
+        [
+            (
+                f"    {step}",
+                *(f"{_words(o)} {counts.get(o, 0)}" for o in outcomes),
+                status.labels.get(step, ""),
+            )
+            for step, counts in status.steps.items()
+        ]
     )
-    width = max((len(step) for step in status.steps), default=0)
-    for step, counts in status.steps.items():
-        numbers = "  ".join(f"{_words(o)} {counts.get(o, 0)}" for o in js.SEND_OUTCOMES)
-        out.append(f"    {step:<{width}}  {numbers}  {status.labels.get(step, '')}")
     exited = ", ".join(f"{reason} {n}" for reason, n in sorted(status.exited.items()))
     out.append(f"  exited: {exited or 'none'}")
     return out
@@ -137,9 +140,16 @@ def render_trace(found: js.Trace) -> list[str]:
 
 def _totals(totals: Mapping[str, Mapping[str, int]]) -> list[str]:
     return [
-        f"{journey} " + ", ".join(f"{_words(what)} {n}" for what, n in counts.items())
+        f"{journey} " + ", ".join(f"{_total_words(what)} {n}" for what, n in counts.items())
         for journey, counts in totals.items()
     ]
+
+
+def _total_words(what: str) -> str:
+    """`held out`, but `exited exit_when` (a reason as the config and `--json` spell it)."""
+    if what.startswith("exited_"):
+        return f"exited {what.removeprefix('exited_')}"
+    return _words(what)
 
 
 def _table(rows: Sequence[Sequence[str]]) -> list[str]:

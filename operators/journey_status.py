@@ -112,6 +112,18 @@ def tally(states: Iterable[Mapping[str, Any]]) -> Tally:
     return out
 
 
+def profiles_with_state(store: Store) -> Iterator[Mapping[str, Any]]:
+    """The journey state of every profile that has one. A profile never in a journey has no
+    `"j":` key, so most of a large state is skipped undecoded (an attribute that merely holds
+    those bytes is decoded and then skipped)."""
+    for _, raw in store.scan(PROFILES):
+        if b'"j":' not in raw:
+            continue
+        state = decode(raw).get("j")
+        if state:
+            yield state
+
+
 @dataclass(frozen=True, slots=True)
 class Waiting:
     step: str  # the step the instances run next, when their wait ends
@@ -136,6 +148,12 @@ class JourneyStatus:
     @property
     def in_flight(self) -> int:
         return sum(w.instances for w in self.waiting)
+
+    @property
+    def send_outcomes(self) -> tuple[str, ...]:
+        """sent, late, capped, held_out, and any other outcome a step has (a newer engine's)."""
+        more = {o for counts in self.steps.values() for o in counts} - set(SEND_OUTCOMES)
+        return (*SEND_OUTCOMES, *sorted(more))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -355,10 +373,3 @@ def labels_reader(store: Store, journeys: Iterable[JourneySettings]) -> Labels:
         return known[held]
 
     return labels_of
-
-
-def profiles_with_state(store: Store) -> Iterator[Mapping[str, Any]]:
-    for _, raw in store.scan(PROFILES):
-        state = decode(raw).get("j")
-        if state:
-            yield state

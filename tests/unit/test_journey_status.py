@@ -148,7 +148,7 @@ def test_a_bounded_log_says_so() -> None:
     }
     found = js.trace("p_x", state, lambda _j, _v: {})
     assert found.trimmed and len(found.lines) == LOG_MAX
-    assert "(the newest 100 are kept)" in render_trace(found)[0]
+    assert f"(the newest {LOG_MAX} are kept)" in render_trace(found)[0]
     assert render_trace(js.trace("p_x", None, lambda _j, _v: {})) == ["profile p_x: in no journey"]
 
 
