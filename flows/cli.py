@@ -26,6 +26,7 @@ from flows.commands import (
     cmd_segments_sizes,
 )
 from flows.demo import cmd_demo
+from flows.journeys_commands import cmd_journeys_status, cmd_journeys_trace
 from flows.options import RunOptions, routing_name
 from flows.pipeline import build_flow
 from flows.progress import Progress
@@ -137,6 +138,24 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--sample", type=int, default=10, help="members to show (default 10)")
     preview.add_argument("--json", action="store_true", help="one JSON object")
     preview.set_defaults(handler=cmd_segments_preview)
+    journeys = sub.add_parser(
+        "journeys", help="what the journeys did: totals and instances in flight, a person's trace"
+    )
+    j_sub = journeys.add_subparsers(dest="journeys_command", required=True)
+    status = j_sub.add_parser(
+        "status",
+        help="per journey: instances in flight per step, entered, sent, late, capped, held out, "
+        "exited by reason (read-only; may run beside a worker)",
+    )
+    _config_args(status, state=True, state_required=False)
+    status.add_argument("--journey", help="only this journey")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(handler=cmd_journeys_status)
+    trace = j_sub.add_parser("trace", help="one person's journeys: a timeline, instances in flight")
+    _config_args(trace, state=True, state_required=False)
+    trace.add_argument("--identity", required=True, help="NAMESPACE:VALUE")
+    trace.add_argument("--json", action="store_true", help="one JSON object")
+    trace.set_defaults(handler=cmd_journeys_trace)
     serve = sub.add_parser(
         "serve", help="profile lookups, decisions and the HTTP collector over the projection"
     )

@@ -18,6 +18,7 @@ from flows.options import RunOptions
 from flows.pipeline import build_flow
 from flows.runtime import close_engines, engine_for, run_flow
 from operators import queries
+from operators.journey_status import profiles_with_state, tally
 from operators.preview import preview
 from operators.steps.positions import WATERMARK_KEY
 from operators.store import open_store
@@ -44,6 +45,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             close_engines()
             io.close_files()
         _print_summary(settings, state_dir, audience_out, stats, time.monotonic() - started)
+        _print_journeys(settings, state_dir, workdir / "emails.jsonl")
         _edit(settings, state_dir, workdir / "edit-changes.jsonl")
         if args.keep:
             print(f"\ndata, config and state kept in {workdir}")
@@ -99,6 +101,38 @@ def _print_summary(
             f"{change['profile_id']}  reason={change['reason']}"
         )
     print(f"  took {seconds:.1f}s")
+
+
+def _print_journeys(settings: Settings, state_dir: Path, emails_file: Path) -> None:
+    """The journeys' totals from the state, and one abandoned-cart email as it was sent."""
+    store = open_store(state_dir, read_only=True)
+    try:
+        totals = tally(profiles_with_state(store)).totals
+    finally:
+        store.close()
+    emails = _read_lines(emails_file)
+    for journey in settings.journeys:
+        n = totals.get(journey.id, {})
+        exits = ", ".join(
+            f"{count} {what.removeprefix('exited_')}"
+            for what, count in sorted(n.items())
+            if what.startswith("exited_")
+        )
+        print(
+            f"  journey {journey.id}: {n.get('entered', 0)} entered "
+            f"({n.get('held_out_entered', 0)} in the holdout)"
+        )
+        print(
+            f"    sent {n.get('sent', 0)}, held out {n.get('held_out', 0)}, "
+            f"capped {n.get('capped', 0)}, late {n.get('late', 0)}, "
+            f"completed {n.get('completed', 0)}, exited: {exits or 'none'}"
+        )
+    sample = next((e for e in emails if (e.get("event") or {}).get("productListItems")), None)
+    if sample is not None:
+        name = (sample.get("attributes") or {}).get("person.name.firstName")
+        items = [i.get("name") for i in sample["event"]["productListItems"]]
+        print(f"    {len(emails)} emails written; one: {sample['message']} to {name}, cart {items}")
+        print("    (cdp journeys status / trace show more; --keep keeps the state to try them)")
 
 
 # The demo's audience edit (DESIGN §13): a rule never configured, previewed, then added while an

@@ -12,13 +12,15 @@ State in the profile, `j`:
 | --- | --- |
 | `i` | instances in flight: id -> `{j, v, k, at, due, in, ev, ho, n}` (1) |
 | `r` | re-entry: journey -> key -> `[entries, last entry ms, [recent entry ms]]`, no expiry |
-| `n` | totals: journey -> outcome -> count (`cdp journeys status`) |
+| `n` | totals: journey -> outcome -> count, and per send step `outcome:step` (3) |
 | `c` | event times of the sends within the `journey_caps` window |
 | `log` | `[ms, journey, instance, what, step, detail]`, the newest `LOG_MAX` (trace) |
 | `due` | the earliest wait of an instance |
 
 (1) journey, version, key, step to run next, waiting until, entered at, triggering event (kept
 when a destination of its sends wants it), held out, n-th entry.
+(3) a send's outcome (`sent`, `late`, `capped`, `held_out`) is counted twice: in total, and
+for its step as `OUTCOME:STEP` (`sent:3.else.1`).
 
 Keys:
 | key | value | what |
@@ -407,6 +409,7 @@ class _Run:
                 if caps is not None:
                     window.append(at_ms)
                 self.emit(journey, iid, inst, step, at_ms)
+            _count(self.state, journey.id, f"{outcome}:{path}")
             _count(self.state, journey.id, outcome)
             line[3] = outcome
             metrics.JOURNEYS.labels(journey.id, path, outcome).inc()

@@ -20,3 +20,8 @@ def test_the_demo_runs_and_its_edit_matches_its_preview(capsys: pytest.CaptureFi
     removed = int(re.search(r"removed engaged-browsers: (\d+) exited", out).group(1))  # type: ignore[union-attr]
     assert previewed == entered > 0
     assert removed == int(sizes["engaged-browsers"]) > 0
+    # The abandoned-cart journey: personalized emails, one per send, and buyers exit.
+    sent = int(re.search(r"^    sent (\d+), held out", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    exits = int(re.search(r"exited: (\d+) exit_when", out).group(1))  # type: ignore[union-attr]
+    email = re.search(r"(\d+) emails written; one: cart-1 to (\w+), cart \['", out)
+    assert email is not None and int(email.group(1)) == sent > 0 and exits > 0

@@ -101,7 +101,13 @@ def test_cart_journey_sends_then_waits_then_branches() -> None:
     out = engine.advance(0, T0 + D, T0 + D)
     assert sends(out) == [("cart", "3.else.1", "cart-2")]
     j = state(engine, "d1")
-    assert j["i"] == {} and j["n"]["cart"] == {"entered": 1, "sent": 2, "completed": 1}
+    assert j["i"] == {} and j["n"]["cart"] == {
+        "entered": 1,
+        "sent": 2,
+        "sent:1": 1,
+        "sent:3.else.1": 1,
+        "completed": 1,
+    }
 
 
 def test_a_buyer_during_the_wait_exits_at_once_and_gets_no_reminder() -> None:
@@ -194,7 +200,13 @@ def test_a_late_send_is_recorded_not_sent_unless_late_send() -> None:
     assert sends(out) == []
     out = engine.advance(0, T0 - 29 * D, T0)
     assert sends(out) == []
-    assert state(engine, "d1")["n"]["cart"] == {"entered": 1, "late": 2, "completed": 1}
+    assert state(engine, "d1")["n"]["cart"] == {
+        "entered": 1,
+        "late": 2,
+        "late:1": 1,
+        "late:3.else.1": 1,
+        "completed": 1,
+    }
     loose = make(CART.replace("    exit_when", "    late: send\n    exit_when"))
     engine, feed = Engine(loose, MemoryStore()), Feed(loose)
     out = engine.process(0, [feed("web", ev("e1", "add", T0 - 30 * D, "d1"))], T0)
