@@ -4,11 +4,12 @@ adding to their carts, some buying during the wait, some browsing anonymously fi
 - With `late: send`, one and two workers send the same messages (ids, steps, first names,
   cart items), each once, to a file destination; no buyer gets a reminder after buying.
 - A replay of the same data a year old with the default `late: skip` sends nothing, and the
-  state counts every send it did not make as `late`.
+  state counts every send it did not make as `late` (`cdp journeys status` shows it).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from operators.steps.profiles import PREFIX
 from operators.store import decode, open_state
-from tests.helpers import read_jsonl, replay_files
+from tests.helpers import read_jsonl, replay_files, run_cli
 from tests.journey_data import (
     ADD,
     BUY,
@@ -138,7 +139,7 @@ def test_one_and_two_workers_send_the_same(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_replay_of_old_data_sends_nothing_and_counts_it_late(
-    tmp_path: Path, workers: int
+    tmp_path: Path, workers: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     year_ago = (time.time_ns() // 1_000_000 - 365 * 86_400_000) // MIN * MIN
     old = run(tmp_path, workers, "skip", start_ms=year_ago, welcome=True)
@@ -149,3 +150,13 @@ def test_a_replay_of_old_data_sends_nothing_and_counts_it_late(
     assert cart["sent"] == welcome["sent"] == 0
     assert cart["late"] > 30 and welcome["late"] > 30, totals
     assert cart["exited_exit_when"] > 10
+    # `cdp journeys status` says so, per journey and step.
+    base = tmp_path / f"w{workers}-skip"
+    capsys.readouterr()
+    args = ("journeys", "status", "--config", base / "cdp.yaml", "--state-dir", base / "state")
+    assert run_cli(*args, "--json") == 0
+    status = {j["journey"]: j for j in json.loads(capsys.readouterr().out)["journeys"]}
+    for journey, counts in totals.items():
+        shown = status[journey]
+        assert shown["totals"]["late"] == counts["late"] and "sent" not in shown["totals"]
+        assert sum(step.get("late", 0) for step in shown["steps"].values()) == counts["late"]

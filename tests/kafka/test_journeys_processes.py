@@ -3,8 +3,8 @@ Kafka topics (web events in two partitions keyed by device) with `late: send` wr
 journey sends to a file destination: the same ids, steps, instances and triggering events.
 
 The data: people adding to their carts, some buying during the 30-minute wait; every person's
-records carry their email (one profile each, no merges: a person whose anonymous records
-link later may be served in another order on several workers, see tests/journey_data.py).
+records carry their email (one profile each, no merges: see tests/journey_data.py for what is
+known to differ).
 The `if` step reads the person's adds of the day (events only: a CRM topic would be read
 beside the web topic in no fixed order, and a send's branch would depend on it).
 """
