@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from operators.steps.journeys import Journeys
 
 
+# Waits run before one event at most (each ends an instance's wait; a journey has no loops, so
+# only a person with very many instances in flight could reach it; the rest run on the timer).
+WAKES_MAX = 1000
+
+
 class Membership:
     def __init__(
         self,
@@ -146,23 +151,31 @@ class Membership:
         profile: prof.Profile,
         record: Record,
     ) -> tuple[prof.Profile, bool]:
-        """A journey wait that ends before this event's time ends before the event is applied,
-        though event time (the slowest partition) has not reached it yet: per profile, steps
-        and events happen in event-time order, so 1 or 2 workers send the same."""
-        due = profile["j"].get("due")
-        if due is None or record.ts_ms is None or due > record.ts_ms:
-            return profile, False
+        """Journey waits that end before this event's time end before the event is applied,
+        though event time (the slowest partition) has not reached them yet: per profile, steps
+        and events happen in event-time order, so 1 or 2 workers send the same. The earliest
+        first, as often as one ends (a step after a wait may wait again, and end before the
+        event too)."""
         assert self.journeys is not None
-        return self.journeys.react(
-            call,
-            canonical=canonical,
-            cluster=cluster,
-            profile=profile,
-            changes=(),
-            record=None,
-            at_ms=due,
-            now_ms=record.ts_ms,
-        )
+        retime = False
+        for _ in range(WAKES_MAX):
+            due = profile["j"].get("due")
+            if due is None or record.ts_ms is None or due > record.ts_ms:
+                break
+            profile, moved = self.journeys.react(
+                call,
+                canonical=canonical,
+                cluster=cluster,
+                profile=profile,
+                changes=(),
+                record=None,
+                at_ms=due,
+                now_ms=due,
+            )
+            retime = retime or moved
+            if profile["j"].get("due") == due:
+                break  # nothing woke (never expected): the timer will
+        return profile, retime
 
     def evaluate(
         self,

@@ -462,3 +462,42 @@ def test_an_add_delivered_twice_starts_no_second_instance() -> None:
 def totals(j: dict[str, Any]) -> dict[str, int]:
     """The cart journey's totals by outcome (not those per step, `OUTCOME:STEP`)."""
     return {k: v for k, v in j["n"]["cart"].items() if ":" not in k}
+
+
+def test_every_wait_ending_before_an_event_runs_before_it() -> None:
+    """Two waits end before a purchase that a lagging partition lets in before event time
+    reaches them: both run (and both reminders go out) before the purchase is applied, as
+    when event time had passed them first."""
+    two_waits = """\
+journeys:
+  - id: cart
+    trigger: {event: 'event.eventType == "add"'}
+    exit_when: 'exists(event.eventType == "buy")'
+    late: send
+    steps:
+      - wait: 30m
+      - send: {destination: email, message: cart-1}
+      - wait: 30m
+      - send: {destination: email, message: cart-2}
+"""
+
+    def run(lagging: bool) -> list[tuple[str, str, str]]:
+        settings = make(two_waits)
+        engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+        decoder = Decoder.from_settings(settings)
+        out = engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+        if lagging:  # partition 1 holds event time at T0
+            other = decoder.decode(Origin("web", 1, 1), orjson.dumps(ev("x", "view", T0, "z9")))
+            assert isinstance(other, Record)
+            out += engine.process(0, [other], T0)
+        out += engine.process(0, [feed("web", ev("e2", "buy", T0 + 2 * H, "d1"))], T0 + 2 * H)
+        return sends(out)
+
+    assert (
+        run(lagging=False)
+        == run(lagging=True)
+        == [
+            ("cart", "2", "cart-1"),
+            ("cart", "4", "cart-2"),
+        ]
+    )
