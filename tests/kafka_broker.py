@@ -494,9 +494,21 @@ def proxied_broker() -> Iterator[tuple[LocalBroker, TcpProxy]]:
 
     proxy = TcpProxy()
     try:
-        with LocalBroker(advertised_port=proxy.port) as broker:
-            proxy.upstream = ("127.0.0.1", broker.port or 0)
-            proxy.start()
+        # The proxy forwards before the broker starts: its readiness check may already reach
+        # it at the advertised address (a proxy not yet accepting failed the start, rarely).
+        for attempt in range(1, 4):  # a picked free port can be taken before tansu binds
+            proxy.upstream = ("127.0.0.1", _free_port())
+            if attempt == 1:
+                proxy.start()
+            try:
+                broker = LocalBroker(port=proxy.upstream[1], advertised_port=proxy.port).start()
+                break
+            except _AddressInUseError:
+                if attempt == 3:
+                    raise
+        try:
             yield broker, proxy
+        finally:
+            broker.stop()
     finally:
         proxy.close()
