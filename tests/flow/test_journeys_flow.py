@@ -79,10 +79,15 @@ def journey_totals(state: Path) -> dict[str, Counter[str]]:
 
 
 def run(
-    tmp: Path, workers: int, late: str, start_ms: int = START_MS, welcome: bool = False
+    tmp: Path,
+    workers: int,
+    late: str,
+    start_ms: int = START_MS,
+    welcome: bool = False,
+    anonymous_every: int = 0,
 ) -> dict[str, Any]:
     base = tmp / f"w{workers}-{late}"
-    web = write_data(base, PEOPLE, start_ms, SEED)
+    web = write_data(base, PEOPLE, start_ms, SEED, anonymous_every)
     replay_files(config(base, late, welcome), base / "state", workers)
     return {
         "web": web,
@@ -160,3 +165,16 @@ def test_a_replay_of_old_data_sends_nothing_and_counts_it_late(
         shown = status[journey]
         assert shown["totals"]["late"] == counts["late"] and "sent" not in shown["totals"]
         assert sum(step.get("late", 0) for step in shown["steps"].values()) == counts["late"]
+
+
+@pytest.mark.xfail(
+    reason="known (see tests/journey_data.py): a person's device-only records are keyed on "
+    "another shard than their identified ones, and two workers may apply them out of "
+    "event-time order, so their instances start from other adds",
+    strict=False,
+)
+def test_anonymous_browsing_first_sends_the_same_on_two_workers(tmp_path: Path) -> None:
+    one = run(tmp_path, 1, "send", anonymous_every=5)
+    two = run(tmp_path, 2, "send", anonymous_every=5)
+    assert len(one["sends"]) > 100
+    assert sorted(map(comparable, two["sends"])) == sorted(map(comparable, one["sends"]))
