@@ -71,4 +71,3 @@ def render_document(document: ProfileDocument, topic: bool) -> bytes | None:
     if topic and document.deleted:
         return None
     return orjson.dumps(document.document)
-

@@ -135,6 +135,7 @@ class Engine:
                 index=self.index,
                 profiles=self.profiles,
                 consent=consent,
+                history=self.history,
             )
             self.membership.journeys = self.journeys
         self.rollout = Rollout(

@@ -218,6 +218,18 @@ class History:
             rest = key[len(prefix) :].decode()
             yield key, int(rest[:13]), rest[14:], raw
 
+    def latest(self, txn: Txn, canonical: Identity, upto_ms: int) -> dict[str, Any] | None:
+        """The profile's latest kept event at or before `upto_ms` (of one millisecond, the
+        last by event id), or None."""
+        prefix = self.prefix(canonical)
+        found: bytes | None = None
+        for key, raw in txn.scan(prefix):
+            if entry_time(prefix, key) > upto_ms:
+                break  # keys are in time order
+            found = raw
+        event: dict[str, Any] | None = None if found is None else orjson.loads(found)
+        return event
+
     # -- what a rebuild reads -----------------------------------------------------------------
 
     def view(

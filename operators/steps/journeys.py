@@ -61,6 +61,7 @@ from operators.payloads import payload, wants_of
 from operators.rules import Aggregate
 from operators.segments import SegmentIndex, Transition
 from operators.steps.call import Call
+from operators.steps.history import History
 from operators.steps.privacy import Consent
 from operators.steps.profiles import Profiles
 from operators.store import Store, Txn
@@ -90,8 +91,10 @@ class Journeys:
         index: SegmentIndex,
         profiles: Profiles,
         consent: Consent,
+        history: History,
     ) -> None:
         self.store = store
+        self.history = history
         self.index = index
         self.profiles = profiles
         self.consent = consent
@@ -155,10 +158,24 @@ class Journeys:
             return profile, False  # nothing to do: the state is not even copied
         run_ = _Run(self, call, canonical=canonical, cluster=cluster, profile=profile, state=state)
         run_.settle(now_ms)
-        for journey, event in triggered:
+        for journey, body in triggered:
+            event = body
+            if journey.segment is not None and journey.id in self._keep_event:
+                event = self.segment_event(call, canonical, record, at_ms)
             run_.enter(journey, event, at_ms)
         run_.flush()
         return run_.result()
+
+    def segment_event(
+        self, call: Call, canonical: Identity, record: Record | None, at_ms: int
+    ) -> dict[str, Any] | None:
+        """The event of an instance a segment entry started: the person's latest event at or
+        before the entry (ties by event id), from the kept history. Whether the entry came
+        with that event or on a timer as event time reached it (several workers), it is the
+        same one. Without a history, the event applied (None on a timer)."""
+        if self.history.on:
+            return self.history.latest(call.txn, canonical, at_ms)
+        return record.body if record is not None and record.kind == "event" else None
 
     def _quiet(self, state: dict[str, Any], profile: prof.Profile, now_ms: int) -> bool:
         """No instance in flight ends or wakes at `now_ms` (the common case of a record of
@@ -180,10 +197,10 @@ class Journeys:
     ) -> list[tuple[Journey, dict[str, Any] | None]]:
         out: list[tuple[Journey, dict[str, Any] | None]] = []
         if self.by_segment:
-            body = record.body if record is not None and record.kind == "event" else None
             for change in changes:
                 if change.entered:
-                    out.extend((j, body) for j in self.by_segment.get(change.segment_id, ()))
+                    # The event is found when the instance starts (`_Run.segment_event`).
+                    out.extend((j, None) for j in self.by_segment.get(change.segment_id, ()))
         if self.on_event and record is not None and record.kind == "event":
             event_type = record.event_type or ""
             if self._event_types is None or event_type in self._event_types:

@@ -501,3 +501,42 @@ journeys:
             ("cart", "4", "cart-2"),
         ]
     )
+
+
+def test_a_segment_entry_carries_the_same_event_by_record_or_by_timer() -> None:
+    """The event of a segment-triggered instance is the person's latest event at or before the
+    entry: the same whether the entry came with the record (one partition) or on the timer
+    as a lagging partition let event time reach it (several workers)."""
+    text = BASE.replace(
+        "{name: email, kind: file, path: email.jsonl, segments: []}",
+        "{name: email, kind: file, path: email.jsonl, segments: [], event: true}",
+    ).replace(
+        "segments:\n",
+        'segments:\n  - {id: browsers, rule: \'count(event.eventType == "view", within="1h") >= 2\'}\n',
+    )
+    text += """\
+journeys:
+  - id: welcome
+    trigger: {segment: browsers}
+    late: send
+    steps: [{send: {destination: email, message: welcome}}]
+"""
+
+    def run(lagging: bool) -> list[Any]:
+        settings = parse_settings(text, Path("/c.yaml"), {}, {})
+        engine, feed = Engine(settings, MemoryStore()), Feed(settings)
+        decoder = Decoder.from_settings(settings)
+        out: list[Any] = []
+        if lagging:  # partition 1 holds event time back
+            other = decoder.decode(Origin("web", 1, 1), orjson.dumps(ev("x", "view", T0, "z9")))
+            assert isinstance(other, Record)
+            out += engine.process(0, [other], T0)
+        for i in range(2):
+            view = ev(f"v{i}", "view", T0 + (i + 1) * 60_000, "d1")
+            out += engine.process(0, [feed("web", view)], T0)
+        out += engine.finish(0, T0)
+        return [(s.id, (s.payload or {}).get("event")) for s in out if isinstance(s, JourneySend)]
+
+    ones, twos = run(lagging=False), run(lagging=True)
+    assert ones == twos and len(ones) == 1
+    assert ones[0][1]["_id"] == "v1"
