@@ -54,6 +54,7 @@ from benchmarks.common import (
 )
 from config.settings import DestinationSettings, Settings, load_settings
 from flows.generator import generate
+from operators import metrics
 from operators.decode import Decoder
 from operators.engine import Engine
 from operators.store import open_store
@@ -73,6 +74,17 @@ def _raw_records(profiles: int, events: int, seed: int) -> list[tuple[str, bytes
     return out + [(name, raw) for _, _, name, raw in ranked]
 
 
+def journey_outcomes() -> Counter[str]:
+    """The journeys' outcomes so far in this process (`cdp_journey_steps`, all journeys and
+    steps): entered, sent, completed, exited_REASON, held_out, capped, late, …"""
+    out: Counter[str] = Counter()
+    for metric in metrics.JOURNEYS.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out[sample.labels["outcome"]] += int(sample.value)
+    return out
+
+
 def _apply(settings: Settings, records: list[Record], batch: int) -> dict[str, Any]:
     """One engine over a fresh state in a temporary directory: its time, outputs and state."""
     gc.collect()
@@ -80,12 +92,14 @@ def _apply(settings: Settings, records: list[Record], batch: int) -> dict[str, A
         store = open_store(Path(tmp), cache_mb=settings.state.cache_mb)
         engine = Engine(settings, store)
         counts: Counter[type] = Counter()
+        outcomes = journey_outcomes()
         started, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(records), batch):
             counts.update(type(o) for o in engine.process(0, records[i : i + batch], WALL_MS))
         counts.update(type(o) for o in engine.finish(0, WALL_MS))
         engine_s, engine_cpu = time.perf_counter() - started, time.process_time() - cpu
         rss = rss_mb()
+        outcomes = journey_outcomes() - outcomes
         held = history_held(store)
         store.close()
         disk = state_disk(Path(tmp))
@@ -97,6 +111,7 @@ def _apply(settings: Settings, records: list[Record], batch: int) -> dict[str, A
         "changes": counts[AudienceChange],
         "profile_documents": counts[ProfileDocument],
         "journey_sends": counts[JourneySend],
+        "journey_outcomes": dict(sorted(outcomes.items())),
         "timers_fired": engine.stats.timers_fired,
         "merges": engine.stats.merges,
         "rss_mb_end": rss,

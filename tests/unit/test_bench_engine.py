@@ -86,6 +86,9 @@ def test_engine_benchmark_compares_journeys_on_and_off(capsys: pytest.CaptureFix
     assert isinstance(cost, dict)
     assert cost["same_changes"] is True
     assert {"us_per_record", "percent", "journey_sends_on"} <= cost.keys()
+    on = next(r for r in runs if r["journeys"] == "on")
+    assert on["journey_outcomes"]["sent"] == on["journey_sends"]
+    assert on["journey_outcomes"]["entered"] > 0
     with pytest.raises(SystemExit):
         engine.main(["--history", "on", "--journeys", "on"])
 
