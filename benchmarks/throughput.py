@@ -300,10 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             store.close()
             if profiles == 0 or produced == 0:
                 raise RuntimeError(f"broken run: {profiles} profiles, {produced} changes")
+            kept = "on" if held["history_events"] else "off"
             run = {
-                "history": ("on" if held["history_events"] else "off")
-                if not args.history
-                else mode,
+                "history": mode if args.history else kept,
                 "journeys": "on" if args.journeys and mode == "on" else "off",
                 "journey_sends": sends_written(Path(tmp) / f"sends-{name}"),
                 "processes": processes,
