@@ -1,5 +1,5 @@
 """Shared pieces of the benchmarks: the broker, topics, configs, resident memory, the machine,
-the event history on or off and the size of a state on disk."""
+the event history on or off, the bench journeys and the size of a state on disk."""
 
 from __future__ import annotations
 
@@ -22,6 +22,87 @@ from operators.store import Store, open_store, process_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 HISTORY_MODES = ("on", "off")
+JOURNEY_MODES = ("on", "off")
+SEND_DESTINATIONS = ("email", "sms")  # the file destinations the bench journeys send to
+
+
+def bench_journeys(send_dir: Path) -> dict[str, Any]:
+    """The bench journeys (DESIGN §12) as top-level config keys, for a config with the bench
+    data's segments (`config/bench.yaml`): `journeys`, `journey_caps`, and `destinations` to
+    add (a file per send destination in `send_dir`, taking no audience change).
+
+    `cart-reminder` starts on every cart add (`commerce.productListAdds`, about 1 event in 25 of
+    the bench data), ends at once on a purchase, waits a day and branches; `cart-rescue` starts
+    on entering `abandoned-cart` with a 5 % holdout. Both send even when the step is due long
+    before the wall clock (`late: send`): the bench data is dated November 2026.
+    """
+    return {
+        "journeys": [
+            {
+                "id": "cart-reminder",
+                "trigger": {"event": 'event.eventType == "commerce.productListAdds"'},
+                "exit_when": 'exists(event.eventType == "commerce.purchases", within="2d")',
+                "reentry": {"min_gap": "24h"},
+                "priority": 2,
+                "late": "send",
+                "steps": [
+                    {"send": {"destination": "email", "message": "cart-1"}},
+                    {"wait": "1d"},
+                    {
+                        "if": 'profile._techmarketingdemos.loyalty.level == "gold"',
+                        "then": [{"send": {"destination": "email", "message": "cart-vip"}}],
+                        "else": [{"send": {"destination": "sms", "message": "cart-2"}}],
+                    },
+                ],
+            },
+            {
+                "id": "cart-rescue",
+                "trigger": {"segment": "abandoned-cart"},
+                "exit_when": 'in_segment("buyers-7d")',
+                "holdout": "5%",
+                "priority": 1,
+                "late": "send",
+                "steps": [
+                    {"wait": "2h"},
+                    {"send": {"destination": "email", "message": "rescue-1"}},
+                ],
+            },
+        ],
+        "journey_caps": {"per_profile": 3, "per": "1d"},
+        "destinations": [
+            {"name": name, "kind": "file", "path": str(send_dir / f"{name}.jsonl"), "segments": []}
+            for name in SEND_DESTINATIONS
+        ],
+    }
+
+
+def journeys_config(base: Path, out: Path, send_dir: Path) -> Path:
+    """A copy of a config (in `out`) with the bench journeys and their destinations added."""
+    data = yaml.safe_load(base.read_text())
+    added = bench_journeys(send_dir)
+    data["destinations"] = [*data.get("destinations", []), *added.pop("destinations")]
+    data.update(added)
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def sends_written(send_dir: Path) -> int:
+    """The journey sends the file destinations of `bench_journeys` hold (one JSON line each)."""
+    total = 0
+    for name in SEND_DESTINATIONS:
+        path = send_dir / f"{name}.jsonl"
+        if path.exists():
+            with path.open("rb") as lines:
+                total += sum(1 for line in lines if line.strip())
+    return total
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def machine() -> dict[str, Any]:

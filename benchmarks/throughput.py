@@ -2,7 +2,7 @@
 ceiling, a bare loop that only consumes the same topics and parses each value with orjson.
 
     python -m benchmarks.throughput --profiles 100000 --events 500000 [--workers 1 2]
-        [--processes 2]
+        [--processes 2] [--history on off | --journeys on off] [--repeat 2]
 
 Each run is a `cdp replay` over the same topics into a fresh state: one process per value of
 `--workers` (that many worker threads), then a cluster per value of `--processes` (that many
@@ -20,6 +20,11 @@ turns it off), `--repeat` times, the order alternating from one repeat to the ne
 reports its history mode, the events its state keeps and the state's size on disk (as left,
 and compacted); `history_cost` compares the modes' medians per topology: events/s, seconds
 and CPU µs per record with and without the history, and the state's size per 100,000 events.
+
+With `--journeys on off` (not with `--history`) the same goes for the bench journeys
+(`benchmarks.common.bench_journeys`: `on` adds them and the two file destinations their sends go
+to). Each run reports its journey mode and the sends written to those files (`journey_sends`);
+`journey_cost` compares the modes' medians per topology: events/s, CPU µs per record, RSS.
 """
 
 from __future__ import annotations
@@ -38,13 +43,16 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 
 from benchmarks.common import (
     HISTORY_MODES,
+    JOURNEY_MODES,
     ROOT,
     bench_config,
+    bench_journeys,
     free_port,
     history_held,
     machine,
     run_cluster,
     run_id,
+    sends_written,
     state_disk,
 )
 from flows.generator import generate
@@ -90,8 +98,8 @@ def ceiling(bootstrap: str, topics: list[str], expected: int) -> float:
     return seconds
 
 
-def _median(runs: list[dict[str, Any]], mode: str, key: str) -> float:
-    return round(float(statistics.median(r[key] for r in runs if r["history"] == mode)), 2)
+def _median(runs: list[dict[str, Any]], mode: str, key: str, by: str = "history") -> float:
+    return round(float(statistics.median(r[key] for r in runs if r[by] == mode)), 2)
 
 
 def history_cost(runs: list[dict[str, Any]], records: int, events: int) -> list[dict[str, Any]]:
@@ -123,6 +131,36 @@ def history_cost(runs: list[dict[str, Any]], records: int, events: int) -> list[
     return out
 
 
+def journey_cost(runs: list[dict[str, Any]], records: int) -> list[dict[str, Any]]:
+    """Each topology's runs with the bench journeys and without compared, on each mode's
+    medians."""
+    out = []
+    for topology in sorted({(r["processes"], r["workers"]) for r in runs}):
+        own = [r for r in runs if (r["processes"], r["workers"]) == topology]
+        seconds = {m: _median(own, m, "seconds", "journeys") for m in JOURNEY_MODES}
+        cpu_us = {
+            m: round(_median(own, m, "cpu_s", "journeys") / records * 1e6, 1) for m in seconds
+        }
+        out.append(
+            {
+                "processes": topology[0],
+                "workers": topology[1],
+                "events_per_s_on": round(records / seconds["on"]),
+                "events_per_s_off": round(records / seconds["off"]),
+                "percent_slower": round((seconds["on"] - seconds["off"]) / seconds["off"] * 100, 1),
+                "cpu_us_per_record_on": cpu_us["on"],
+                "cpu_us_per_record_off": cpu_us["off"],
+                "cpu_us_per_record": round(cpu_us["on"] - cpu_us["off"], 1),
+                "rss_mb_on": _median(own, "on", "rss_mb", "journeys"),
+                "rss_mb_off": _median(own, "off", "rss_mb", "journeys"),
+                "journey_sends_on": _median(own, "on", "journey_sends", "journeys"),
+                "audience_changes_on": _median(own, "on", "audience_changes", "journeys"),
+                "audience_changes_off": _median(own, "off", "audience_changes", "journeys"),
+            }
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profiles", type=int, default=100_000)
@@ -142,8 +180,18 @@ def main(argv: list[str] | None = None) -> int:
         choices=HISTORY_MODES,
         help="run each topology once per mode (on, off) instead of with the config's history",
     )
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each --history mode")
+    parser.add_argument(
+        "--journeys",
+        nargs="+",
+        choices=JOURNEY_MODES,
+        help="run each topology once per mode: with the bench journeys (on), without (off)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs of each --history or --journeys mode"
+    )
     args = parser.parse_args(argv)
+    if args.history and args.journeys:
+        parser.error("--history and --journeys are measured apart: give one of them")
 
     stream = generate(args.profiles, args.events, seed=args.seed)
     sources: dict[str, list[dict[str, Any]]] = {
@@ -172,18 +220,26 @@ def main(argv: list[str] | None = None) -> int:
                 key_fn=(lambda v: v[:64]) if PARTITIONS[name] > 1 else None,
             )
 
-        def run_config(name: str, history: str | None = None, **extra: Any) -> tuple[Path, str]:
+        def run_config(
+            name: str, history: str | None = None, journeys: bool = False, **extra: Any
+        ) -> tuple[Path, str]:
             """The bench config for one run, with an output topic of its own: each run's
-            changes are counted alone."""
+            changes are counted alone; with the bench journeys, their sends go to files in
+            `sends-NAME`."""
             out_topic = f"{prefix}cdp.audience-changes-{name}"
             create_topics(bootstrap, [out_topic])
+            destinations = [{"name": "audiences", "kind": "kafka", "topic": out_topic}]
+            if journeys:
+                added = bench_journeys(Path(tmp) / f"sends-{name}")
+                destinations.extend(added.pop("destinations"))
+                extra.update(added)
             path = bench_config(
                 ROOT / "config" / "bench.yaml",
                 Path(tmp) / f"bench-{name}.yaml",
                 prefix,
                 bootstrap,
                 history,
-                destinations=[{"name": "audiences", "kind": "kafka", "topic": out_topic}],
+                destinations=destinations,
                 **extra,
             )
             return path, out_topic
@@ -209,18 +265,21 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
         topologies = [(1, w) for w in args.workers] + [(p, 1) for p in args.processes]
-        modes: list[str | None] = list(args.history or [None])
+        modes: list[str | None] = list(args.history or args.journeys or [None])
         plan = [
             (processes, workers, repeat, mode)
             for processes, workers in topologies
-            for repeat in range(args.repeat if args.history else 1)
+            for repeat in range(args.repeat if args.history or args.journeys else 1)
             for mode in (modes if repeat % 2 == 0 else modes[::-1])
         ]
         for processes, workers, repeat, mode in plan:
             name = f"{processes}x{workers}" + (f"-{mode}-{repeat}" if mode else "")
             state = Path(tmp) / f"state-{name}"
             own, out_topic = run_config(
-                name, mode, identity={"feedback_topic": f"{prefix}feedback-{name}"}
+                name,
+                mode if args.history else None,
+                journeys=bool(args.journeys) and mode == "on",
+                identity={"feedback_topic": f"{prefix}feedback-{name}"},
             )
             cmd = [
                 sys.executable, "-m", "flows.cli", "replay", "--config", str(own),
@@ -241,8 +300,11 @@ def main(argv: list[str] | None = None) -> int:
             store.close()
             if profiles == 0 or produced == 0:
                 raise RuntimeError(f"broken run: {profiles} profiles, {produced} changes")
+            kept = "on" if held["history_events"] else "off"
             run = {
-                "history": mode or ("on" if held["history_events"] else "off"),
+                "history": mode if args.history else kept,
+                "journeys": "on" if args.journeys and mode == "on" else "off",
+                "journey_sends": sends_written(Path(tmp) / f"sends-{name}"),
                 "processes": processes,
                 "workers": workers,
                 "seconds": round(seconds, 2),
@@ -276,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.history and {"on", "off"} <= set(args.history):
             events = sum(len(sources[name]) for name in ("web", "voice", "store"))
             result["history_cost"] = history_cost(result["runs"], records, events)
+        if args.journeys and {"on", "off"} <= set(args.journeys):
+            result["journey_cost"] = journey_cost(result["runs"], records)
     print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
     return 0
 
