@@ -317,10 +317,13 @@ def run(
 # -- merging two profiles' journey state --------------------------------------------------------
 
 
-def merge_state(survivor: dict[str, Any] | None, loser: dict[str, Any] | None) -> Any:
+def merge_state(
+    survivor: dict[str, Any] | None, loser: dict[str, Any] | None, log_max: int
+) -> Any:
     """The journey state of two merged profiles. Of two instances of one journey and key in
     flight, the one entered first goes on; the other is returned for the caller to end
-    (reason `merged`). Entries, totals and cap windows add up."""
+    (reason `merged`). Entries, totals and cap windows add up; the trace keeps the newest
+    `log_max` lines."""
     if not loser:
         return survivor, []
     if not survivor:
@@ -361,7 +364,7 @@ def merge_state(survivor: dict[str, Any] | None, loser: dict[str, Any] | None) -
         "r": entries,
         "n": totals,
         "c": sorted(survivor.get("c", []) + loser.get("c", [])),
-        "log": sorted(survivor.get("log", []) + loser.get("log", []), key=_first_two),
+        "log": sorted(survivor.get("log", []) + loser.get("log", []), key=_first_two)[-log_max:],
         "due": min_due(instances),
     }
     return merged, ended

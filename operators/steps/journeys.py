@@ -237,7 +237,7 @@ class Journeys:
         both had in flight ends, reason `merged`)."""
         if "j" not in loser:
             return survivor
-        state, ended = merge_state(survivor.get("j"), loser["j"])
+        state, ended = merge_state(survivor.get("j"), loser["j"], LOG_MAX)
         for iid, inst in ended:
             _count(state, inst["j"], "exited_merged")
             _log(state, (at_ms, inst["j"], iid, "exited", inst.get("at") or "", "merged"))

@@ -15,7 +15,7 @@ from config.settings import ConfigError, Settings, parse_settings
 from operators.decode import Decoder
 from operators.destinations import render_send
 from operators.engine import Engine, build_index
-from operators.journeys import held_out
+from operators.journeys import held_out, merge_state
 from operators.rules import RuleErrors
 from operators.steps.profiles import profile_key
 from operators.store import MemoryStore
@@ -540,3 +540,13 @@ journeys:
     ones, twos = run(lagging=False), run(lagging=True)
     assert ones == twos and len(ones) == 1
     assert ones[0][1]["_id"] == "v1"
+
+
+def test_merged_states_keep_the_newest_trace_lines_and_add_up_totals() -> None:
+    def state(offset: int) -> dict[str, Any]:
+        log = [[offset + i, "cart", "i", "sent", "1", ""] for i in range(40)]
+        return {"i": {}, "r": {}, "n": {"cart": {"sent": 40}}, "c": [], "log": log}
+
+    merged, ended = merge_state(state(0), state(1000), 50)
+    assert ended == [] and merged["n"]["cart"]["sent"] == 80
+    assert len(merged["log"]) == 50 and merged["log"][-1][0] == 1039
