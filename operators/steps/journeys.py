@@ -104,6 +104,7 @@ class Journeys:
         self._versions: dict[tuple[str, str], Journey | None] = {
             (j.id, j.version): j for j in compiled
         }
+        self._readable: dict[tuple[str, str], bool] = {}
         self.by_segment: dict[str, list[Journey]] = {}
         self.on_event: list[Journey] = []
         for journey in sorted(compiled, key=_rank):
@@ -230,6 +231,16 @@ class Journeys:
             self._versions[held] = journey
         return self._versions[held]
 
+    def readable(self, journey: Journey) -> bool:
+        """Every input an old version's rules read is still kept (the index maintains the
+        current config's inputs only)."""
+        held = self._readable.get((journey.id, journey.version))
+        if held is None:
+            kept = self.index.aggregates
+            held = all(a.key in kept for rule in journey.conditions for a in rule.aggregates)
+            self._readable[journey.id, journey.version] = held
+        return held
+
     def merged(
         self, call: Call, survivor: prof.Profile, loser: prof.Profile, at_ms: int
     ) -> prof.Profile:
@@ -321,6 +332,11 @@ class _Run:
             journey = current if inst["v"] == current.version else j.version(inst["j"], inst["v"])
             if journey is None:
                 self.end(iid, inst, "removed", now_ms)
+                continue
+            if journey is not current and not j.readable(journey):
+                # Its rules read inputs the edited config no longer keeps: judged on nothing,
+                # a buyer could get the reminder. It ends as with `on_edit: exit`.
+                self.end(iid, inst, "edited", now_ms)
                 continue
             due: int | None = inst.get("due")
             woken = due is not None and due <= now_ms

@@ -550,3 +550,19 @@ def test_merged_states_keep_the_newest_trace_lines_and_add_up_totals() -> None:
     merged, ended = merge_state(state(0), state(1000), 50)
     assert ended == [] and merged["n"]["cart"]["sent"] == 80
     assert len(merged["log"]) == 50 and merged["log"][-1][0] == 1039
+
+
+def test_an_old_version_whose_exit_rule_reads_inputs_no_longer_kept_ends_edited() -> None:
+    """Finishing on the old version is safe only while its rules can be read: an edit whose
+    exit_when reads something new ends the old instances (reason edited) rather than judge a
+    buyer on inputs no longer kept."""
+    store = MemoryStore()
+    settings = make()
+    engine, feed = Engine(settings, store), Feed(settings)
+    engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
+    edited = make(CART.replace('"buy", within="2d"', '"order", within="2d"'))
+    engine = Engine(edited, store)
+    engine.finish(0, T0)  # the rollout of the edited inputs
+    assert sends(engine.advance(0, T0 + D, T0 + D)) == []
+    assert state(engine, "d1")["n"]["cart"]["exited_edited"] == 1
+    # An edit that keeps the exit rule's inputs lets the instance finish (see above).
