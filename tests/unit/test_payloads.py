@@ -13,11 +13,11 @@ import pytest
 from config.settings import DestinationSettings, Settings, parse_settings
 from operators import metrics
 from operators import profile as prof
-from operators.decode import Decoder
 from operators.engine import Engine, build_index
 from operators.payloads import Wants, attribute_value, payload, personalize, wants_of
 from operators.store import MemoryStore
-from schemas.records import AudienceChange, Origin, Record
+from schemas.records import AudienceChange
+from tests.unit.steps.helpers import Feed
 
 H = 3_600_000
 CONFIG = """\
@@ -50,18 +50,6 @@ def settings(destinations: str = EMAIL) -> Settings:
 
 def dest(**kw: Any) -> DestinationSettings:
     return DestinationSettings(name="d", kind="file", path=Path("x"), **kw)
-
-
-class Feed:
-    def __init__(self, config: Settings) -> None:
-        self.decoder = Decoder.from_settings(config)
-        self.offset = 0
-
-    def __call__(self, source: str, body: dict[str, Any]) -> Record:
-        self.offset += 1
-        rec = self.decoder.decode(Origin(source, 0, self.offset), orjson.dumps(body))
-        assert isinstance(rec, Record), rec
-        return rec
 
 
 def ev(eid: str, kind: str, ts: int, email: str, **extra: Any) -> dict[str, Any]:

@@ -12,14 +12,14 @@ import orjson
 import pytest
 
 from config.settings import ConfigError, Settings, parse_settings
-from operators.decode import Decoder
 from operators.destinations import render_send
 from operators.engine import Engine, build_index
 from operators.journeys import held_out, merge_state
 from operators.rules import RuleErrors
 from operators.steps.profiles import profile_key
 from operators.store import MemoryStore
-from schemas.records import AudienceChange, JourneySend, Origin, Record
+from schemas.records import AudienceChange, JourneySend
+from tests.unit.steps.helpers import Feed
 
 H = 3_600_000
 D = 24 * H
@@ -56,18 +56,6 @@ journeys:
 
 def make(extra: str = CART) -> Settings:
     return parse_settings(BASE + extra, Path("/c.yaml"), {}, {})
-
-
-class Feed:
-    def __init__(self, settings: Settings) -> None:
-        self.decoder = Decoder.from_settings(settings)
-        self.offset = 0
-
-    def __call__(self, source: str, body: dict[str, Any]) -> Record:
-        self.offset += 1
-        rec = self.decoder.decode(Origin(source, 0, self.offset), orjson.dumps(body))
-        assert isinstance(rec, Record), rec
-        return rec
 
 
 def ev(eid: str, kind: str, ts: int, ecid: str, **more: Any) -> dict[str, Any]:
@@ -348,11 +336,9 @@ def test_a_wait_ending_before_an_event_runs_first_though_another_partition_lags(
     def run(lagging: bool) -> list[tuple[str, str, str]]:
         settings = make(CART.replace("    exit_when", "    late: send\n    exit_when"))
         engine, feed = Engine(settings, MemoryStore()), Feed(settings)
-        decoder = Decoder.from_settings(settings)
         out = engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
         if lagging:  # partition 1 holds event time at T0
-            other = decoder.decode(Origin("web", 1, 1), orjson.dumps(ev("x", "view", T0, "z9")))
-            assert isinstance(other, Record)
+            other = feed("web", ev("x", "view", T0, "z9"), partition=1)
             out += engine.process(0, [other], T0)
         buy = ev("e2", "buy", T0 + 2 * D, "d1")
         out += engine.process(0, [feed("web", buy)], T0 + 2 * D)
@@ -399,11 +385,9 @@ def test_a_purchase_ahead_of_a_lagging_partition_exits_at_once() -> None:
     def run(lagging: bool) -> dict[str, Any]:
         settings = make()
         engine, feed = Engine(settings, MemoryStore()), Feed(settings)
-        decoder = Decoder.from_settings(settings)
         engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
         if lagging:  # partition 1 holds event time at T0
-            other = decoder.decode(Origin("web", 1, 1), orjson.dumps(ev("x", "view", T0, "z9")))
-            assert isinstance(other, Record)
+            other = feed("web", ev("x", "view", T0, "z9"), partition=1)
             engine.process(0, [other], T0)
         engine.process(0, [feed("web", ev("e2", "buy", T0 + H, "d1"))], T0 + H)
         engine.process(0, [feed("web", ev("e3", "add", T0 + 2 * H, "d1"))], T0 + 2 * H)
@@ -424,9 +408,7 @@ def test_records_behind_event_time_still_run_in_their_order() -> None:
     def run(behind: bool) -> list[tuple[str, str, str]]:
         settings = make(CART.replace("    exit_when", "    late: send\n    exit_when"))
         engine, feed = Engine(settings, MemoryStore()), Feed(settings)
-        decoder = Decoder.from_settings(settings)
-        other = decoder.decode(Origin("web", 1, 1), orjson.dumps(ev("x", "view", T0 + 3 * D, "z")))
-        assert isinstance(other, Record)
+        other = feed("web", ev("x", "view", T0 + 3 * D, "z"), partition=1)
         out = engine.process(0, [other], T0) if behind else []  # event time three days on
         out += engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
         out += engine.process(0, [feed("web", ev("e2", "add", T0 + H, "d1"))], T0)
@@ -484,11 +466,9 @@ journeys:
     def run(lagging: bool) -> list[tuple[str, str, str]]:
         settings = make(two_waits)
         engine, feed = Engine(settings, MemoryStore()), Feed(settings)
-        decoder = Decoder.from_settings(settings)
         out = engine.process(0, [feed("web", ev("e1", "add", T0, "d1"))], T0)
         if lagging:  # partition 1 holds event time at T0
-            other = decoder.decode(Origin("web", 1, 1), orjson.dumps(ev("x", "view", T0, "z9")))
-            assert isinstance(other, Record)
+            other = feed("web", ev("x", "view", T0, "z9"), partition=1)
             out += engine.process(0, [other], T0)
         out += engine.process(0, [feed("web", ev("e2", "buy", T0 + 2 * H, "d1"))], T0 + 2 * H)
         return sends(out)
@@ -525,11 +505,9 @@ journeys:
     def run(lagging: bool) -> list[Any]:
         settings = parse_settings(text, Path("/c.yaml"), {}, {})
         engine, feed = Engine(settings, MemoryStore()), Feed(settings)
-        decoder = Decoder.from_settings(settings)
         out: list[Any] = []
         if lagging:  # partition 1 holds event time back
-            other = decoder.decode(Origin("web", 1, 1), orjson.dumps(ev("x", "view", T0, "z9")))
-            assert isinstance(other, Record)
+            other = feed("web", ev("x", "view", T0, "z9"), partition=1)
             out += engine.process(0, [other], T0)
         for i in range(2):
             view = ev(f"v{i}", "view", T0 + (i + 1) * 60_000, "d1")
