@@ -27,6 +27,11 @@ UPGRADED = Counter(
 )
 CHANGES = Counter("cdp_audience_changes", "Audience changes", ["segment", "status"])
 TIMERS = Counter("cdp_timers_fired", "Window timers fired")
+JOURNEY_SEND_DELAY = Histogram(
+    "cdp_journey_send_delay_seconds",
+    "A journey send made: wall clock minus when its step was due (event time)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30, 60, 300, 3600),
+)
 JOURNEYS = Counter(
     "cdp_journey_steps",
     "Journey instances entered, completed, exited (by reason) and steps sent, late, capped or"

@@ -454,6 +454,7 @@ class _Run:
         self, journey: Journey, iid: str, inst: dict[str, Any], step: Step, at_ms: int
     ) -> None:
         node, call = step.node, self.call
+        metrics.JOURNEY_SEND_DELAY.observe(max(0, call.wall_ms - at_ms) / 1000)
         if self.cluster is None:
             self.cluster = self.j.profiles.cluster_of(call.txn, self.canonical, self.profile)
         call.out.append(

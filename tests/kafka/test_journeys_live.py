@@ -202,6 +202,12 @@ def test_a_buyer_during_the_wait_gets_no_reminder_a_keeper_gets_one(
         assert {s["event_time"] for s in sends} == {iso_ms(added + 4000)}
         assert steps_metric(worker, "exited_exit_when") == len(buyers)
         assert steps_metric(worker, "entered") == len(keepers) + len(buyers)
+        # Live, a send leaves moments after its step is due (a keeper's reminder goes to the
+        # webhook and to Kafka: two sends each).
+        delays = worker.metric("cdp_journey_send_delay_seconds_count")
+        assert delays == 2 * len(keepers)
+        mean = (worker.metric("cdp_journey_send_delay_seconds_sum") or 0) / delays
+        assert mean < 5.0, mean
         on_kafka = kafka_sends(worker, len(keepers))
         assert worker.stop() == 0, worker.tail()
     finally:
