@@ -240,7 +240,10 @@ class Membership:
                 canonical=canonical,
                 cluster=cluster,
                 profile=profile,
-                changes=changes,
+                # An audience edit's entries (reason `definition`) start no journey: nobody
+                # was seen qualifying (as a journey added to a live audience waits for new
+                # entries); a backfill would have found them long past (`late`).
+                changes=() if reason == "definition" else changes,
                 record=record,
                 at_ms=at_ms,
                 now_ms=journey_now,

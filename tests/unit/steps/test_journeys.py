@@ -544,3 +544,36 @@ def test_an_old_version_whose_exit_rule_reads_inputs_no_longer_kept_ends_edited(
     assert sends(engine.advance(0, T0 + D, T0 + D)) == []
     assert state(engine, "d1")["n"]["cart"]["exited_edited"] == 1
     # An edit that keeps the exit rule's inputs lets the instance finish (see above).
+
+
+def test_an_audience_edit_enters_people_but_starts_no_journey() -> None:
+    """Entries an audience edit makes (reason definition) start no instance: nobody was seen
+    qualifying, and a mass send must not follow an edit. Entries the data makes still do."""
+    welcome = """\
+journeys:
+  - id: welcome
+    trigger: {segment: browsers}
+    steps: [{send: {destination: email, message: welcome}}]
+"""
+
+    def config(views: int) -> Settings:
+        rule = f'count(event.eventType == "view") >= {views}'
+        text = BASE.replace("segments:\n", f"segments:\n  - {{id: browsers, rule: '{rule}'}}\n")
+        return parse_settings(text + welcome, Path("/c.yaml"), {}, {})
+
+    store = MemoryStore()
+    before = config(3)
+    engine, feed = Engine(before, store), Feed(before)
+    for i in range(2):
+        engine.process(0, [feed("web", ev(f"v{i}", "view", T0 + i, "d1"))], T0)
+    after = config(2)
+    engine = Engine(after, store)
+    out = engine.finish(0, T0)  # the rollout: d1 enters browsers, reason definition
+    entered = [c for c in out if isinstance(c, AudienceChange) and c.segment_id == "browsers"]
+    assert [c.reason for c in entered] == ["definition"] and sends(out) == []
+    feed = Feed(after)
+    feed.offsets[("web", 0)] = 2
+    out = []
+    for i in range(2):
+        out += engine.process(0, [feed("web", ev(f"w{i}", "view", T0 + 10 + i, "d2"))], T0)
+    assert sends(out) == [("welcome", "1", "welcome")]
