@@ -118,7 +118,7 @@ class Journeys:
         # What each destination personalizes a send with (`operators.payloads`).
         self.wants = {d.name: wants_of([d]) for d in settings.destinations}
         # Journeys whose sends want the triggering event: it is kept with the instance.
-        self._keep_event = {
+        self.keep_event = {
             j.id
             for j in compiled
             if any(self.wants[n.destination].event for n in j.nodes.values() if n.kind == "send")
@@ -161,7 +161,7 @@ class Journeys:
         run_.settle(now_ms)
         for journey, body in triggered:
             event = body
-            if journey.segment is not None and journey.id in self._keep_event:
+            if journey.segment is not None and journey.id in self.keep_event:
                 event = self.segment_event(call, canonical, record, at_ms)
             run_.enter(journey, event, at_ms)
         run_.flush()
@@ -375,7 +375,7 @@ class _Run:
             "at": journey.first,
             "due": None,
             "in": at_ms,
-            "ev": event if journey.id in self.j._keep_event else None,
+            "ev": event if journey.id in self.j.keep_event else None,
             "ho": out,
             "n": entries[0],
         }
