@@ -10,8 +10,9 @@ On disk, one RocksDB per destination and process, `STATE/delivered/<name>/` (thr
 `operators.store`; a process's workers share it, as they share the spool):
 - `i/<id>` -> when it was delivered (epoch ms, ASCII digits);
 - `t/<ms, 13 digits>/<id>` -> b"": the same by age, so pruning reads only what it removes.
-Ids older than `dedup_window` are pruned when the ledger opens: a replay re-emits recent sends
-only (those of the outbox), not weeks-old ones.
+Ids older than `dedup_window` are pruned when the ledger opens, and then every `PRUNE_EVERY_MS`
+of sends (a worker that runs for weeks): a replay re-emits recent sends only (those of the
+outbox), not weeks-old ones.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from operators.store import RocksStore, StoreError
 
 _ID = b"i/"
 _AGE = b"t/"
+PRUNE_EVERY_MS = 3_600_000
 
 
 def _now_ms() -> int:
@@ -45,7 +47,8 @@ class Ledger:
         except StoreError as exc:  # its message speaks of the state store
             raise StoreError(f"the ledger of delivered journey sends {directory}: {exc}") from exc
         self._lock = threading.Lock()
-        self.pruned = self.prune(_now_ms() if now_ms is None else now_ms)
+        self._pruned_at = _now_ms() if now_ms is None else now_ms
+        self.pruned = self.prune(self._pruned_at)
 
     def has(self, send_id: str) -> bool:
         with self._lock:
@@ -62,6 +65,11 @@ class Ledger:
             if old is not None:  # delivered again (not through this ledger): keep one age key
                 changes[age_key(int(old), send_id)] = None
             self._store.write(changes)
+            due = at - self._pruned_at >= min(PRUNE_EVERY_MS, self.window_ms)
+            if due:
+                self._pruned_at = at
+        if due:
+            self.pruned += self.prune(at)
 
     def prune(self, now_ms: int) -> int:
         """Forget the ids delivered more than `window_ms` before `now_ms`; how many."""

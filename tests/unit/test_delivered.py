@@ -96,6 +96,20 @@ def test_ledger_prunes_ids_older_than_its_window_at_open(tmp_path: Path) -> None
         reopened.close()
 
 
+def test_a_ledger_open_for_weeks_prunes_as_it_goes(tmp_path: Path) -> None:
+    now = 100 * DAY_MS
+    ledger = Ledger(tmp_path / "hook", 7 * DAY_MS, now_ms=now)
+    try:
+        ledger.add("day-0", now_ms=now)
+        for day in range(1, 10):
+            ledger.add(f"day-{day}", now_ms=now + day * DAY_MS)
+        assert not ledger.has("day-0") and not ledger.has("day-1")  # past the 7-day window
+        assert all(ledger.has(f"day-{d}") for d in range(2, 10))
+        assert ledger.pruned == 2
+    finally:
+        ledger.close()
+
+
 def test_dedup_window_setting() -> None:
     dest = _hook("http://127.0.0.1:1/x")
     assert dest.dedup_window == "7d" and dest.dedup_window_ms == 7 * DAY_MS
