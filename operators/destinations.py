@@ -30,21 +30,26 @@ def render(change: AudienceChange, destination: DestinationSettings) -> bytes | 
         return None
     if destination.requires_consent and change.consent_denied:
         return None
-    doc: dict[str, Any] = change.to_dict()
-    if destination.identities is not None or destination.hash_identities:
-        doc["identities"] = _identities(change.identities, destination)
-    if destination.personalized:
-        return personalize(doc, change.payload, destination)
-    return orjson.dumps(doc)  # the common case: all identities, in clear, nothing added
+    return _body(change.to_dict(), change.identities, change.payload, destination)
 
 
 def render_send(send: JourneySend, destination: DestinationSettings) -> bytes:
-    """A journey's message as its destination receives it: its identities as the destination
-    takes them, personalized with the send's payload (`send.destination` names this one)."""
-    doc = send.to_dict()
+    """A journey's message as its destination receives it (`send.destination` names this
+    one)."""
+    return _body(send.to_dict(), send.identities, send.payload, destination)
+
+
+def _body(
+    doc: dict[str, Any],
+    identities: dict[str, list[str]],
+    payload: dict[str, Any] | None,
+    destination: DestinationSettings,
+) -> bytes:
+    """`doc` with the identities the destination takes (hashed where it asks) and its part
+    of the payload. The common case, all identities in clear and nothing added, is `doc`."""
     if destination.identities is not None or destination.hash_identities:
-        doc["identities"] = _identities(send.identities, destination)
-    return personalize(doc, send.payload, destination)
+        doc["identities"] = _identities(identities, destination)
+    return personalize(doc, payload, destination)
 
 
 def _identities(

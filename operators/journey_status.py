@@ -17,7 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from config.settings import JourneySettings, StepSettings, WaitUntilSettings
-from operators.journeys import version_of
+from operators.journeys import by_wake, version_of
 from operators.steps.journeys import LOG_MAX, version_key
 from operators.steps.profiles import PREFIX as PROFILES
 from operators.store import Store, decode
@@ -314,7 +314,9 @@ class Trace:
 def trace(profile_id: str, state: Mapping[str, Any] | None, labels_of: Labels) -> Trace:
     """A person's journeys from their profile's state (None: never in one)."""
     state = state or {}
-    lines = tuple(TraceLine(*line) for line in in_step_order(state.get("log", [])))
+    # Time order: a record behind event time (or a merge) can add a line before the last one;
+    # the lines of one moment are in the order their steps ran (a stable sort keeps it).
+    lines = tuple(TraceLine(*line) for line in sorted(state.get("log", []), key=_moment))
     in_flight = tuple(
         InFlight(
             journey=inst["j"],
@@ -327,7 +329,7 @@ def trace(profile_id: str, state: Mapping[str, Any] | None, labels_of: Labels) -
             wakes_ms=inst.get("due"),
             held_out=bool(inst.get("ho")),
         )
-        for iid, inst in sorted(state.get("i", {}).items(), key=_by_wake)
+        for iid, inst in sorted(state.get("i", {}).items(), key=by_wake)
     )
     totals = {
         j: {what: n for what, n in sorted(counts.items()) if ":" not in what}
@@ -336,26 +338,8 @@ def trace(profile_id: str, state: Mapping[str, Any] | None, labels_of: Labels) -
     return Trace(profile_id, lines, in_flight, totals, trimmed=len(lines) >= LOG_MAX)
 
 
-_RANK = {"entered": 0, "woke": 1, "completed": 3, "exited": 3}  # steps taken: 2
-
-
-def in_step_order(log: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
-    """The log in time order, and one instance's lines of one moment in the order its steps
-    ran. The engine writes a moment's sends after its other lines (they are weighed together
-    under `journey_caps`), so as written a `completed` can come before the last send."""
-    first: dict[tuple[Any, Any], int] = {}
-    for n, line in enumerate(log):
-        first.setdefault((line[0], line[2]), n)
-
-    def order(line: Sequence[Any]) -> tuple[Any, ...]:
-        return line[0], first[(line[0], line[2])], _RANK.get(line[3], 2), _path_order(line[4])
-
-    return sorted(log, key=order)
-
-
-def _by_wake(item: tuple[str, Mapping[str, Any]]) -> tuple[int, str]:
-    due = item[1].get("due")
-    return (due if due is not None else -1), item[0]
+def _moment(line: Sequence[Any]) -> Any:
+    return line[0]
 
 
 def labels_reader(store: Store, journeys: Iterable[JourneySettings]) -> Labels:

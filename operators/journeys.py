@@ -374,6 +374,12 @@ def _first_two(line: list[Any]) -> tuple[Any, Any]:
     return line[0], line[2]
 
 
+def by_wake(item: tuple[str, Mapping[str, Any]]) -> tuple[int, str]:
+    """Instances (id, state) in the order they wake: those not waiting first, then by time."""
+    due = item[1].get("due")
+    return (due if due is not None else -1), item[0]
+
+
 def min_due(instances: Mapping[str, Mapping[str, Any]]) -> int | None:
     dues = [i["due"] for i in instances.values() if i.get("due") is not None]
     return min(dues) if dues else None

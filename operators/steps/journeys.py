@@ -44,6 +44,7 @@ from operators.identity import Cluster, profile_id
 from operators.journeys import (
     Journey,
     Step,
+    by_wake,
     compile_journey,
     compile_journeys,
     entered,
@@ -321,7 +322,7 @@ class _Run:
         instances; waits due by `now_ms` go on."""
         j, index = self.j, self.j.index
         verdicts: dict[tuple[str, str, int], bool] = {}
-        for iid, inst in sorted(self.instances.items(), key=_by_due):
+        for iid, inst in sorted(self.instances.items(), key=by_wake):
             current = j.current.get(inst["j"])
             if current is None:
                 self.end(iid, inst, "removed", now_ms)
@@ -490,8 +491,3 @@ class _Run:
         timer = self.profile.get("timer")
         retime = due != self.old_due or (due is not None and (timer is None or timer > due))
         return {**self.profile, "j": state}, retime
-
-
-def _by_due(item: tuple[str, dict[str, Any]]) -> tuple[int, str]:
-    due = item[1].get("due")
-    return (due if due is not None else -1), item[0]

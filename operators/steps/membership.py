@@ -114,8 +114,7 @@ class Membership:
                 now_ms = record.ts_ms
             if not duplicate:
                 if self.journeys is not None and "j" in profile:
-                    profile, woke = self._wake_before(call, canonical, cluster, profile, record)
-                    retime = retime or woke
+                    profile, retime = self._wake_before(call, canonical, cluster, profile, record)
                 aggs, absents = index.candidates(record.event_type or "")
                 profile, changed = prof.apply_event(profile, record, aggs, absents)
                 which |= index.affected_by_inputs(changed)
@@ -139,8 +138,9 @@ class Membership:
             reason=reason,
             now_ms=now_ms,
             retime=retime,
-            record=record,
-            duplicate=duplicate,
+            # An event applied before (its `_id`) is no cause: it starts no journey instance
+            # again (a producer's retry would send a second reminder) nor fills a payload.
+            record=None if duplicate else record,
         )
 
     def _wake_before(
@@ -190,15 +190,13 @@ class Membership:
         now_ms: int | None = None,
         retime: bool = True,
         record: Record | None = None,
-        duplicate: bool = False,
     ) -> prof.Profile:
         """Evaluate `which` segments, emit the transitions, and prune the windows and
         reschedule the profile's timer when a segment reading a window was evaluated (a
         windowed input or another input of it changed: when it next flips may have moved), or
         always with `retime` (a timer fired: the profile's timer is spent). `record`: the one
-        that caused it (None: a timer, a merge, an edit of the audiences); `duplicate`: an
-        event applied before (its `_id`), which starts no journey instance again. Returns the
-        profile as stored."""
+        that caused it (None: a timer, a merge, an edit of the audiences, an event applied
+        before). Returns the profile as stored."""
         index, txn = self.index, call.txn
         stream_now = self.positions.now_ms
         now = stream_now if now_ms is None else now_ms
@@ -225,9 +223,7 @@ class Membership:
         journeys = self.journeys
         if journeys is not None:
             journey_now = now
-            if duplicate:
-                record = None  # a re-delivered add must not start another instance (and send)
-            elif record is not None and record.kind == "event" and record.ts_ms is not None:
+            if record is not None and record.kind == "event" and record.ts_ms is not None:
                 # Per profile, journeys run in event-time order: an event is judged as of its
                 # own time, whatever the stream's. Ahead of it (another partition behind, on
                 # several workers), a purchase ends a wait at once; behind it (this profile's
