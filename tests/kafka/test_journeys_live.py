@@ -13,6 +13,7 @@ add delivered twice applied once.
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.request
 from collections import Counter
@@ -321,6 +322,7 @@ def test_a_broker_outage_during_the_wait_and_junk_lose_nothing(
             on_kafka = kafka_sends(worker, len(keepers))
             dead = [orjson.loads(v) for v in consume_all(bootstrap, f"{p}dead", expected=3)]
             assert worker.stop() == 0, worker.tail()
+            logged = "\n".join(worker.log_lines())
         finally:
             if worker.alive():
                 worker.stop()
@@ -330,3 +332,10 @@ def test_a_broker_outage_during_the_wait_and_junk_lose_nothing(
     assert len(on_kafka) == len(keepers), Counter(s["id"] for s in on_kafka)
     assert {s["instance_id"] for s in on_kafka} == {s["instance_id"] for s in sends}
     assert len(dead) == 3 and dead[0]["reason"].startswith("not JSON"), dead
+    # The outage and the junk were logged, and nothing of a person: no email, no device id,
+    # no name, no cart, no message body.
+    assert "broker" in logged
+    secrets = [email(i) for i in range(7)] + [f"d{i}" for i in range(7)] + ["LLMH0", "not json"]
+    secrets += [crm_record(i)["person"]["name"]["firstName"] for i in range(7)]
+    leaked = [s for s in secrets if re.search(rf"\b{re.escape(s)}\b", logged)]
+    assert leaked == [], leaked
